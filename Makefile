@@ -1,0 +1,53 @@
+# The two commands of the README: `make demo` (run the system) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SAGA   := $(BIN)/saga
+N      ?= 2000
+
+.PHONY: setup broker demo up test unit lint chaos bench stop clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Local Kafka (fetched from Maven Central once) and the topics of topics.yaml.
+broker: setup
+	$(SAGA) kafka start
+	$(SAGA) topics apply
+
+# First command: set up everything, run the four workers, place three sample orders.
+demo: broker
+	$(SAGA) up --demo
+
+# Run the system and keep it running (Ctrl-C stops every worker).
+up: broker
+	$(SAGA) up
+
+# Second command: set up everything and run the whole test suite against a real broker.
+test: broker
+	$(BIN)/pytest
+
+unit: setup
+	$(BIN)/pytest tests/unit tests/component
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+chaos: broker
+	$(SAGA) chaos --orders $(N)
+
+bench: broker
+	$(SAGA) bench
+
+stop:
+	-$(SAGA) kafka stop
+
+clean: stop
+	rm -rf .local $(VENV)

@@ -1,0 +1,154 @@
+"""Faust plumbing shared by the orchestrator and the participants.
+
+Every topic and table uses raw `bytes` keys (the table router, the partitioner and the web
+views then agree on where a key lives) and raw `bytes` values: agents decode values
+themselves with the Avro codec so an undecodable record can be dead-lettered with its
+partition and offset instead of crashing the agent (Faust's own value decoding raises
+inside the stream). Table values use the registered `saga-avro` Faust codec.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.types import EventT, StreamT
+
+from messaging import settings, topics
+from messaging.dead_letters import send_dead_letter_faust
+from schemas import codec
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    """Now, truncated to milliseconds (what Avro timestamp-millis keeps)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def create_app(app_id: str, *, web_port: int, store: str = "rocksdb://", **overrides: Any) -> faust.App:
+    """A Faust app wired to the configured cluster with the project's conventions."""
+    codec.register_faust_codec()
+    datadir = settings.local_home() / "workers" / f"{app_id}-{web_port}"
+    conf: dict[str, Any] = {
+        "broker": ";".join(f"kafka://{b}" for b in settings.bootstrap_servers().split(",")),
+        "broker_credentials": settings.faust_broker_credentials(),
+        "store": store,
+        "datadir": str(datadir),
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "consumer_auto_offset_reset": "earliest",
+        "processing_guarantee": "at_least_once",
+        "producer_acks": -1,
+        "topic_disable_leader": True,  # no leader topic: nothing here needs a leader
+        "table_standby_replicas": 0,
+        "stream_recovery_delay": 0.5,
+        "web_port": web_port,
+        "web_bind": os.environ.get("SAGA_WEB_BIND", "127.0.0.1"),
+        "web_host": os.environ.get("SAGA_WEB_HOST", "127.0.0.1"),
+    }
+    conf.update(overrides)
+    return faust.App(app_id, **conf)
+
+
+def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
+    """A topic (or several read by one agent) with raw bytes keys and values."""
+    return app.topic(
+        *names,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=topics.partitions(names[0]),
+    )
+
+
+def typed_table(app: faust.App, name: str) -> faust.Table:
+    """A RocksDB (rocksdict) table of Avro-encoded rows keyed by raw bytes.
+
+    Its partition count comes from the changelog topic declared in topics.yaml.
+    """
+    changelog = f"{app.conf.id}-{name}-changelog"
+    spec = topics.project_topics().topics[changelog]
+    return app.Table(
+        name,
+        key_type=bytes,
+        key_serializer="raw",
+        value_serializer="saga-avro",
+        partitions=spec.partitions,
+        options={"driver": "rocksdict"},
+        help=spec.doc,
+    )
+
+
+class Sender:
+    """Encodes messages and sends them to topics of topics.yaml (raw key, Avro value)."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+        self._topics: dict[str, faust.TopicT] = {}
+
+    def topic(self, name: str) -> faust.TopicT:
+        if name not in self._topics:
+            self._topics[name] = raw_topic(self._app, name)
+        return self._topics[name]
+
+    async def send(self, topic: str, key: bytes, message: object) -> None:
+        await self.topic(topic).send(key=key, value=codec.encode(message))
+
+
+async def decoded_events(
+    app: faust.App,
+    stream: StreamT,
+    expected: tuple[type, ...],
+    key_of: Callable[[object], str] | None = None,
+) -> AsyncIterator[tuple[EventT, object]]:
+    """Yield (event, typed message) for each record of the stream.
+
+    A record that cannot be decoded, has an unexpected type, or whose key disagrees with
+    the message (`key_of`) is sent to the dead-letter topic and skipped: one bad record
+    never stops the agent.
+    """
+    async for event in stream.events():
+        message = event.message
+        try:
+            value = codec.decode_as(event.value, *expected)
+            if key_of is not None and event.key != key_of(value).encode():
+                raise codec.MessageDecodeError(
+                    "key-mismatch",
+                    f"record key {event.key!r} is not the message's key {key_of(value)!r}",
+                )
+        except codec.MessageDecodeError as exc:
+            log.warning(
+                "dead-lettering %s[%s]@%s: %s", message.topic, message.partition, message.offset, exc
+            )
+            await send_dead_letter_faust(
+                app, event.key, event.value, exc, message.topic, message.partition, message.offset
+            )
+            continue
+        yield event, value
+
+
+async def dead_letter_event(app: faust.App, event: EventT, error: Exception) -> None:
+    """Dead-letter the record of an event whose processing failed."""
+    message = event.message
+    log.exception(
+        "processing %s[%s]@%s failed; dead-lettering it",
+        message.topic,
+        message.partition,
+        message.offset,
+        exc_info=error,
+    )
+    await send_dead_letter_faust(
+        app, event.key, event.value, error, message.topic, message.partition, message.offset
+    )
+
+
+def all_values(table: faust.Table) -> Iterable[Any]:
+    """Rows of the partitions this worker actively owns."""
+    return table.values()

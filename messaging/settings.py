@@ -1,0 +1,81 @@
+"""Connection settings, read from the environment (never from files in the repo).
+
+KAFKA_BOOTSTRAP_SERVERS points every command, worker and test at an existing cluster;
+without it they use the local broker that `saga kafka start` runs on 127.0.0.1.
+Security settings for real clusters (all optional):
+  KAFKA_SECURITY_PROTOCOL  PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+  KAFKA_SASL_MECHANISM     PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+  KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD
+  KAFKA_SSL_CAFILE         CA bundle to verify the brokers
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+LOCAL_BROKER_PORT = int(os.environ.get("SAGA_KAFKA_PORT", "9092"))
+
+
+def local_home() -> Path:
+    """Where downloaded jars, broker data and worker state live (git-ignored)."""
+    return Path(os.environ.get("SAGA_HOME", PROJECT_ROOT / ".local")).resolve()
+
+
+def external_bootstrap() -> str | None:
+    value = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    return value or None
+
+
+def bootstrap_servers() -> str:
+    return external_bootstrap() or f"127.0.0.1:{LOCAL_BROKER_PORT}"
+
+
+def _security_env() -> dict[str, str]:
+    names = {
+        "protocol": "KAFKA_SECURITY_PROTOCOL",
+        "mechanism": "KAFKA_SASL_MECHANISM",
+        "username": "KAFKA_SASL_USERNAME",
+        "password": "KAFKA_SASL_PASSWORD",
+        "cafile": "KAFKA_SSL_CAFILE",
+    }
+    return {key: os.environ[env] for key, env in names.items() if os.environ.get(env)}
+
+
+def confluent_config(**extra: object) -> dict[str, object]:
+    """Base configuration for confluent-kafka clients."""
+    config: dict[str, object] = {"bootstrap.servers": bootstrap_servers()}
+    security = _security_env()
+    if "protocol" in security:
+        config["security.protocol"] = security["protocol"]
+    if "mechanism" in security:
+        config["sasl.mechanism"] = security["mechanism"]
+    if "username" in security:
+        config["sasl.username"] = security["username"]
+        config["sasl.password"] = security.get("password", "")
+    if "cafile" in security:
+        config["ssl.ca.location"] = security["cafile"]
+    config.update(extra)
+    return config
+
+
+def faust_broker_credentials() -> object | None:
+    """Faust `broker_credentials` built from the same environment, or None for PLAINTEXT."""
+    import ssl
+
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    security = _security_env()
+    protocol = security.get("protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=security.get("cafile"))
+    if protocol == "SSL":
+        return SSLCredentials(context)
+    return SASLCredentials(
+        username=security.get("username"),
+        password=security.get("password"),
+        mechanism=security.get("mechanism", "PLAIN"),
+        ssl_context=context if protocol == "SASL_SSL" else None,
+    )

@@ -1,0 +1,515 @@
+"""CreateOrderSaga declared as data: steps, states, transitions, deadlines and routing.
+
+Nothing here performs I/O. `orchestrator.machine.decide` interprets this data; the
+diagram in the README is generated from it (`python -m orchestrator.diagram`).
+`validate` checks the definition when this module is imported.
+
+Conventions:
+- Every waiting state waits for the reply of exactly one step; entering a waiting state
+  sends that step's command (attempt 1). Terminal states wait for nothing.
+- A transition is triggered by a reply type of the source state's step, or by
+  `StepTimedOut` (the step's deadline passed, see `DEADLINE`).
+- A RETRIABLE step has no deadline transition: on its deadline the same command is
+  re-sent with exponential backoff, forever. COMPENSATABLE and PIVOT steps get a single
+  deadline whose transition starts compensation.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cached_property
+from types import MappingProxyType
+from typing import TypeAlias
+
+from schemas.messages import (
+    ApproveOrder,
+    AuthorizePayment,
+    CancelPayment,
+    CreateOrder,
+    OrderApproved,
+    OrderCreated,
+    OrderRejected,
+    PaymentAuthorized,
+    PaymentCancelled,
+    PaymentFailed,
+    ProductsReleased,
+    ProductsReserved,
+    ProductsUnavailable,
+    RejectOrder,
+    ReleaseProducts,
+    ReserveProducts,
+    StepTimedOut,
+)
+
+# ---- topics ----
+
+REQUEST_TOPIC = "orders.requested"
+REPLY_TOPIC = "saga.replies"
+EVENTS_TOPIC = "saga.events"
+
+Command: TypeAlias = (
+    CreateOrder
+    | ReserveProducts
+    | AuthorizePayment
+    | ApproveOrder
+    | RejectOrder
+    | ReleaseProducts
+    | CancelPayment
+)
+Reply: TypeAlias = (
+    OrderCreated
+    | ProductsReserved
+    | ProductsUnavailable
+    | PaymentAuthorized
+    | PaymentFailed
+    | PaymentCancelled
+    | ProductsReleased
+    | OrderApproved
+    | OrderRejected
+)
+
+DEADLINE = StepTimedOut
+"""Trigger of a transition taken when the source state's deadline passes."""
+
+
+class Participant(enum.StrEnum):
+    ORDER = "order"
+    PRODUCT = "product"
+    PAYMENT = "payment"
+
+
+COMMAND_TOPICS: Mapping[Participant, str] = MappingProxyType(
+    {
+        Participant.ORDER: "order.commands",
+        Participant.PRODUCT: "product.commands",
+        Participant.PAYMENT: "payment.commands",
+    }
+)
+"""Command topic of each participant."""
+
+COMMAND_KEYS: Mapping[Participant, str] = MappingProxyType(
+    {
+        Participant.ORDER: "order_id",
+        Participant.PRODUCT: "saga_id",
+        Participant.PAYMENT: "customer_id",
+    }
+)
+"""Field of a command whose value (UTF-8) is the Kafka key on the participant's topic."""
+
+
+# ---- building blocks ----
+
+
+class StepKind(enum.Enum):
+    COMPENSATABLE = "compensatable"
+    PIVOT = "pivot"
+    RETRIABLE = "retriable"
+
+
+@dataclass(frozen=True)
+class Timeout:
+    """Deadline of attempt n: `base * 2**(n-1)`, at most `cap` (base == cap: fixed)."""
+
+    base: timedelta
+    cap: timedelta
+
+    def after(self, attempt: int) -> timedelta:
+        doublings = min(max(attempt - 1, 0), 32)  # 2**32 * base is far beyond any cap
+        return min(self.base * 2**doublings, self.cap)
+
+
+def backoff(base_seconds: float, cap_seconds: float) -> Timeout:
+    return Timeout(timedelta(seconds=base_seconds), timedelta(seconds=cap_seconds))
+
+
+def single_deadline(seconds: float) -> Timeout:
+    return Timeout(timedelta(seconds=seconds), timedelta(seconds=seconds))
+
+
+class DefinitionError(ValueError):
+    """The saga definition is inconsistent; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # also the suffix of the command id: "{saga_id}:{name}"
+    participant: Participant
+    command: type
+    success: type
+    failure: type | None
+    kind: StepKind
+    timeout: Timeout | None
+    compensation: str | None = None  # name of the step that undoes this one
+
+    @property
+    def replies(self) -> tuple[type, ...]:
+        return (self.success,) if self.failure is None else (self.success, self.failure)
+
+    def deadline_after(self, attempt: int) -> timedelta:
+        if self.timeout is None:
+            raise DefinitionError(f"step {self.name} has no timeout policy")
+        return self.timeout.after(attempt)
+
+
+@dataclass(frozen=True)
+class State:
+    name: str
+    step: str | None  # the step whose reply this state waits for; None when terminal
+
+
+@dataclass(frozen=True)
+class Transition:
+    source: str
+    trigger: type  # a reply type of the source state's step, or DEADLINE
+    target: str  # entering it sends the command of the target's step, if any
+    reason: str | None = None  # rejection reason recorded on this transition, if fixed
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    name: str
+    steps: tuple[Step, ...]
+    states: tuple[State, ...]
+    transitions: tuple[Transition, ...]
+    initial: str
+    terminal: frozenset[str]
+
+    @cached_property
+    def _steps(self) -> Mapping[str, Step]:
+        return {step.name: step for step in self.steps}
+
+    @cached_property
+    def _states(self) -> Mapping[str, State]:
+        return {state.name: state for state in self.states}
+
+    @cached_property
+    def _transitions(self) -> Mapping[tuple[str, type], Transition]:
+        return {(t.source, t.trigger): t for t in self.transitions}
+
+    @cached_property
+    def _by_command(self) -> Mapping[type, Step]:
+        return {step.command: step for step in self.steps}
+
+    def step(self, name: str) -> Step | None:
+        return self._steps.get(name)
+
+    def waiting_step(self, state: str) -> Step | None:
+        """The step whose reply `state` waits for (None for terminal or unknown states)."""
+        spec = self._states.get(state)
+        return None if spec is None or spec.step is None else self._steps.get(spec.step)
+
+    def transition(self, state: str, trigger: type) -> Transition | None:
+        return self._transitions.get((state, trigger))
+
+    def step_for_command(self, command: type) -> Step | None:
+        return self._by_command.get(command)
+
+    def is_terminal(self, state: str) -> bool:
+        return state in self.terminal
+
+    def outgoing(self, state: str) -> Iterator[Transition]:
+        return (t for t in self.transitions if t.source == state)
+
+
+def command_id(saga_id: str, step: str) -> str:
+    """Stable id of a saga step's command; every re-send of it carries the same id."""
+    return f"{saga_id}:{step}"
+
+
+# ---- the CreateOrderSaga ----
+
+CREATING_ORDER = "CREATING_ORDER"
+VERIFYING_PRODUCTS = "VERIFYING_PRODUCTS"
+AUTHORIZING_PAYMENT = "AUTHORIZING_PAYMENT"
+APPROVING_ORDER = "APPROVING_ORDER"
+CANCELLING_PAYMENT = "CANCELLING_PAYMENT"
+RELEASING_PRODUCTS = "RELEASING_PRODUCTS"
+REJECTING_ORDER = "REJECTING_ORDER"
+ORDER_APPROVED = "ORDER_APPROVED"
+ORDER_REJECTED = "ORDER_REJECTED"
+
+CREATE_ORDER = "create_order"
+VERIFY_PRODUCTS = "verify_products"
+AUTHORIZE_PAYMENT = "authorize_payment"
+APPROVE_ORDER = "approve_order"
+CANCEL_PAYMENT = "cancel_payment"
+RELEASE_PRODUCTS = "release_products"
+REJECT_ORDER = "reject_order"
+
+RETRY = backoff(base_seconds=5, cap_seconds=60)
+ONE_DEADLINE = single_deadline(seconds=30)
+
+CREATE_ORDER_SAGA = SagaDefinition(
+    name="CreateOrderSaga",
+    steps=(
+        # forward steps, in order
+        Step(
+            name=CREATE_ORDER,
+            participant=Participant.ORDER,
+            command=CreateOrder,
+            success=OrderCreated,
+            failure=None,
+            kind=StepKind.RETRIABLE,
+            timeout=RETRY,
+            compensation=REJECT_ORDER,
+        ),
+        Step(
+            name=VERIFY_PRODUCTS,
+            participant=Participant.PRODUCT,
+            command=ReserveProducts,
+            success=ProductsReserved,
+            failure=ProductsUnavailable,
+            kind=StepKind.COMPENSATABLE,
+            timeout=ONE_DEADLINE,
+            compensation=RELEASE_PRODUCTS,
+        ),
+        Step(
+            name=AUTHORIZE_PAYMENT,
+            participant=Participant.PAYMENT,
+            command=AuthorizePayment,
+            success=PaymentAuthorized,
+            failure=PaymentFailed,
+            kind=StepKind.PIVOT,
+            timeout=ONE_DEADLINE,
+            compensation=CANCEL_PAYMENT,  # only when its reply does not come in time
+        ),
+        Step(
+            name=APPROVE_ORDER,
+            participant=Participant.ORDER,
+            command=ApproveOrder,
+            success=OrderApproved,
+            failure=None,
+            kind=StepKind.RETRIABLE,
+            timeout=RETRY,
+        ),
+        # compensations
+        Step(
+            name=CANCEL_PAYMENT,
+            participant=Participant.PAYMENT,
+            command=CancelPayment,
+            success=PaymentCancelled,
+            failure=None,
+            kind=StepKind.RETRIABLE,
+            timeout=RETRY,
+        ),
+        Step(
+            name=RELEASE_PRODUCTS,
+            participant=Participant.PRODUCT,
+            command=ReleaseProducts,
+            success=ProductsReleased,
+            failure=None,
+            kind=StepKind.RETRIABLE,
+            timeout=RETRY,
+        ),
+        Step(
+            name=REJECT_ORDER,
+            participant=Participant.ORDER,
+            command=RejectOrder,
+            success=OrderRejected,
+            failure=None,
+            kind=StepKind.RETRIABLE,
+            timeout=RETRY,
+        ),
+    ),
+    states=(
+        State(CREATING_ORDER, CREATE_ORDER),
+        State(VERIFYING_PRODUCTS, VERIFY_PRODUCTS),
+        State(AUTHORIZING_PAYMENT, AUTHORIZE_PAYMENT),
+        State(APPROVING_ORDER, APPROVE_ORDER),
+        State(CANCELLING_PAYMENT, CANCEL_PAYMENT),
+        State(RELEASING_PRODUCTS, RELEASE_PRODUCTS),
+        State(REJECTING_ORDER, REJECT_ORDER),
+        State(ORDER_APPROVED, None),
+        State(ORDER_REJECTED, None),
+    ),
+    transitions=(
+        Transition(CREATING_ORDER, OrderCreated, VERIFYING_PRODUCTS),
+        Transition(VERIFYING_PRODUCTS, ProductsReserved, AUTHORIZING_PAYMENT),
+        # the Product Service already released whatever it had reserved
+        Transition(VERIFYING_PRODUCTS, ProductsUnavailable, REJECTING_ORDER),
+        Transition(
+            VERIFYING_PRODUCTS, DEADLINE, RELEASING_PRODUCTS, reason="products not verified in time"
+        ),
+        Transition(AUTHORIZING_PAYMENT, PaymentAuthorized, APPROVING_ORDER),
+        Transition(AUTHORIZING_PAYMENT, PaymentFailed, RELEASING_PRODUCTS),
+        # a late PaymentAuthorized is refunded by the CancelPayment queued behind it
+        Transition(
+            AUTHORIZING_PAYMENT, DEADLINE, CANCELLING_PAYMENT, reason="payment not authorized in time"
+        ),
+        Transition(CANCELLING_PAYMENT, PaymentCancelled, RELEASING_PRODUCTS),
+        Transition(RELEASING_PRODUCTS, ProductsReleased, REJECTING_ORDER),
+        Transition(APPROVING_ORDER, OrderApproved, ORDER_APPROVED),
+        Transition(REJECTING_ORDER, OrderRejected, ORDER_REJECTED),
+    ),
+    initial=CREATING_ORDER,
+    terminal=frozenset({ORDER_APPROVED, ORDER_REJECTED}),
+)
+
+
+# ---- routing ----
+
+
+def route(command: Command) -> tuple[str, bytes]:
+    """(topic, key) of a command: its participant's command topic, keyed per participant."""
+    step = CREATE_ORDER_SAGA.step_for_command(type(command))
+    if step is None:
+        raise TypeError(f"{type(command).__name__} is not a command of CreateOrderSaga")
+    key = getattr(command, COMMAND_KEYS[step.participant])
+    return COMMAND_TOPICS[step.participant], str(key).encode("utf-8")
+
+
+# ---- validation ----
+
+
+def validate(definition: SagaDefinition) -> None:
+    """Raise DefinitionError listing every inconsistency of `definition`."""
+    problems = [
+        *_duplicate_names(definition),
+        *_bad_states(definition),
+        *_bad_transitions(definition),
+        *_unhandled_replies(definition),
+        *_missing_deadlines(definition),
+        *_unreachable_states(definition),
+        *_misordered_steps(definition),
+    ]
+    if problems:
+        lines = "\n".join(f"- {problem}" for problem in problems)
+        raise DefinitionError(f"invalid saga definition {definition.name}:\n{lines}")
+
+
+def _duplicates(names: Iterable[str]) -> list[str]:
+    return sorted(name for name, count in Counter(names).items() if count > 1)
+
+
+def _duplicate_names(d: SagaDefinition) -> Iterator[str]:
+    for name in _duplicates(step.name for step in d.steps):
+        yield f"step {name} is declared twice"
+    for name in _duplicates(state.name for state in d.states):
+        yield f"state {name} is declared twice"
+    keys = [f"{t.source} on {t.trigger.__name__}" for t in d.transitions]
+    for key in _duplicates(keys):
+        yield f"transition from {key} is declared twice"
+
+
+def _bad_states(d: SagaDefinition) -> Iterator[str]:
+    names = {state.name for state in d.states}
+    if d.initial not in names:
+        yield f"initial state {d.initial} is unknown"
+    elif d.initial in d.terminal:
+        yield f"initial state {d.initial} is terminal"
+    for name in sorted(d.terminal - names):
+        yield f"terminal state {name} is unknown"
+    for state in d.states:
+        if state.step is not None and d.step(state.step) is None:
+            yield f"state {state.name} waits for unknown step {state.step}"
+        if state.name in d.terminal and state.step is not None:
+            yield f"terminal state {state.name} waits for step {state.step}"
+    for step in d.steps:
+        if step.compensation is not None and d.step(step.compensation) is None:
+            yield f"step {step.name} has unknown compensation step {step.compensation}"
+
+
+def _bad_transitions(d: SagaDefinition) -> Iterator[str]:
+    names = {state.name for state in d.states}
+    for t in d.transitions:
+        where = f"transition {t.source} --{t.trigger.__name__}--> {t.target}"
+        if t.source not in names:
+            yield f"{where} starts from unknown state {t.source}"
+        if t.target not in names:
+            yield f"{where} targets unknown state {t.target}"
+        if t.source in d.terminal:
+            yield f"{where} leaves terminal state {t.source}"
+            continue
+        step = d.waiting_step(t.source)
+        if step is not None and t.trigger is not DEADLINE and t.trigger not in step.replies:
+            yield f"{where}: {t.trigger.__name__} is not a reply of step {step.name}"
+
+
+def _unhandled_replies(d: SagaDefinition) -> Iterator[str]:
+    for state in d.states:
+        step = d.waiting_step(state.name)
+        for reply in step.replies if step is not None else ():
+            if d.transition(state.name, reply) is None:
+                yield f"state {state.name} has no transition for reply {reply.__name__}"
+
+
+def _missing_deadlines(d: SagaDefinition) -> Iterator[str]:
+    for state in d.states:
+        if state.name in d.terminal:
+            continue
+        if state.step is None:
+            yield f"waiting state {state.name} has no step, so no deadline policy"
+            continue
+        step = d.step(state.step)
+        if step is None:
+            continue  # reported by _bad_states
+        timeout = step.timeout
+        if timeout is None:
+            yield f"waiting state {state.name}: step {step.name} has no deadline policy"
+        elif not timedelta(0) < timeout.base <= timeout.cap:
+            yield f"step {step.name}: timeout needs 0 < base <= cap, got {timeout}"
+        on_deadline = d.transition(state.name, DEADLINE)
+        if step.kind is StepKind.RETRIABLE and on_deadline is not None:
+            yield f"state {state.name}: retriable step {step.name} must retry, not leave"
+        if step.kind is not StepKind.RETRIABLE and on_deadline is None:
+            yield f"state {state.name}: {step.kind.value} step {step.name} has no deadline transition"
+
+
+def _unreachable_states(d: SagaDefinition) -> Iterator[str]:
+    reached = {d.initial}
+    queue = deque([d.initial])
+    while queue:
+        for t in d.outgoing(queue.popleft()):
+            if t.target not in reached:
+                reached.add(t.target)
+                queue.append(t.target)
+    for state in d.states:
+        if state.name not in reached:
+            yield f"state {state.name} is unreachable from {d.initial}"
+
+
+def forward_steps(d: SagaDefinition) -> list[Step]:
+    """Steps of the happy path: from the initial state, follow every success reply."""
+    steps: list[Step] = []
+    state: str | None = d.initial
+    while state is not None:
+        step = d.waiting_step(state)
+        if step is None or step in steps:
+            break
+        steps.append(step)
+        transition = d.transition(state, step.success)
+        state = None if transition is None else transition.target
+    return steps
+
+
+def _misordered_steps(d: SagaDefinition) -> Iterator[str]:
+    """Forward steps: undoable ones, then exactly one pivot, then retriable ones.
+
+    A RETRIABLE forward step before the pivot is allowed only if it names a compensation
+    (it cannot fail, so it is retried on deadline, but it can be undone), as `create_order`
+    is undone by `reject_order`. Steps off the forward path are compensations: retriable.
+    """
+    forward = forward_steps(d)
+    pivots = [step.name for step in forward if step.kind is StepKind.PIVOT]
+    if len(pivots) != 1:
+        yield f"the forward path needs exactly one pivot step, found {pivots or 'none'}"
+        return
+    pivot_at = next(i for i, step in enumerate(forward) if step.kind is StepKind.PIVOT)
+    for step in forward[:pivot_at]:
+        if step.kind is StepKind.RETRIABLE and step.compensation is None:
+            yield f"retriable step {step.name} comes before the pivot {pivots[0]} with no compensation"
+    for step in forward[pivot_at + 1 :]:
+        if step.kind is StepKind.COMPENSATABLE:
+            yield f"compensatable step {step.name} comes after the pivot {pivots[0]}"
+        if step.compensation is not None:
+            yield f"step {step.name} after the pivot {pivots[0]} declares a compensation"
+    for step in d.steps:
+        if step not in forward and step.kind is not StepKind.RETRIABLE:
+            yield f"compensation step {step.name} must be retriable, not {step.kind.value}"
+
+
+validate(CREATE_ORDER_SAGA)

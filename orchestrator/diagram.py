@@ -1,0 +1,55 @@
+"""Mermaid `stateDiagram-v2` of a saga, generated from its definition.
+
+`python -m orchestrator.diagram` prints the CreateOrderSaga diagram.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from orchestrator.definition import (
+    CREATE_ORDER_SAGA,
+    DEADLINE,
+    SagaDefinition,
+    StepKind,
+    Transition,
+)
+from schemas.messages import OrderRequested
+
+
+def mermaid(definition: SagaDefinition = CREATE_ORDER_SAGA) -> str:
+    """Edges are labelled `trigger / command sent`; `deadline` is the step's deadline."""
+    return "\n".join(["stateDiagram-v2", *(f"    {line}" for line in _lines(definition))]) + "\n"
+
+
+def _lines(d: SagaDefinition) -> Iterator[str]:
+    yield f"[*] --> {d.initial} : {_label(d, OrderRequested.__name__, d.initial)}"
+    for state in d.states:
+        step = d.waiting_step(state.name)
+        if step is not None and step.kind is StepKind.RETRIABLE:
+            yield f"{state.name} --> {state.name} : deadline / retry {step.command.__name__}"
+        for transition in d.outgoing(state.name):
+            yield _edge(d, transition)
+    for state in d.states:
+        if d.is_terminal(state.name):
+            yield f"{state.name} --> [*]"
+    for step in d.steps:
+        if step.kind is StepKind.PIVOT:
+            for state in d.states:
+                if state.step == step.name:
+                    yield f"note right of {state.name} : pivot"
+
+
+def _edge(d: SagaDefinition, transition: Transition) -> str:
+    trigger = "deadline" if transition.trigger is DEADLINE else transition.trigger.__name__
+    label = _label(d, trigger, transition.target)
+    return f"{transition.source} --> {transition.target} : {label}"
+
+
+def _label(d: SagaDefinition, trigger: str, target: str) -> str:
+    step = d.waiting_step(target)
+    return trigger if step is None else f"{trigger} / {step.command.__name__}"
+
+
+if __name__ == "__main__":
+    print(mermaid(), end="")

@@ -1,0 +1,396 @@
+"""Typed Python form of every message in schemas/*.avsc.
+
+One frozen dataclass per Avro record; field names and order match the .avsc file of the
+same name (a unit test checks this). Money is `Money` (Decimal, scale 2, plus an ISO
+currency code), ids are `str`, times are timezone-aware UTC `datetime`s.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+
+class Outcome(enum.StrEnum):
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+
+
+@dataclass(frozen=True)
+class Money:
+    amount: Decimal
+    currency: str
+
+
+@dataclass(frozen=True)
+class OrderItem:
+    product_id: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class MissingItem:
+    product_id: str
+    requested: int
+    available: int
+
+
+# ---- client request (orders.requested, key = order id = saga id) ----
+
+
+@dataclass(frozen=True)
+class OrderRequested:
+    order_id: str
+    customer_id: str
+    items: list[OrderItem]
+    requested_at: datetime
+
+
+# ---- commands (orchestrator -> participants) ----
+# Every command: saga_id, command_id (stable per saga step: "{saga_id}:{step}"),
+# attempt (1, 2, ... on re-sends of the same command), sent_at.
+
+
+@dataclass(frozen=True)
+class CreateOrder:
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+    customer_id: str
+    items: list[OrderItem]
+
+
+@dataclass(frozen=True)
+class ApproveOrder:
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+
+
+@dataclass(frozen=True)
+class RejectOrder:
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReserveProducts:
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+    items: list[OrderItem]
+
+
+@dataclass(frozen=True)
+class ReleaseProducts:
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+
+
+@dataclass(frozen=True)
+class AuthorizePayment:
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+    customer_id: str
+    amount: Money
+
+
+@dataclass(frozen=True)
+class CancelPayment:
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+    customer_id: str
+
+
+# ---- replies (participants -> saga.replies, key = saga id) ----
+# Every reply echoes saga_id, command_id, attempt and carries an outcome.
+
+
+@dataclass(frozen=True)
+class OrderCreated:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    order_id: str
+
+
+@dataclass(frozen=True)
+class OrderApproved:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    order_id: str
+
+
+@dataclass(frozen=True)
+class OrderRejected:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    order_id: str
+
+
+@dataclass(frozen=True)
+class ProductsReserved:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    total: Money  # price of the reserved items; the amount the payment step charges
+
+
+@dataclass(frozen=True)
+class ProductsUnavailable:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    missing: list[MissingItem]
+
+
+@dataclass(frozen=True)
+class ProductsReleased:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+
+
+@dataclass(frozen=True)
+class PaymentAuthorized:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    amount: Money
+
+
+@dataclass(frozen=True)
+class PaymentFailed:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class PaymentCancelled:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    refunded: Money  # zero when nothing had been charged
+
+
+# ---- orchestrator internal ----
+
+
+@dataclass(frozen=True)
+class StepTimedOut:
+    """Sent by the deadline timer to saga.replies; handled by the agent like a reply."""
+
+    saga_id: str
+    step: str
+    attempt: int
+    deadline: datetime
+    fired_at: datetime
+
+
+@dataclass(frozen=True)
+class SagaEvent:
+    """One per saga transition, on saga.events (key = saga id)."""
+
+    saga_id: str
+    sequence: int  # 1, 2, ... per saga
+    at: datetime
+    trigger: str  # name of the message that caused the transition
+    from_state: str | None  # None for the first event
+    to_state: str
+    step: str | None
+    attempt: int
+    reason: str | None
+    commands: list[str]  # names of the commands sent by this transition
+    terminal: bool
+
+
+# ---- Product Service internal: per-item messages on product.stock (key product id)
+# and per-item results on product.item-results (key saga id) ----
+
+
+@dataclass(frozen=True)
+class ReserveItem:
+    saga_id: str
+    product_id: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class ReleaseItem:
+    saga_id: str
+    product_id: str
+
+
+@dataclass(frozen=True)
+class SellItem:
+    """The saga was approved: its reservation of this product becomes sold."""
+
+    saga_id: str
+    product_id: str
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    saga_id: str
+    product_id: str
+    requested: int
+    reserved: bool
+    available: int  # stock left (after reserving, or what there was when refused)
+    unit_price: Money
+
+
+# ---- admin (seeding) ----
+
+
+@dataclass(frozen=True)
+class Restock:
+    """Adds stock (and sets the price) of a product; on product.stock, key product id."""
+
+    restock_id: str
+    product_id: str
+    quantity: int
+    unit_price: Money
+
+
+@dataclass(frozen=True)
+class TopUp:
+    """Credits a customer account; on payment.commands, key customer id."""
+
+    top_up_id: str
+    customer_id: str
+    amount: Money
+
+
+# ---- table values ----
+
+
+@dataclass(frozen=True)
+class SagaState:
+    """A row of the orchestrator's `sagas` table (key saga id)."""
+
+    saga_id: str
+    order_id: str
+    customer_id: str
+    items: list[OrderItem]
+    state: str  # a state name of orchestrator.definition
+    step: str | None  # step whose reply the saga waits for; None when terminal
+    attempt: int
+    deadline: datetime | None  # None only in terminal states
+    total: Money | None
+    reason: str | None  # why the saga is being / was rejected
+    sequence: int  # number of SagaEvents emitted so far
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class RecordedReply:
+    """The reply a participant gave to a command, kept so a duplicate gets the same answer."""
+
+    command_id: str
+    reply: bytes  # the encoded reply message
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    """Order Service `orders` table (key order id)."""
+
+    order_id: str
+    customer_id: str
+    items: list[OrderItem]
+    status: str  # APPROVAL_PENDING | APPROVED | REJECTED
+    reason: str | None
+    updated_at: datetime
+    replies: list[RecordedReply] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StockRow:
+    """Product Service `stock` table (key product id)."""
+
+    product_id: str
+    available: int
+    reserved: int
+    sold: int
+    restocked: int  # total ever added by Restock
+    unit_price: Money
+    reservations: dict[str, int] = field(default_factory=dict)  # saga id -> quantity held
+    settled: dict[str, str] = field(default_factory=dict)  # saga id -> RELEASED | SOLD | REFUSED
+    restock_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Product Service `reservations` table (key saga id): collects per-item results."""
+
+    saga_id: str
+    order_id: str
+    items: list[OrderItem]
+    results: list[ItemResult]
+    status: str  # COLLECTING | RESERVED | UNAVAILABLE | RELEASED | SOLD
+    release_requested: bool
+    replies: list[RecordedReply] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Payment:
+    """One payment of an account (inside `Account`)."""
+
+    saga_id: str
+    amount: Money
+    status: str  # AUTHORIZED | REFUNDED | CANCELLED (cancelled before any authorize)
+
+
+@dataclass(frozen=True)
+class Account:
+    """Payment Service `accounts` table (key customer id)."""
+
+    customer_id: str
+    balance: Money
+    topped_up: Money  # total ever credited by TopUp
+    payments: list[Payment] = field(default_factory=list)
+    replies: list[RecordedReply] = field(default_factory=list)
+    top_up_ids: list[str] = field(default_factory=list)
