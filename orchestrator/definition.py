@@ -338,7 +338,10 @@ CREATE_ORDER_SAGA = SagaDefinition(
         Transition(AUTHORIZING_PAYMENT, PaymentFailed, RELEASING_PRODUCTS),
         # a late PaymentAuthorized is refunded by the CancelPayment queued behind it
         Transition(
-            AUTHORIZING_PAYMENT, DEADLINE, CANCELLING_PAYMENT, reason="payment not authorized in time"
+            AUTHORIZING_PAYMENT,
+            DEADLINE,
+            CANCELLING_PAYMENT,
+            reason="payment not authorized in time",
         ),
         Transition(CANCELLING_PAYMENT, PaymentCancelled, RELEASING_PRODUCTS),
         Transition(RELEASING_PRODUCTS, ProductsReleased, REJECTING_ORDER),
@@ -456,7 +459,8 @@ def _missing_deadlines(d: SagaDefinition) -> Iterator[str]:
         if step.kind is StepKind.RETRIABLE and on_deadline is not None:
             yield f"state {state.name}: retriable step {step.name} must retry, not leave"
         if step.kind is not StepKind.RETRIABLE and on_deadline is None:
-            yield f"state {state.name}: {step.kind.value} step {step.name} has no deadline transition"
+            kind = step.kind.value
+            yield f"state {state.name}: {kind} step {step.name} has no deadline transition"
 
 
 def _unreachable_states(d: SagaDefinition) -> Iterator[str]:
@@ -501,7 +505,10 @@ def _misordered_steps(d: SagaDefinition) -> Iterator[str]:
     pivot_at = next(i for i, step in enumerate(forward) if step.kind is StepKind.PIVOT)
     for step in forward[:pivot_at]:
         if step.kind is StepKind.RETRIABLE and step.compensation is None:
-            yield f"retriable step {step.name} comes before the pivot {pivots[0]} with no compensation"
+            yield (
+                f"retriable step {step.name} comes before the pivot {pivots[0]}"
+                " with no compensation"
+            )
     for step in forward[pivot_at + 1 :]:
         if step.kind is StepKind.COMPENSATABLE:
             yield f"compensatable step {step.name} comes after the pivot {pivots[0]}"

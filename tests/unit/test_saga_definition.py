@@ -1,0 +1,361 @@
+"""The saga definition: validation of broken definitions, routing, the generated diagram."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from orchestrator import definition as sd
+from orchestrator.definition import (
+    CREATE_ORDER_SAGA,
+    DEADLINE,
+    DefinitionError,
+    SagaDefinition,
+    State,
+    StepKind,
+    Transition,
+    route,
+    validate,
+)
+from orchestrator.diagram import mermaid
+from schemas.messages import (
+    ApproveOrder,
+    AuthorizePayment,
+    CancelPayment,
+    CreateOrder,
+    Money,
+    OrderItem,
+    OrderRejected,
+    PaymentCancelled,
+    PaymentFailed,
+    ProductsReleased,
+    RejectOrder,
+    ReleaseProducts,
+    ReserveProducts,
+    TopUp,
+)
+
+# ---- helpers building broken definitions ----
+
+
+def problems(definition: SagaDefinition) -> list[str]:
+    """The problems validate() reports (empty when valid)."""
+    try:
+        validate(definition)
+    except DefinitionError as error:
+        return [line[2:] for line in str(error).splitlines() if line.startswith("- ")]
+    return []
+
+
+def with_step(name: str, **changes: object) -> SagaDefinition:
+    steps = tuple(
+        dataclasses.replace(step, **changes) if step.name == name else step  # type: ignore[arg-type]
+        for step in CREATE_ORDER_SAGA.steps
+    )
+    return dataclasses.replace(CREATE_ORDER_SAGA, steps=steps)
+
+
+def with_transitions(
+    add: tuple[Transition, ...] = (), drop: tuple[tuple[str, type], ...] = ()
+) -> SagaDefinition:
+    kept = tuple(t for t in CREATE_ORDER_SAGA.transitions if (t.source, t.trigger) not in drop)
+    return dataclasses.replace(CREATE_ORDER_SAGA, transitions=kept + add)
+
+
+def assert_only_problem(definition: SagaDefinition, pattern: str) -> None:
+    found = problems(definition)
+    assert len(found) == 1, found
+    assert re.search(pattern, found[0]), found
+
+
+# ---- the real definition ----
+
+
+def test_real_definition_is_valid() -> None:
+    assert problems(CREATE_ORDER_SAGA) == []
+
+
+def test_forward_path_is_compensatable_then_pivot_then_retriable() -> None:
+    forward = sd.forward_steps(CREATE_ORDER_SAGA)
+    assert [step.name for step in forward] == [
+        sd.CREATE_ORDER,
+        sd.VERIFY_PRODUCTS,
+        sd.AUTHORIZE_PAYMENT,
+        sd.APPROVE_ORDER,
+    ]
+    assert [step.kind for step in forward] == [
+        StepKind.RETRIABLE,
+        StepKind.COMPENSATABLE,
+        StepKind.PIVOT,
+        StepKind.RETRIABLE,
+    ]
+
+
+def test_error_lists_every_problem_with_a_clear_message() -> None:
+    broken = dataclasses.replace(
+        with_transitions(add=(Transition(sd.ORDER_APPROVED, OrderRejected, "NOWHERE"),)),
+        initial="NOWHERE_EITHER",
+    )
+    with pytest.raises(DefinitionError) as error:
+        validate(broken)
+    message = str(error.value)
+    assert message.startswith("invalid saga definition CreateOrderSaga:")
+    assert "initial state NOWHERE_EITHER is unknown" in message
+    assert "targets unknown state NOWHERE" in message
+    assert "leaves terminal state ORDER_APPROVED" in message
+
+
+# ---- each check fires ----
+
+
+def test_unreachable_state_is_reported() -> None:
+    limbo = dataclasses.replace(
+        CREATE_ORDER_SAGA,
+        states=(*CREATE_ORDER_SAGA.states, State("LIMBO", sd.REJECT_ORDER)),
+        transitions=(
+            *CREATE_ORDER_SAGA.transitions,
+            Transition("LIMBO", OrderRejected, sd.ORDER_REJECTED),
+        ),
+    )
+    assert_only_problem(limbo, r"state LIMBO is unreachable from CREATING_ORDER")
+
+
+def test_state_cut_off_by_removed_transition_is_unreachable() -> None:
+    broken = with_transitions(
+        drop=((sd.AUTHORIZING_PAYMENT, DEADLINE),),
+        add=(Transition(sd.AUTHORIZING_PAYMENT, DEADLINE, sd.RELEASING_PRODUCTS),),
+    )
+    assert_only_problem(broken, r"state CANCELLING_PAYMENT is unreachable")
+
+
+def test_waiting_step_without_timeout_has_no_deadline_policy() -> None:
+    assert_only_problem(
+        with_step(sd.APPROVE_ORDER, timeout=None),
+        r"waiting state APPROVING_ORDER: step approve_order has no deadline policy",
+    )
+
+
+def test_non_terminal_state_without_step_has_no_deadline_policy() -> None:
+    states = tuple(
+        State(state.name, None) if state.name == sd.APPROVING_ORDER else state
+        for state in CREATE_ORDER_SAGA.states
+    )
+    found = problems(dataclasses.replace(CREATE_ORDER_SAGA, states=states))
+    assert "waiting state APPROVING_ORDER has no step, so no deadline policy" in found
+
+
+def test_non_positive_or_inverted_timeout_is_reported() -> None:
+    zero = sd.Timeout(timedelta(0), timedelta(seconds=1))
+    inverted = sd.Timeout(timedelta(seconds=10), timedelta(seconds=5))
+    assert_only_problem(with_step(sd.CREATE_ORDER, timeout=zero), r"0 < base <= cap")
+    assert_only_problem(with_step(sd.CREATE_ORDER, timeout=inverted), r"0 < base <= cap")
+
+
+def test_pivot_or_compensatable_state_without_deadline_transition_is_reported() -> None:
+    broken = with_transitions(drop=((sd.VERIFYING_PRODUCTS, DEADLINE),))
+    # its compensation state RELEASING_PRODUCTS stays reachable via PaymentFailed
+    assert_only_problem(
+        broken,
+        r"state VERIFYING_PRODUCTS: compensatable step verify_products has no deadline",
+    )
+
+
+def test_retriable_state_with_deadline_transition_is_reported() -> None:
+    broken = with_transitions(add=(Transition(sd.APPROVING_ORDER, DEADLINE, sd.REJECTING_ORDER),))
+    assert_only_problem(broken, r"retriable step approve_order must retry, not leave")
+
+
+def test_compensatable_step_after_the_pivot_is_reported() -> None:
+    broken = with_step(sd.APPROVE_ORDER, kind=StepKind.COMPENSATABLE)
+    found = problems(broken)
+    assert "compensatable step approve_order comes after the pivot authorize_payment" in found
+
+
+def test_retriable_forward_step_before_the_pivot_is_reported() -> None:
+    # create_order is retriable *and* undone by reject_order; without that it may not
+    # precede the pivot
+    assert_only_problem(
+        with_step(sd.CREATE_ORDER, compensation=None),
+        r"retriable step create_order comes before the pivot authorize_payment",
+    )
+
+
+def test_step_after_the_pivot_with_a_compensation_is_reported() -> None:
+    assert_only_problem(
+        with_step(sd.APPROVE_ORDER, compensation=sd.REJECT_ORDER),
+        r"step approve_order after the pivot authorize_payment declares a compensation",
+    )
+
+
+def test_missing_or_second_pivot_is_reported() -> None:
+    no_pivot = with_step(sd.AUTHORIZE_PAYMENT, kind=StepKind.COMPENSATABLE)
+    assert "the forward path needs exactly one pivot step, found none" in problems(no_pivot)
+    two = with_step(sd.VERIFY_PRODUCTS, kind=StepKind.PIVOT)
+    assert any("exactly one pivot" in p and "verify_products" in p for p in problems(two))
+
+
+def test_compensation_step_must_be_retriable() -> None:
+    found = problems(with_step(sd.RELEASE_PRODUCTS, kind=StepKind.PIVOT))
+    assert "compensation step release_products must be retriable, not pivot" in found
+
+
+def test_transition_to_unknown_state_is_reported() -> None:
+    broken = with_transitions(
+        drop=((sd.CANCELLING_PAYMENT, PaymentCancelled),),
+        add=(Transition(sd.CANCELLING_PAYMENT, PaymentCancelled, "REFUNDING"),),
+    )
+    found = problems(broken)
+    assert any("targets unknown state REFUNDING" in p for p in found), found
+
+
+def test_transition_from_unknown_state_is_reported() -> None:
+    broken = with_transitions(add=(Transition("GHOST", OrderRejected, sd.ORDER_REJECTED),))
+    assert_only_problem(broken, r"starts from unknown state GHOST")
+
+
+def test_terminal_state_with_outgoing_transition_is_reported() -> None:
+    broken = with_transitions(add=(Transition(sd.ORDER_REJECTED, DEADLINE, sd.CREATING_ORDER),))
+    assert_only_problem(broken, r"leaves terminal state ORDER_REJECTED")
+
+
+def test_trigger_that_the_step_never_replies_is_reported() -> None:
+    broken = with_transitions(
+        add=(Transition(sd.CREATING_ORDER, ProductsReleased, sd.REJECTING_ORDER),)
+    )
+    assert_only_problem(broken, r"ProductsReleased is not a reply of step create_order")
+
+
+def test_unhandled_reply_is_reported() -> None:
+    broken = with_transitions(
+        drop=((sd.AUTHORIZING_PAYMENT, PaymentFailed),),
+    )
+    assert_only_problem(broken, r"AUTHORIZING_PAYMENT has no transition for reply PaymentFailed")
+
+
+def test_duplicate_names_and_transitions_are_reported() -> None:
+    twice = CREATE_ORDER_SAGA.transitions[0]
+    found = problems(
+        dataclasses.replace(
+            CREATE_ORDER_SAGA,
+            steps=(*CREATE_ORDER_SAGA.steps, CREATE_ORDER_SAGA.steps[0]),
+            states=(*CREATE_ORDER_SAGA.states, CREATE_ORDER_SAGA.states[0]),
+            transitions=(*CREATE_ORDER_SAGA.transitions, twice),
+        )
+    )
+    assert "step create_order is declared twice" in found
+    assert "state CREATING_ORDER is declared twice" in found
+    assert "transition from CREATING_ORDER on OrderCreated is declared twice" in found
+
+
+def test_unknown_step_references_are_reported() -> None:
+    states = (*CREATE_ORDER_SAGA.states, State("ODD", "no_such_step"))
+    broken = dataclasses.replace(
+        with_step(sd.VERIFY_PRODUCTS, compensation="undo_all"),
+        states=states,
+        terminal=CREATE_ORDER_SAGA.terminal | {"ODD", "NEVER"},
+    )
+    found = problems(broken)
+    assert "state ODD waits for unknown step no_such_step" in found
+    assert "terminal state ODD waits for step no_such_step" in found
+    assert "terminal state NEVER is unknown" in found
+    assert "step verify_products has unknown compensation step undo_all" in found
+
+
+def test_terminal_initial_state_is_reported() -> None:
+    broken = dataclasses.replace(CREATE_ORDER_SAGA, initial=sd.ORDER_APPROVED)
+    assert "initial state ORDER_APPROVED is terminal" in problems(broken)
+
+
+# ---- timeouts ----
+
+
+def test_backoff_doubles_from_base_up_to_cap() -> None:
+    policy = sd.backoff(base_seconds=5, cap_seconds=60)
+    assert [policy.after(n).total_seconds() for n in range(1, 8)] == [5, 10, 20, 40, 60, 60, 60]
+    assert policy.after(10_000) == timedelta(seconds=60)
+
+
+def test_single_deadline_is_fixed() -> None:
+    policy = sd.single_deadline(30)
+    assert policy.after(1) == policy.after(5) == timedelta(seconds=30)
+
+
+# ---- routing ----
+
+T = datetime(2026, 1, 1, tzinfo=UTC)
+EUR10 = Money(Decimal("10.00"), "EUR")
+ITEMS = [OrderItem("p-1", 2)]
+HEAD: dict[str, Any] = {"saga_id": "saga-1", "command_id": "saga-1:x", "attempt": 1, "sent_at": T}
+
+
+@pytest.mark.parametrize(
+    ("command", "topic", "key"),
+    [
+        (CreateOrder(**HEAD, order_id="ord-1", customer_id="cus-1", items=ITEMS),
+         "order.commands", b"ord-1"),
+        (ApproveOrder(**HEAD, order_id="ord-1"), "order.commands", b"ord-1"),
+        (RejectOrder(**HEAD, order_id="ord-1", reason="r"), "order.commands", b"ord-1"),
+        (ReserveProducts(**HEAD, order_id="ord-1", items=ITEMS), "product.commands", b"saga-1"),
+        (ReleaseProducts(**HEAD, order_id="ord-1"), "product.commands", b"saga-1"),
+        (AuthorizePayment(**HEAD, order_id="ord-1", customer_id="cüs-1", amount=EUR10),
+         "payment.commands", "cüs-1".encode()),
+        (CancelPayment(**HEAD, order_id="ord-1", customer_id="cus-1"),
+         "payment.commands", b"cus-1"),
+    ],
+)  # fmt: skip
+def test_route_gives_participant_topic_and_key(command: sd.Command, topic: str, key: bytes) -> None:
+    assert route(command) == (topic, key)
+
+
+def test_route_rejects_what_is_not_a_saga_command() -> None:
+    with pytest.raises(TypeError, match="TopUp is not a command"):
+        route(TopUp("t-1", "cus-1", EUR10))  # type: ignore[arg-type]
+
+
+def test_topic_names() -> None:
+    assert (sd.REQUEST_TOPIC, sd.REPLY_TOPIC, sd.EVENTS_TOPIC) == (
+        "orders.requested",
+        "saga.replies",
+        "saga.events",
+    )
+
+
+# ---- diagram ----
+
+
+def test_diagram_mentions_every_state_and_transition() -> None:
+    text = mermaid()
+    lines = {line.strip() for line in text.splitlines()}
+    assert text.startswith("stateDiagram-v2\n")
+    assert "[*] --> CREATING_ORDER : OrderRequested / CreateOrder" in lines
+    for state in CREATE_ORDER_SAGA.states:
+        assert state.name in text
+    for t in CREATE_ORDER_SAGA.transitions:
+        trigger = "deadline" if t.trigger is DEADLINE else t.trigger.__name__
+        step = CREATE_ORDER_SAGA.waiting_step(t.target)
+        label = trigger if step is None else f"{trigger} / {step.command.__name__}"
+        assert f"{t.source} --> {t.target} : {label}" in lines
+    for state in CREATE_ORDER_SAGA.states:
+        step = CREATE_ORDER_SAGA.waiting_step(state.name)
+        if step is not None and step.kind is StepKind.RETRIABLE:
+            retry = f"{state.name} --> {state.name} : deadline / retry {step.command.__name__}"
+            assert retry in lines
+    assert "ORDER_APPROVED --> [*]" in lines
+    assert "ORDER_REJECTED --> [*]" in lines
+    assert "note right of AUTHORIZING_PAYMENT : pivot" in lines
+
+
+def test_diagram_edge_count_matches_definition() -> None:
+    edges = [line for line in mermaid().splitlines() if "-->" in line]
+    retries = [
+        s
+        for s in CREATE_ORDER_SAGA.states
+        if (step := CREATE_ORDER_SAGA.waiting_step(s.name)) and step.kind is StepKind.RETRIABLE
+    ]
+    expected = 1 + len(CREATE_ORDER_SAGA.transitions) + len(retries) + 2
+    assert len(edges) == expected
