@@ -327,24 +327,19 @@ class SagaState:
 
 
 @dataclass(frozen=True)
-class RecordedReply:
-    """The reply a participant gave to a command, kept so a duplicate gets the same answer."""
-
-    command_id: str
-    reply: bytes  # the encoded reply message
-
-
-@dataclass(frozen=True)
 class OrderRow:
-    """Order Service `orders` table (key order id)."""
+    """Order Service `orders` table (key order id).
+
+    No recorded replies: the reply to every order command follows from `status`, so a
+    duplicate command is answered again from the row (participants/order/logic.py).
+    """
 
     order_id: str
-    customer_id: str
+    customer_id: str  # "" for an order rejected before it was ever created
     items: list[OrderItem]
     status: str  # APPROVAL_PENDING | APPROVED | REJECTED
     reason: str | None
     updated_at: datetime
-    replies: list[RecordedReply] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -358,39 +353,52 @@ class StockRow:
     restocked: int  # total ever added by Restock
     unit_price: Money
     reservations: dict[str, int] = field(default_factory=dict)  # saga id -> quantity held
-    settled: dict[str, str] = field(default_factory=dict)  # saga id -> RELEASED | SOLD | REFUSED
-    restock_ids: list[str] = field(default_factory=list)
+    # saga id -> RELEASED | SOLD | REFUSED; the latest MAX_SETTLED sagas, oldest first
+    settled: dict[str, str] = field(default_factory=dict)
+    restock_ids: list[str] = field(default_factory=list)  # the latest MAX_RESTOCK_IDS
 
 
 @dataclass(frozen=True)
 class Reservation:
-    """Product Service `reservations` table (key saga id): collects per-item results."""
+    """Product Service `reservations` table (key saga id): collects per-item results.
+
+    No recorded replies: the replies follow from `status`, `results` and the command ids
+    kept here (participants/product/logic.py rebuilds them for duplicates).
+    """
 
     saga_id: str
     order_id: str
-    items: list[OrderItem]
-    results: list[ItemResult]
+    items: list[OrderItem]  # as requested (a product may appear on several lines)
+    results: list[ItemResult]  # the first result per product, in arrival order
     status: str  # COLLECTING | RESERVED | UNAVAILABLE | RELEASED | SOLD
-    release_requested: bool
-    replies: list[RecordedReply] = field(default_factory=list)
+    release_requested: bool  # a ReleaseProducts came while results were still coming in
+    reserve_command_id: str | None  # the ReserveProducts; None if a release came first
+    reserve_attempt: int  # latest attempt seen (0 if none); the deferred reply echoes it
+    release_command_id: str | None  # the ReleaseProducts, once one came
+    release_attempt: int  # latest attempt seen (0 if none)
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
 class Payment:
-    """One payment of an account (inside `Account`)."""
+    """One payment of an account (inside `Account`), one per saga."""
 
     saga_id: str
-    amount: Money
-    status: str  # AUTHORIZED | REFUNDED | CANCELLED (cancelled before any authorize)
+    amount: Money  # zero for CANCELLED (nothing was ever asked for)
+    status: str  # AUTHORIZED | REFUNDED | CANCELLED (cancelled before any authorize) | FAILED
+    reason: str | None = None  # why a FAILED payment was refused
 
 
 @dataclass(frozen=True)
 class Account:
-    """Payment Service `accounts` table (key customer id)."""
+    """Payment Service `accounts` table (key customer id).
+
+    Money is conserved: balance + sum(AUTHORIZED payments) + captured_archived == topped_up.
+    """
 
     customer_id: str
     balance: Money
     topped_up: Money  # total ever credited by TopUp
-    payments: list[Payment] = field(default_factory=list)
-    replies: list[RecordedReply] = field(default_factory=list)
-    top_up_ids: list[str] = field(default_factory=list)
+    captured_archived: Money  # AUTHORIZED payments pruned from `payments` (kept: MAX_PAYMENTS)
+    payments: list[Payment] = field(default_factory=list)  # one per saga, oldest first
+    top_up_ids: list[str] = field(default_factory=list)  # the latest MAX_TOP_UP_IDS

@@ -1,0 +1,119 @@
+"""Dead letters: a record that cannot be processed goes, unchanged, to saga.dead-letters.
+
+The raw key and value are copied as they were (so an operator can inspect or replay
+them); Kafka headers say what went wrong and where the record came from:
+
+    error             human-readable message
+    error.reason      short machine-readable code (MessageDecodeError.reason, or the
+                      exception class name)
+    source.topic      topic, partition and offset of the original record
+    source.partition
+    source.offset
+    dead_lettered_at  ISO-8601 UTC time, e.g. 2024-05-17T12:30:45.123Z
+
+All header values are UTF-8 bytes. The dead-letter topic is keyed by the original key.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+DEAD_LETTER_TOPIC = "saga.dead-letters"
+MAX_ERROR_LENGTH = 2000  # characters of the error message kept in the header
+
+Headers = list[tuple[str, bytes]]
+
+
+def dead_letter_headers(
+    error: str,
+    reason: str,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    now: datetime | None = None,
+) -> Headers:
+    """The headers of a dead letter (``now`` defaults to the current time; naive = UTC)."""
+    if now is None:
+        now = datetime.now(UTC)
+    elif now.utcoffset() is None:
+        now = now.replace(tzinfo=UTC)
+    at = now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if len(error) > MAX_ERROR_LENGTH:
+        error = error[: MAX_ERROR_LENGTH - 1] + "…"
+    return [
+        ("error", error.encode()),
+        ("error.reason", reason.encode()),
+        ("source.topic", source_topic.encode()),
+        ("source.partition", str(partition).encode()),
+        ("source.offset", str(offset).encode()),
+        ("dead_lettered_at", at.encode()),
+    ]
+
+
+def error_reason(error: BaseException) -> str:
+    """The error's ``reason`` code, else that of its cause (Faust wraps codec errors in
+    ValueDecodeError), else the exception class name."""
+    seen: BaseException | None = error
+    while seen is not None:
+        reason = getattr(seen, "reason", None)
+        if isinstance(reason, str) and reason:
+            return reason
+        seen = seen.__cause__
+    return type(error).__name__
+
+
+def error_headers(error: BaseException, source_topic: str, partition: int, offset: int) -> Headers:
+    """dead_letter_headers for an exception."""
+    message = str(error) or type(error).__name__
+    return dead_letter_headers(message, error_reason(error), source_topic, partition, offset)
+
+
+async def send_dead_letter_faust(
+    app: Any,
+    key: bytes | None,
+    value: bytes | None,
+    error: BaseException,
+    source_topic: str,
+    partition: int,
+    offset: int,
+) -> Any:
+    """Send the raw record to the dead-letter topic with the Faust app's producer.
+
+    Returns what Faust's ``Topic.send`` gives: an awaitable of the RecordMetadata, for a
+    caller that wants to wait for the broker's acknowledgement.
+    """
+    topic = app.topic(
+        DEAD_LETTER_TOPIC,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    return await topic.send(
+        key=key,
+        value=value,
+        headers=error_headers(error, source_topic, partition, offset),
+    )
+
+
+def send_dead_letter_confluent(
+    producer: Any,
+    key: bytes | None,
+    value: bytes | None,
+    error: BaseException,
+    source_topic: str,
+    partition: int,
+    offset: int,
+) -> None:
+    """Produce the raw record to the dead-letter topic with a confluent_kafka Producer.
+
+    Only queues it: the caller polls/flushes its producer as usual. (A producer of keyed
+    records in this project is created with ``partitioner="murmur2_random"``.)
+    """
+    producer.produce(
+        DEAD_LETTER_TOPIC,
+        key=key,
+        value=value,
+        headers=error_headers(error, source_topic, partition, offset),
+    )

@@ -1,0 +1,151 @@
+"""messaging/dead_letters.py: headers and the two producers (stubs, no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from faust.exceptions import ValueDecodeError
+
+from messaging.dead_letters import (
+    DEAD_LETTER_TOPIC,
+    dead_letter_headers,
+    send_dead_letter_confluent,
+    send_dead_letter_faust,
+)
+from schemas.codec import MessageDecodeError, decode
+
+AT = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
+
+
+def test_headers() -> None:
+    headers = dead_letter_headers(
+        "no schema has fingerprint 0000", "unknown-fingerprint", "saga.replies", 3, 1234, now=AT
+    )
+    assert headers == [
+        ("error", b"no schema has fingerprint 0000"),
+        ("error.reason", b"unknown-fingerprint"),
+        ("source.topic", b"saga.replies"),
+        ("source.partition", b"3"),
+        ("source.offset", b"1234"),
+        ("dead_lettered_at", b"2024-05-17T12:30:45.123Z"),
+    ]
+    assert datetime.fromisoformat(dict(headers)["dead_lettered_at"].decode()) == AT.replace(
+        microsecond=123000
+    )
+
+
+def test_header_time_is_utc() -> None:
+    def at(now: datetime | None) -> str:
+        return dict(dead_letter_headers("e", "r", "t", 0, 0, now=now))["dead_lettered_at"].decode()
+
+    assert at(datetime(2024, 5, 17, 14, 30, tzinfo=timezone(timedelta(hours=2)))) == (
+        "2024-05-17T12:30:00.000Z"
+    )
+    assert at(datetime(2024, 5, 17, 12, 30)) == "2024-05-17T12:30:00.000Z"  # naive = UTC
+    before = datetime.now(UTC)
+    default = datetime.fromisoformat(at(None))
+    assert before - timedelta(milliseconds=1) <= default <= datetime.now(UTC)
+    assert default.utcoffset() == timedelta(0)
+
+
+def test_headers_are_utf8_and_bounded() -> None:
+    headers = dict(dead_letter_headers("clé ✗ " * 1000, "r", "t", 0, 0, now=AT))
+    error = headers["error"].decode("utf-8")
+    assert error.startswith("clé ✗ clé") and error.endswith("…")
+    assert len(error) == 2000
+
+
+class RecordingProducer:
+    """Stands in for confluent_kafka.Producer: records produce() calls."""
+
+    def __init__(self) -> None:
+        self.produced: list[tuple[str, dict[str, Any]]] = []
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        self.produced.append((topic, kwargs))
+
+
+def test_confluent_sends_the_raw_record_with_headers() -> None:
+    producer = RecordingProducer()
+    value = b"\xc3\x01garbage"
+    try:
+        decode(value)
+    except MessageDecodeError as error:
+        send_dead_letter_confluent(producer, b"saga-1", value, error, "saga.replies", 2, 77)
+    [(topic, sent)] = producer.produced
+    assert topic == DEAD_LETTER_TOPIC == "saga.dead-letters"
+    assert sent["key"] == b"saga-1"
+    assert sent["value"] == value
+    headers = dict(sent["headers"])
+    assert headers["error.reason"] == b"truncated"
+    assert b"header" in headers["error"]
+    assert (headers["source.topic"], headers["source.partition"], headers["source.offset"]) == (
+        b"saga.replies",
+        b"2",
+        b"77",
+    )
+
+
+def test_reason_of_other_errors() -> None:
+    producer = RecordingProducer()
+    send_dead_letter_confluent(producer, None, None, KeyError("x"), "t", 0, 1)
+    send_dead_letter_confluent(producer, None, None, RuntimeError(), "t", 0, 1)
+    try:
+        try:
+            decode(b"nope")
+        except MessageDecodeError as error:
+            raise ValueDecodeError(str(error)) from error
+    except ValueDecodeError as wrapped:
+        send_dead_letter_confluent(producer, None, None, wrapped, "t", 0, 1)
+    reasons = [dict(sent["headers"])["error.reason"] for _, sent in producer.produced]
+    errors = [dict(sent["headers"])["error"] for _, sent in producer.produced]
+    assert reasons == [b"KeyError", b"RuntimeError", b"not-avro"]
+    assert errors[:2] == [b"'x'", b"RuntimeError"]
+    assert all(sent["key"] is None and sent["value"] is None for _, sent in producer.produced)
+
+
+class RecordingTopic:
+    def __init__(self, sent: list[dict[str, Any]]) -> None:
+        self.sent = sent
+
+    async def send(self, **kwargs: Any) -> str:
+        self.sent.append(kwargs)
+        return "future"
+
+
+class RecordingApp:
+    """Stands in for faust.App: records the topic asked for and what is sent to it."""
+
+    def __init__(self) -> None:
+        self.topics: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+        self.sent: list[dict[str, Any]] = []
+
+    def topic(self, *names: str, **options: Any) -> RecordingTopic:
+        self.topics.append((names, options))
+        return RecordingTopic(self.sent)
+
+
+def test_faust_sends_the_raw_record_with_headers() -> None:
+    app = RecordingApp()
+    error = MessageDecodeError("unexpected-type", "got a CreateOrder, expected SagaEvent")
+    result = asyncio.run(
+        send_dead_letter_faust(app, b"k", b"\xc3\x01...", error, "saga.events", 1, 5)
+    )
+    assert result == "future"
+    [(names, options)] = app.topics
+    assert names == (DEAD_LETTER_TOPIC,)
+    assert options == {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    [sent] = app.sent
+    assert (sent["key"], sent["value"]) == (b"k", b"\xc3\x01...")
+    headers = dict(sent["headers"])
+    assert headers["error"] == b"got a CreateOrder, expected SagaEvent"
+    assert headers["error.reason"] == b"unexpected-type"
+    assert headers["source.topic"] == b"saga.events"
+    assert headers["source.offset"] == b"5"
