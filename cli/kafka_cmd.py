@@ -35,7 +35,9 @@ def start(timeout: float) -> None:
 def stop() -> None:
     """Stop the local broker cleanly; its data is kept."""
     if settings.external_bootstrap():
-        raise click.ClickException("KAFKA_BOOTSTRAP_SERVERS is set: not stopping an external cluster")
+        raise click.ClickException(
+            "KAFKA_BOOTSTRAP_SERVERS is set: not stopping an external cluster"
+        )
     local_broker.stop(log=click.echo)
 
 

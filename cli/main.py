@@ -5,7 +5,10 @@ from __future__ import annotations
 import click
 
 from cli.kafka_cmd import kafka
+from cli.orders_cmd import order, seed, status
 from cli.topics_cmd import topics
+from cli.up_cmd import up
+from cli.worker_cmd import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,6 +18,9 @@ def cli() -> None:
 
 cli.add_command(kafka)
 cli.add_command(topics)
+cli.add_command(worker)
+for command in (up, order, seed, status):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -31,10 +31,13 @@ def utc_now() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def create_app(app_id: str, *, web_port: int, store: str = "rocksdb://", **overrides: Any) -> faust.App:
+def create_app(
+    app_id: str, *, web_port: int, store: str = "rocksdb://", **overrides: Any
+) -> faust.App:
     """A Faust app wired to the configured cluster with the project's conventions."""
     codec.register_faust_codec()
     datadir = settings.local_home() / "workers" / f"{app_id}-{web_port}"
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     conf: dict[str, Any] = {
         "broker": ";".join(f"kafka://{b}" for b in settings.bootstrap_servers().split(",")),
         "broker_credentials": settings.faust_broker_credentials(),
@@ -75,15 +78,17 @@ def typed_table(app: faust.App, name: str) -> faust.Table:
     """
     changelog = f"{app.conf.id}-{name}-changelog"
     spec = topics.project_topics().topics[changelog]
-    return app.Table(
+    table: Any = app.Table(
         name,
         key_type=bytes,
-        key_serializer="raw",
-        value_serializer="saga-avro",
         partitions=spec.partitions,
         options={"driver": "rocksdict"},
         help=spec.doc,
     )
+    # Faust derives table serializers from key/value types only (json unless bytes), and
+    # its store and changelog read these attributes lazily: set Avro before first use.
+    table.value_serializer = "saga-avro"
+    return table
 
 
 class Sender:
@@ -117,7 +122,7 @@ async def decoded_events(
     async for event in stream.events():
         message = event.message
         try:
-            value = codec.decode_as(event.value, *expected)
+            value: object = codec.decode_as(event.value, *expected)
             if key_of is not None and event.key != key_of(value).encode():
                 raise codec.MessageDecodeError(
                     "key-mismatch",
@@ -125,7 +130,11 @@ async def decoded_events(
                 )
         except codec.MessageDecodeError as exc:
             log.warning(
-                "dead-lettering %s[%s]@%s: %s", message.topic, message.partition, message.offset, exc
+                "dead-lettering %s[%s]@%s: %s",
+                message.topic,
+                message.partition,
+                message.offset,
+                exc,
             )
             await send_dead_letter_faust(
                 app, event.key, event.value, exc, message.topic, message.partition, message.offset

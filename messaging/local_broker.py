@@ -157,7 +157,9 @@ def _format_storage(properties: Path) -> None:
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     result = subprocess.run(
-        _java_command(storage, ["format", "-t", cluster_id, "-c", str(properties), "-g"], tool=True),
+        _java_command(
+            storage, ["format", "-t", cluster_id, "-c", str(properties), "-g"], tool=True
+        ),
         capture_output=True,
         text=True,
     )
@@ -198,9 +200,9 @@ def answers(bootstrap: str, timeout: float = 3.0) -> bool:
     from messaging.settings import confluent_config
 
     host, _, port = bootstrap.split(",")[0].rpartition(":")
-    if bootstrap == settings.bootstrap_servers() and not settings.external_bootstrap():
-        if not port_open(host, int(port)):
-            return False
+    local = bootstrap == settings.bootstrap_servers() and not settings.external_bootstrap()
+    if local and not port_open(host, int(port)):  # fail fast: no client timeout
+        return False
     try:
         admin = AdminClient(confluent_config(**{"bootstrap.servers": bootstrap}))
         metadata = admin.list_topics(timeout=timeout)
@@ -246,7 +248,9 @@ def start(timeout: float = 90.0, log: _Log = print) -> str:
     while time.monotonic() < deadline:
         exited = process.poll() is not None if process else running_pid() is None
         if exited:
-            raise BrokerError(f"the broker exited during start-up; see {paths().log}\n{tail_log(30)}")
+            raise BrokerError(
+                f"the broker exited during start-up; see {paths().log}\n{tail_log(30)}"
+            )
         if answers(bootstrap, timeout=2):
             log(f"local Kafka is up at {bootstrap}")
             return bootstrap

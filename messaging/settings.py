@@ -43,9 +43,12 @@ def _security_env() -> dict[str, str]:
     return {key: os.environ[env] for key, env in names.items() if os.environ.get(env)}
 
 
-def confluent_config(**extra: object) -> dict[str, object]:
+ConfigValue = str | int | float | bool
+
+
+def confluent_config(**extra: ConfigValue) -> dict[str, ConfigValue]:
     """Base configuration for confluent-kafka clients."""
-    config: dict[str, object] = {"bootstrap.servers": bootstrap_servers()}
+    config: dict[str, ConfigValue] = {"bootstrap.servers": bootstrap_servers()}
     security = _security_env()
     if "protocol" in security:
         config["security.protocol"] = security["protocol"]

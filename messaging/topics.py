@@ -167,8 +167,7 @@ def apply(spec: TopicsFile, admin: Any | None = None, timeout: float = 30.0) -> 
     if present:
         resources = [ConfigResource(ResourceType.TOPIC, t.name) for t in present]
         described = {
-            res.name: future.result()
-            for res, future in admin.describe_configs(resources).items()
+            res.name: future.result() for res, future in admin.describe_configs(resources).items()
         }
         for t in present:
             meta = existing[t.name]

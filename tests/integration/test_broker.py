@@ -6,6 +6,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
@@ -34,7 +35,7 @@ def _consume(topic: str, count: int, timeout: float = 20.0) -> list:
         )
     )
     consumer.subscribe([topic])
-    records = []
+    records: list[Any] = []
     try:
         import time
 

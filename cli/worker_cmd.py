@@ -1,0 +1,36 @@
+"""`saga worker NAME`: run one service as a Faust worker process."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+# Service name -> module whose `build(web_port=...)` returns an object with `.app`.
+SERVICES = {
+    "orchestrator": "orchestrator.app",
+    "order": "participants.order.app",
+    "product": "participants.product.app",
+    "payment": "participants.payment.app",
+}
+
+
+def build_service(name: str, web_port: int | None = None) -> Any:
+    module = importlib.import_module(SERVICES[name])
+    return module.build(web_port=web_port)
+
+
+@click.command()
+@click.argument("name", type=click.Choice(sorted(SERVICES)))
+@click.option("--web-port", type=int, default=None, help="Port of its web views.")
+@click.option("--loglevel", default="info", show_default=True)
+def worker(name: str, web_port: int | None, loglevel: str) -> None:
+    """Run the NAME service (orchestrator, order, product, payment) until stopped.
+
+    SIGTERM or Ctrl-C stop it gracefully: in-flight records finish and offsets commit.
+    """
+    import faust
+
+    service = build_service(name, web_port)
+    faust.Worker(service.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -1,0 +1,114 @@
+"""Seed files (YAML: products with stock and price, customers with balance) as admin messages."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from schemas import messages as m
+
+EXAMPLE_CATALOG = Path(__file__).resolve().parents[1] / "examples" / "catalog.yaml"
+
+
+class CatalogError(ValueError):
+    """The seed file is malformed; the message says where."""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    restocks: list[m.Restock]
+    top_ups: list[m.TopUp]
+
+
+def _money(value: Any, currency: str, where: str) -> m.Money:
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise CatalogError(f"{where}: {value!r} is not a decimal amount") from exc
+    if not amount.is_finite() or amount < 0 or amount != amount.quantize(Decimal("0.01")):
+        raise CatalogError(f"{where}: {value!r} must be >= 0 with at most 2 decimal places")
+    return m.Money(amount=amount.quantize(Decimal("0.01")), currency=currency)
+
+
+def _entries(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    entries = data.get(name) or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise CatalogError(f"'{name}' must be a list of mappings")
+    return entries
+
+
+def _id(entry: dict[str, Any], where: str) -> str:
+    value = entry.get("id")
+    if not isinstance(value, str) or not value.strip():
+        raise CatalogError(f"{where}: 'id' must be a non-empty string")
+    return value
+
+
+def parse(text: str) -> Catalog:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CatalogError("the seed file must be a mapping with 'products' and/or 'customers'")
+    currency = data.get("currency", "EUR")
+    if not (isinstance(currency, str) and len(currency) == 3 and currency.isupper()):
+        raise CatalogError(f"'currency' must be an ISO code like EUR, got {currency!r}")
+    # Ids derive from the file's content: seeding the same file twice changes nothing.
+    batch = hashlib.sha256(text.encode()).hexdigest()[:16]
+    restocks = []
+    for i, entry in enumerate(_entries(data, "products")):
+        product_id = _id(entry, f"products[{i}]")
+        where = f"product {product_id!r}"
+        stock = entry.get("stock")
+        if isinstance(stock, bool) or not isinstance(stock, int) or stock < 0:
+            raise CatalogError(f"{where}: 'stock' must be an integer >= 0, got {stock!r}")
+        restocks.append(
+            m.Restock(
+                restock_id=f"seed:{batch}:{product_id}",
+                product_id=product_id,
+                quantity=stock,
+                unit_price=_money(entry.get("price"), currency, f"{where}: 'price'"),
+            )
+        )
+    top_ups = []
+    for i, entry in enumerate(_entries(data, "customers")):
+        customer_id = _id(entry, f"customers[{i}]")
+        top_ups.append(
+            m.TopUp(
+                top_up_id=f"seed:{batch}:{customer_id}",
+                customer_id=customer_id,
+                amount=_money(
+                    entry.get("balance"), currency, f"customer {customer_id!r}: 'balance'"
+                ),
+            )
+        )
+    return Catalog(restocks=restocks, top_ups=top_ups)
+
+
+def load(path: Path) -> Catalog:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CatalogError(f"cannot read {path}: {exc}") from exc
+    try:
+        return parse(text)
+    except CatalogError as exc:
+        raise CatalogError(f"{path}: {exc}") from exc
+
+
+def publish(catalog: Catalog) -> None:
+    """Send Restock to product.stock (key product id) and TopUp to payment.commands."""
+    from messaging import client
+
+    producer = client.producer()
+    for restock in catalog.restocks:
+        client.send(producer, "product.stock", restock.product_id, restock)
+    for top_up in catalog.top_ups:
+        client.send(producer, "payment.commands", top_up.customer_id, top_up)
+    client.flush(producer)

@@ -1,0 +1,159 @@
+"""Plain confluent-kafka clients for the CLI, tests and benchmarks (no Faust)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from messaging import settings, topics
+from schemas import codec
+from schemas import messages as m
+
+EVENTS_TOPIC = "saga.events"
+REQUEST_TOPIC = "orders.requested"
+
+
+class ClientError(RuntimeError):
+    """The cluster could not be reached or answered with an error."""
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Faust (aiokafka) and Java clients pick for a key: murmur2."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def producer(**extra: Any) -> Producer:
+    # murmur2_random: the same partitioner as Faust, so keys land where their table rows live.
+    return Producer(
+        settings.confluent_config(
+            **{"partitioner": "murmur2_random", "linger.ms": 1, "enable.idempotence": True, **extra}
+        )
+    )
+
+
+def require_broker(timeout: float = 5.0) -> None:
+    # log_level 0: the failure is reported below once, not as librdkafka lines every 50 ms.
+    admin = AdminClient(settings.confluent_config(log_level=0))
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise ClientError(
+            f"cannot reach Kafka at {settings.bootstrap_servers()}: {exc.args[0].str()} "
+            "(start it with `saga kafka start`, or set KAFKA_BOOTSTRAP_SERVERS)"
+        ) from exc
+
+
+def send(producer_: Producer, topic: str, key: str, message: object) -> None:
+    producer_.produce(topic, key=key.encode(), value=codec.encode(message))
+
+
+def flush(producer_: Producer, timeout: float = 15.0) -> None:
+    remaining = producer_.flush(timeout)
+    if remaining:
+        raise ClientError(f"{remaining} message(s) not delivered to {settings.bootstrap_servers()}")
+
+
+def order_requested(
+    customer_id: str, items: Iterable[tuple[str, int]], order_id: str | None = None
+) -> m.OrderRequested:
+    from messaging.faust_app import utc_now
+
+    return m.OrderRequested(
+        order_id=order_id or str(uuid.uuid4()),
+        customer_id=customer_id,
+        items=[m.OrderItem(product_id=p, quantity=q) for p, q in items],
+        requested_at=utc_now(),
+    )
+
+
+def consumer(group: str | None = None, **extra: Any) -> Consumer:
+    return Consumer(
+        settings.confluent_config(
+            **{
+                "group.id": group or f"saga-cli-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                **extra,
+            }
+        )
+    )
+
+
+def assign_from_time(
+    consumer_: Consumer, topic: str, since: datetime, partitions: Iterable[int] | None = None
+) -> None:
+    """Assign partitions of a topic, starting at the first record at or after `since`."""
+    count = topics.partitions(topic)
+    wanted = list(partitions) if partitions is not None else list(range(count))
+    millis = int(since.timestamp() * 1000)
+    offsets = consumer_.offsets_for_times(
+        [TopicPartition(topic, p, millis) for p in wanted], timeout=10
+    )
+    # offset -1: no record that new yet, so start at the end.
+    consumer_.assign(
+        [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else -1) for tp in offsets]
+    )
+
+
+def follow_sagas(saga_ids: Iterable[str], since: datetime, timeout: float) -> Iterator[m.SagaEvent]:
+    """Yield the SagaEvents of the given sagas (from `since`) until all are terminal."""
+    waiting = set(saga_ids)
+    count = topics.partitions(EVENTS_TOPIC)
+    partitions = {partition_for(s.encode(), count) for s in waiting}
+    consumer_ = consumer()
+    try:
+        assign_from_time(consumer_, EVENTS_TOPIC, since - timedelta(seconds=5), partitions)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            record = consumer_.poll(0.2)
+            if record is None or record.error() is not None:
+                continue
+            key = (record.key() or b"").decode("utf-8", "replace")
+            if key not in waiting:
+                continue
+            try:
+                event = codec.decode_as(record.value() or b"", m.SagaEvent)
+            except codec.MessageDecodeError:
+                continue
+            yield event
+            if event.terminal:
+                waiting.discard(key)
+    finally:
+        consumer_.close()
+
+
+def saga_events(saga_id: str, timeout: float = 10.0) -> list[m.SagaEvent]:
+    """All SagaEvents of one saga so far (reads its partition of saga.events to the end)."""
+    count = topics.partitions(EVENTS_TOPIC)
+    partition = partition_for(saga_id.encode(), count)
+    consumer_ = consumer()
+    events = []
+    try:
+        _low, high = consumer_.get_watermark_offsets(
+            TopicPartition(EVENTS_TOPIC, partition), timeout=timeout
+        )
+        consumer_.assign([TopicPartition(EVENTS_TOPIC, partition, 0)])
+        deadline = time.monotonic() + timeout
+        position = 0
+        while position < high and time.monotonic() < deadline:
+            record = consumer_.poll(0.5)
+            if record is None or record.error() is not None:
+                continue
+            position = (record.offset() or 0) + 1
+            if record.key() != saga_id.encode():
+                continue
+            try:
+                event = codec.decode_as(record.value() or b"", m.SagaEvent)
+            except codec.MessageDecodeError:
+                continue
+            events.append(event)
+    finally:
+        consumer_.close()
+    return sorted(events, key=lambda e: e.sequence)

@@ -1,0 +1,47 @@
+"""What every participant worker shares: decoding, per-record error handling, replies."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import faust
+
+from messaging.faust_app import Sender, create_app, dead_letter_event, decoded_events, raw_topic
+
+REPLY_TOPIC = "saga.replies"
+
+Handler = Callable[[bytes, Any], Awaitable[None]]
+
+
+class ParticipantService:
+    """A Faust app whose agents decode records and hand typed messages to handlers."""
+
+    def __init__(self, app_id: str, web_port: int, **app_options: Any) -> None:
+        self.app = create_app(app_id, web_port=web_port, **app_options)
+        self.sender = Sender(self.app)
+
+    def consume(
+        self,
+        topic: str,
+        handlers: dict[type, Handler],
+        key_of: Callable[[Any], str],
+        name: str,
+    ) -> faust.types.AgentT:
+        """An agent on `topic` dispatching each decoded message to the handler of its type."""
+        expected = tuple(handlers)
+        app = self.app
+
+        async def run(stream: faust.StreamT) -> None:
+            async for event, message in decoded_events(app, stream, expected, key_of=key_of):
+                try:
+                    await handlers[type(message)](cast(bytes, event.key), message)
+                except Exception as exc:  # one bad record must not stop the service
+                    await dead_letter_event(app, event, exc)
+
+        run.__name__ = name
+        run.__qualname__ = name
+        return app.agent(raw_topic(app, topic), name=name)(run)
+
+    async def reply(self, reply: Any) -> None:
+        await self.sender.send(REPLY_TOPIC, reply.saga_id.encode(), reply)
