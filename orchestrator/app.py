@@ -108,6 +108,7 @@ class OrchestratorService:
         self.agent = self.app.agent(self.inputs, name="run_sagas")(self._run)
         self.app.timer(interval=1.0)(self._fire_deadlines)
         self.app.on_rebalance_complete.connect(self._on_rebalance)
+        __import__("orchestrator.views").views.register_views(self)
 
     async def _run(self, stream: faust.StreamT) -> None:
         async for event, message in decoded_events(self.app, stream, INPUTS, key_of=saga_key):

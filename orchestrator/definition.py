@@ -144,6 +144,10 @@ class Step:
     kind: StepKind
     timeout: Timeout | None
     compensation: str | None = None  # name of the step that undoes this one
+    # Compensatable/pivot steps: how many times the (idempotent) command is sent before a
+    # deadline compensates. Re-sending first means a command lost in a crash costs one
+    # deadline, not the order. Retriable steps re-send forever.
+    attempts: int = 1
 
     @property
     def replies(self) -> tuple[type, ...]:
@@ -241,7 +245,7 @@ RELEASE_PRODUCTS = "release_products"
 REJECT_ORDER = "reject_order"
 
 RETRY = backoff(base_seconds=5, cap_seconds=60)
-ONE_DEADLINE = single_deadline(seconds=30)
+RESEND = single_deadline(seconds=10)  # x3 attempts: 30 s before compensating
 
 CREATE_ORDER_SAGA = SagaDefinition(
     name="CreateOrderSaga",
@@ -264,7 +268,8 @@ CREATE_ORDER_SAGA = SagaDefinition(
             success=ProductsReserved,
             failure=ProductsUnavailable,
             kind=StepKind.COMPENSATABLE,
-            timeout=ONE_DEADLINE,
+            timeout=RESEND,
+            attempts=3,
             compensation=RELEASE_PRODUCTS,
         ),
         Step(
@@ -274,7 +279,8 @@ CREATE_ORDER_SAGA = SagaDefinition(
             success=PaymentAuthorized,
             failure=PaymentFailed,
             kind=StepKind.PIVOT,
-            timeout=ONE_DEADLINE,
+            timeout=RESEND,
+            attempts=3,
             compensation=CANCEL_PAYMENT,  # only when its reply does not come in time
         ),
         Step(

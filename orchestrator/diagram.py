@@ -28,6 +28,9 @@ def _lines(d: SagaDefinition) -> Iterator[str]:
         step = d.waiting_step(state.name)
         if step is not None and step.kind is StepKind.RETRIABLE:
             yield f"{state.name} --> {state.name} : deadline / retry {step.command.__name__}"
+        elif step is not None and step.attempts > 1:
+            resend = f"deadline, attempt < {step.attempts} / re-send {step.command.__name__}"
+            yield f"{state.name} --> {state.name} : {resend}"
         for transition in d.outgoing(state.name):
             yield _edge(d, transition)
     for state in d.states:

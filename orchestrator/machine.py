@@ -124,7 +124,7 @@ def on_deadline(
     step = definition.waiting_step(state.state)
     if step is None or not is_current(timeout, state):
         return Decision(state)
-    if step.kind is StepKind.RETRIABLE:
+    if step.kind is StepKind.RETRIABLE or state.attempt < step.attempts:
         return retry(state, step, timeout, now, definition)
     transition = definition.transition(state.state, DEADLINE)
     if transition is None:

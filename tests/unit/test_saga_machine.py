@@ -79,11 +79,11 @@ class Expect:
 # Written out by hand from the brief, independently of orchestrator.definition.
 TABLE: dict[tuple[str, type], Expect] = {
     ("CREATING_ORDER", OrderCreated): Expect(
-        "VERIFYING_PRODUCTS", ReserveProducts, "verify_products", 1, 30
+        "VERIFYING_PRODUCTS", ReserveProducts, "verify_products", 1, 10
     ),
     ("CREATING_ORDER", StepTimedOut): Expect("CREATING_ORDER", CreateOrder, "create_order", 2, 10),
     ("VERIFYING_PRODUCTS", ProductsReserved): Expect(
-        "AUTHORIZING_PAYMENT", AuthorizePayment, "authorize_payment", 1, 30
+        "AUTHORIZING_PAYMENT", AuthorizePayment, "authorize_payment", 1, 10
     ),
     ("VERIFYING_PRODUCTS", ProductsUnavailable): Expect(
         "REJECTING_ORDER",
@@ -94,12 +94,7 @@ TABLE: dict[tuple[str, type], Expect] = {
         "products unavailable: p-2 (requested 1, available 0)",
     ),
     ("VERIFYING_PRODUCTS", StepTimedOut): Expect(
-        "RELEASING_PRODUCTS",
-        ReleaseProducts,
-        "release_products",
-        1,
-        5,
-        "products not verified in time",
+        "VERIFYING_PRODUCTS", ReserveProducts, "verify_products", 2, 10
     ),
     ("AUTHORIZING_PAYMENT", PaymentAuthorized): Expect(
         "APPROVING_ORDER", ApproveOrder, "approve_order", 1, 5
@@ -113,12 +108,7 @@ TABLE: dict[tuple[str, type], Expect] = {
         "payment failed: insufficient funds",
     ),
     ("AUTHORIZING_PAYMENT", StepTimedOut): Expect(
-        "CANCELLING_PAYMENT",
-        CancelPayment,
-        "cancel_payment",
-        1,
-        5,
-        "payment not authorized in time",
+        "AUTHORIZING_PAYMENT", AuthorizePayment, "authorize_payment", 2, 10
     ),
     ("APPROVING_ORDER", OrderApproved): Expect("ORDER_APPROVED", None, None, 0, None),
     ("APPROVING_ORDER", StepTimedOut): Expect(
@@ -294,7 +284,7 @@ def test_reject_order_carries_the_saga_reason() -> None:
 
 
 def test_cancel_payment_goes_to_the_customer_partition() -> None:
-    saga = saga_in("AUTHORIZING_PAYMENT")
+    saga = saga_in("AUTHORIZING_PAYMENT", attempt=3)
     decision = decide(saga, timed_out(saga), NOW)
     assert decision.commands == (
         CancelPayment(SAGA, f"{SAGA}:cancel_payment", 1, NOW, SAGA, CUSTOMER),
@@ -452,8 +442,52 @@ def test_happy_path_numbers_events_in_order() -> None:
     assert state.reason is None and state.total == TOTAL
 
 
+@pytest.mark.parametrize(
+    ("state", "to_state", "command", "reason"),
+    [
+        (
+            "VERIFYING_PRODUCTS",
+            "RELEASING_PRODUCTS",
+            ReleaseProducts,
+            "products not verified in time",
+        ),
+        (
+            "AUTHORIZING_PAYMENT",
+            "CANCELLING_PAYMENT",
+            CancelPayment,
+            "payment not authorized in time",
+        ),
+    ],
+)
+def test_last_attempt_of_a_compensatable_or_pivot_step_compensates_on_deadline(
+    state: str, to_state: str, command: type, reason: str
+) -> None:
+    saga = saga_in(state, attempt=3)
+    decision = decide(saga, timed_out(saga), NOW)
+    assert decision.state is not None
+    assert (decision.state.state, decision.state.attempt, decision.state.reason) == (
+        to_state,
+        1,
+        reason,
+    )
+    assert [type(c) for c in decision.commands] == [command]
+
+
+def test_compensatable_and_pivot_commands_are_resent_before_compensating() -> None:
+    saga = saga_in("VERIFYING_PRODUCTS")
+    sent = []
+    for _ in range(2):
+        decision = decide(saga, timed_out(saga), NOW)
+        assert decision.state is not None
+        saga = decision.state
+        sent.extend(decision.commands)
+    assert saga.state == "VERIFYING_PRODUCTS" and saga.attempt == 3
+    assert {c.command_id for c in sent} == {f"{saga.saga_id}:verify_products"}
+    assert [c.attempt for c in sent] == [2, 3]
+
+
 def test_late_payment_reply_after_cancellation_is_ignored() -> None:
-    saga = saga_in("AUTHORIZING_PAYMENT")
+    saga = saga_in("AUTHORIZING_PAYMENT", attempt=3)
     cancelling = decide(saga, timed_out(saga), NOW).state
     assert cancelling is not None and cancelling.state == "CANCELLING_PAYMENT"
     for late in (reply(PaymentAuthorized), reply(PaymentFailed)):
@@ -478,7 +512,7 @@ def test_late_payment_reply_after_cancellation_is_ignored() -> None:
 
 
 def test_products_deadline_releases_then_rejects() -> None:
-    saga = saga_in("VERIFYING_PRODUCTS")
+    saga = saga_in("VERIFYING_PRODUCTS", attempt=3)
     final, decisions = run(
         [timed_out(saga), reply(ProductsReserved), reply(ProductsReleased), reply(OrderRejected)],
         start=saga,

@@ -1,0 +1,353 @@
+"""The orchestrator's web views: `/sagas` and `/sagas/{saga_id}` (JSON or HTML).
+
+- `/sagas?state=ORDER_REJECTED&limit=50`: counts by state and the latest sagas (by
+  `updated_at`), over the partitions this worker owns.
+- `/sagas/{saga_id}`: the saga's row (state, order, current step, attempt, deadline,
+  reason) and its timeline read from `saga.events`. Routed by Faust to the worker that
+  owns the key (`table_route`), so any orchestrator worker answers for any saga.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import KafkaException, TopicPartition
+from faust.web import Request, Response
+
+from messaging import client, topics
+from messaging import web as w
+from orchestrator.definition import CREATE_ORDER_SAGA, EVENTS_TOPIC
+from schemas import codec
+from schemas import messages as m
+
+if TYPE_CHECKING:
+    from orchestrator.app import OrchestratorService
+
+SERVICE = "orchestrator"
+STATES = tuple(state.name for state in CREATE_ORDER_SAGA.states)
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+SCAN_CAP = 100_000  # rows of the sagas table one /sagas request reads at most
+TIMELINE_TIMEOUT = 10.0
+# The timeline is read from the saga's creation time on (minus clock skew between hosts),
+# not from the start of a partition that keeps 30 days of events.
+TIMELINE_MARGIN = timedelta(seconds=60)
+
+
+# ---- the timeline, from saga.events ----
+
+
+@dataclass(frozen=True)
+class Timeline:
+    events: list[m.SagaEvent]
+    complete: bool  # read up to the end of the partition as it was when asked
+    error: str | None = None
+
+
+def read_timeline(saga_id: str, since: datetime, timeout: float = TIMELINE_TIMEOUT) -> Timeline:
+    """The SagaEvents of one saga (blocking: run it in an executor).
+
+    Reads the saga's partition of saga.events from `since` up to the end offset it had
+    when called. A re-sent event (same sequence) is listed once.
+    """
+    key = saga_id.encode()
+    partition = client.partition_for(key, topics.partitions(EVENTS_TOPIC))
+    found: dict[int, m.SagaEvent] = {}
+    consumer = client.consumer()
+    try:
+        _low, high = consumer.get_watermark_offsets(
+            TopicPartition(EVENTS_TOPIC, partition), timeout=timeout
+        )
+        millis = int(since.timestamp() * 1000)
+        (start,) = consumer.offsets_for_times(
+            [TopicPartition(EVENTS_TOPIC, partition, millis)], timeout=timeout
+        )
+        position = start.offset if start.offset >= 0 else high  # -1: nothing that recent
+        if position < high:
+            consumer.assign([TopicPartition(EVENTS_TOPIC, partition, position)])
+        deadline = time.monotonic() + timeout
+        while position < high:
+            if time.monotonic() > deadline:
+                return Timeline(_ordered(found), complete=False, error="timed out")
+            record = consumer.poll(0.2)
+            if record is None or record.error() is not None:
+                continue
+            position = (record.offset() or 0) + 1
+            if record.key() != key:
+                continue
+            try:
+                event = codec.decode_as(record.value() or b"", m.SagaEvent)
+            except codec.MessageDecodeError:
+                continue
+            found.setdefault(event.sequence, event)
+    except KafkaException as exc:
+        return Timeline(_ordered(found), complete=False, error=str(exc.args[0]))
+    finally:
+        consumer.close()
+    return Timeline(_ordered(found), complete=True)
+
+
+def _ordered(found: Mapping[int, m.SagaEvent]) -> list[m.SagaEvent]:
+    return [found[sequence] for sequence in sorted(found)]
+
+
+# ---- JSON ----
+
+
+def saga_summary(state: m.SagaState) -> dict[str, Any]:
+    return {
+        "saga_id": state.saga_id,
+        "state": state.state,
+        "terminal": CREATE_ORDER_SAGA.is_terminal(state.state),
+        "step": state.step,
+        "attempt": state.attempt,
+        "customer_id": state.customer_id,
+        "total": w.money(state.total),
+        "reason": state.reason,
+        "created_at": w.timestamp(state.created_at),
+        "updated_at": w.timestamp(state.updated_at),
+        "url": w.path("sagas", state.saga_id),
+    }
+
+
+def event_json(event: m.SagaEvent) -> dict[str, Any]:
+    return {
+        "sequence": event.sequence,
+        "at": w.timestamp(event.at),
+        "from_state": event.from_state,
+        "to_state": event.to_state,
+        "trigger": event.trigger,
+        "step": event.step,
+        "attempt": event.attempt,
+        "commands": list(event.commands),
+        "reason": event.reason,
+        "terminal": event.terminal,
+    }
+
+
+def saga_detail(state: m.SagaState, timeline: Timeline, worker: str) -> dict[str, Any]:
+    return {
+        "saga_id": state.saga_id,
+        "state": state.state,
+        "terminal": CREATE_ORDER_SAGA.is_terminal(state.state),
+        "step": state.step,
+        "attempt": state.attempt,
+        "deadline": w.timestamp(state.deadline),
+        "reason": state.reason,
+        "order": {
+            "order_id": state.order_id,
+            "customer_id": state.customer_id,
+            "items": w.items(state.items),
+            "total": w.money(state.total),
+        },
+        "sequence": state.sequence,
+        "created_at": w.timestamp(state.created_at),
+        "updated_at": w.timestamp(state.updated_at),
+        "timeline": [event_json(e) for e in timeline.events],
+        "timeline_complete": timeline.complete,
+        "timeline_error": timeline.error,
+        "worker": worker,  # the worker owning the saga's partition (requests are routed)
+    }
+
+
+# ---- HTML ----
+
+
+def _money_json_text(value: Mapping[str, str] | None) -> str | None:
+    return None if value is None else f"{value['amount']} {value['currency']}"
+
+
+def render_list(payload: Mapping[str, Any]) -> str:
+    chosen = payload["filter"]["state"]
+    counts: Mapping[str, int] = payload["counts"]
+    links = [
+        w.link(w.path("sagas", limit=payload["limit"]), f"all ({payload['total']})")
+        if chosen
+        else w.tag("a", f"all ({payload['total']})", href=w.path("sagas"), class_="current")
+    ]
+    for state, count in counts.items():
+        href = w.path("sagas", state=state, limit=payload["limit"])
+        current = "current" if state == chosen else None
+        links.append(w.tag("a", f"{state} ({count})", href=href, class_=current))
+    rows = [
+        (
+            w.link(s["url"], w.tag("span", s["saga_id"], class_="mono")),
+            w.state_badge(s["state"]),
+            s["step"],
+            s["customer_id"],
+            _money_json_text(s["total"]),
+            w.tag("time", s["updated_at"], datetime=s["updated_at"]),
+        )
+        for s in payload["sagas"]
+    ]
+    scanned = f"{payload['total']} saga(s) read" + (
+        "" if payload["complete"] else f" (stopped at the cap of {SCAN_CAP})"
+    )
+    title = f"Sagas in {chosen}" if chosen else "Sagas"
+    return w.document(
+        title,
+        f"{SERVICE} · {payload['worker']}",
+        w.tag(
+            "p",
+            f"Scope: {payload['scope']} (partitions {payload['partitions']}); {scanned}.",
+            class_="note",
+        ),
+        w.tag("nav", w.join(*links), class_="filters"),
+        w.section(
+            f"Latest {len(rows)} by last update",
+            w.table(
+                ["saga", "state", "waiting for", "customer", "total", "updated"],
+                rows,
+                numeric={4},
+                id="sagas",
+                empty="no saga here",
+            ),
+        ),
+    )
+
+
+def render_saga(payload: Mapping[str, Any]) -> str:
+    order = payload["order"]
+    events = payload["timeline"]
+    first_at = datetime.fromisoformat(events[0]["at"]) if events else None
+
+    def offset(at: str) -> str:
+        if first_at is None:
+            return ""
+        return f"+{(datetime.fromisoformat(at) - first_at).total_seconds():.3f}s"
+
+    timeline_rows = [
+        (
+            e["sequence"],
+            w.when(e["at"]),
+            offset(e["at"]),
+            w.join(
+                w.state_badge(e["from_state"] or "START"), " \u2192 ", w.state_badge(e["to_state"])
+            ),
+            e["trigger"],
+            ", ".join(e["commands"]) or None,
+            e["reason"],
+        )
+        for e in events
+    ]
+    timeline_note = (
+        ""
+        if payload["timeline_complete"]
+        else w.tag(
+            "p",
+            "The timeline may be incomplete: "
+            f"{payload['timeline_error'] or 'not read to the end'}.",
+            class_="note",
+        )
+    )
+    return w.document(
+        f"Saga {payload['saga_id']}",
+        f"{SERVICE} · {payload['worker']}",
+        w.fields(
+            [
+                ("state", w.state_badge(payload["state"])),
+                ("waiting for step", payload["step"]),
+                ("attempt", payload["attempt"]),
+                ("deadline", payload["deadline"]),
+                ("reason", payload["reason"]),
+                ("created", payload["created_at"]),
+                ("last update", payload["updated_at"]),
+            ],
+            id="saga",
+        ),
+        w.section(
+            "Order",
+            w.fields(
+                [
+                    ("order id", w.tag("span", order["order_id"], class_="mono")),
+                    ("customer", order["customer_id"]),
+                    ("total", _money_json_text(order["total"])),
+                ]
+            ),
+            w.table(
+                ["product", "quantity"],
+                [(i["product_id"], i["quantity"]) for i in order["items"]],
+                numeric={1},
+                id="items",
+                class_="compact",
+            ),
+        ),
+        w.section(
+            f"Timeline ({len(events)} transitions)",
+            timeline_note,
+            w.table(
+                ["#", "at", "", "transition", "on", "commands sent", "reason"],
+                timeline_rows,
+                numeric={0, 2},
+                id="timeline",
+                row_attributes=lambda i: {
+                    "class_": "event",
+                    "data_sequence": events[i]["sequence"],
+                    "data_from_state": events[i]["from_state"],
+                    "data_to_state": events[i]["to_state"],
+                },
+                empty="no events yet",
+            ),
+        ),
+        w.tag("p", w.link(w.path("sagas"), "all sagas"), class_="note"),
+    )
+
+
+# ---- registration ----
+
+
+def register_views(service: OrchestratorService) -> None:
+    """Add the saga views to the orchestrator's Faust web server."""
+    app = service.app
+    sagas = service.sagas
+
+    class SagaList(w.NegotiatedView):
+        service_name = SERVICE
+
+        async def get(self, request: Request) -> Response:
+            state_filter = w.choice_param(request, "state", STATES)
+            limit = w.int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
+            scan = await w.scan_table(sagas, SCAN_CAP)
+            counts = Counter(row.state for _key, row in scan.rows)
+            chosen = (
+                row for _key, row in scan.rows if state_filter is None or row.state == state_filter
+            )
+            latest = heapq.nlargest(limit, chosen, key=lambda row: row.updated_at)
+            payload = {
+                "scope": w.SCOPE,
+                "worker": w.worker_url(app),
+                "partitions": w.owned_partitions(app, sagas),
+                "total": len(scan.rows),
+                "complete": scan.complete,
+                "counts": {state: counts.get(state, 0) for state in STATES},
+                "filter": {"state": state_filter},
+                "limit": limit,
+                "sagas": [saga_summary(row) for row in latest],
+            }
+            return self.respond(request, payload, render_list)
+
+    class SagaDetail(w.NegotiatedView):
+        service_name = SERVICE
+
+        @w.table_route(app, sagas, "saga_id")
+        async def get(self, request: Request, saga_id: str) -> Response:
+            w.wants_html(request)  # a bad ?format= is a 400 before any work
+            state: m.SagaState | None = sagas.get(saga_id.encode())
+            if state is None:
+                raise w.not_found(f"no saga {saga_id!r}", saga_id=saga_id)
+            loop = asyncio.get_running_loop()
+            timeline = await loop.run_in_executor(
+                None, read_timeline, saga_id, state.created_at - TIMELINE_MARGIN
+            )
+            payload = saga_detail(state, timeline, w.worker_url(app))
+            return self.respond(request, payload, render_saga)
+
+    w.add_page(app, "/sagas", SagaList)
+    w.add_page(app, "/sagas/{saga_id}", SagaDetail)
