@@ -51,6 +51,9 @@ def create_app(
         "topic_disable_leader": True,  # no leader topic: nothing here needs a leader
         "table_standby_replicas": 0,
         "stream_recovery_delay": 0.5,
+        # A killed worker's partitions move after 10 s instead of Kafka's default 45 s.
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 2.0,
         "web_port": web_port,
         "web_bind": os.environ.get("SAGA_WEB_BIND", "127.0.0.1"),
         "web_host": os.environ.get("SAGA_WEB_HOST", "127.0.0.1"),
@@ -78,15 +81,30 @@ def typed_table(app: faust.App, name: str) -> faust.Table:
     """
     changelog = f"{app.conf.id}-{name}-changelog"
     spec = topics.project_topics().topics[changelog]
+    # Recovery decodes changelog records with the changelog topic's serializers while the
+    # store keeps the raw bytes: raw avoids decoding every row on recovery (Faust would
+    # otherwise default to json and drop every record it cannot parse).
+    changelog_topic = app.topic(
+        changelog,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=spec.partitions,
+        compacting=True,
+        acks=False,
+        internal=True,
+    )
     table: Any = app.Table(
         name,
         key_type=bytes,
         partitions=spec.partitions,
+        changelog_topic=changelog_topic,
         options={"driver": "rocksdict"},
         help=spec.doc,
     )
-    # Faust derives table serializers from key/value types only (json unless bytes), and
-    # its store and changelog read these attributes lazily: set Avro before first use.
+    # Faust derives a table's own serializers from key/value types only (json unless
+    # bytes); its store and changelog writes read these attributes lazily.
     table.value_serializer = "saga-avro"
     return table
 
