@@ -96,10 +96,16 @@ def assign_from_time(
     offsets = consumer_.offsets_for_times(
         [TopicPartition(topic, p, millis) for p in wanted], timeout=10
     )
-    # offset -1: no record that new yet, so start at the end.
-    consumer_.assign(
-        [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else -1) for tp in offsets]
-    )
+    start = []
+    for tp in offsets:
+        offset = tp.offset
+        if offset < 0:  # nothing that new yet: start at the current end, as a number, so a
+            # record written before the consumer's first fetch is not skipped
+            _low, offset = consumer_.get_watermark_offsets(
+                TopicPartition(topic, tp.partition), timeout=10
+            )
+        start.append(TopicPartition(topic, tp.partition, offset))
+    consumer_.assign(start)
 
 
 def follow_sagas(saga_ids: Iterable[str], since: datetime, timeout: float) -> Iterator[m.SagaEvent]:
@@ -157,3 +163,40 @@ def saga_events(saga_id: str, timeout: float = 10.0) -> list[m.SagaEvent]:
     finally:
         consumer_.close()
     return sorted(events, key=lambda e: e.sequence)
+
+
+def table_rows(changelog_topic: str, timeout: float = 30.0) -> dict[bytes, object]:
+    """The latest row per key of a table, read from its changelog topic to the current end.
+
+    An independent view of a service's state (no worker involved), for checks and tests.
+    """
+    consumer_ = consumer()
+    rows: dict[bytes, object] = {}
+    try:
+        count = topics.partitions(changelog_topic)
+        ends = {}
+        for partition in range(count):
+            _low, high = consumer_.get_watermark_offsets(
+                TopicPartition(changelog_topic, partition), timeout=timeout
+            )
+            if high > 0:
+                ends[partition] = high
+        consumer_.assign([TopicPartition(changelog_topic, p, 0) for p in ends])
+        positions = dict.fromkeys(ends, 0)
+        deadline = time.monotonic() + timeout
+        while any(positions[p] < ends[p] for p in ends):
+            if time.monotonic() > deadline:
+                raise ClientError(f"timed out reading {changelog_topic}")
+            record = consumer_.poll(0.5)
+            if record is None or record.error() is not None:
+                continue
+            positions[record.partition() or 0] = (record.offset() or 0) + 1
+            key = record.key() or b""
+            value = record.value()
+            if value is None:
+                rows.pop(key, None)  # tombstone
+            else:
+                rows[key] = codec.decode(value)
+    finally:
+        consumer_.close()
+    return rows
