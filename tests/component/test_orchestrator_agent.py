@@ -1,0 +1,84 @@
+"""The orchestrator's Faust agent under agent.test_context(), with the memory store.
+
+No broker: the agent reads from an in-memory channel; what it would send is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from orchestrator.app import OrchestratorService
+from schemas import codec
+from schemas import messages as m
+from tests.unit.saga_factories import reply, requested
+
+SAGA = "ord-1"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, Any]] = []
+        self.dead: list[tuple[bytes | None, bytes | None, str]] = []
+
+    async def send(self, topic: str, key: bytes, message: object) -> None:
+        self.sent.append((topic, key, message))
+
+    async def dead_letter(self, app: Any, key: Any, value: Any, error: Any, *rest: Any) -> None:
+        self.dead.append((key, value, getattr(error, "reason", type(error).__name__)))
+
+
+@pytest.fixture
+async def running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[Any, OrchestratorService, Recorder]]:
+    service = OrchestratorService(web_port=6999, store="memory://")
+    recorder = Recorder()
+    monkeypatch.setattr(service.sender, "send", recorder.send)
+    monkeypatch.setattr("messaging.faust_app.send_dead_letter_faust", recorder.dead_letter)
+    async with service.agent.test_context() as agent:
+        yield agent, service, recorder
+
+
+async def put(agent: Any, key: str, message: object) -> None:
+    await agent.put(codec.encode(message), key=key.encode())
+
+
+async def test_request_then_reply_moves_the_saga_and_sends_commands(running: Any) -> None:
+    agent, service, recorder = running
+    await put(agent, SAGA, requested(SAGA))
+    state = service.sagas[SAGA.encode()]
+    assert isinstance(state, m.SagaState) and state.state == "CREATING_ORDER"
+    topics = [(t, type(msg).__name__) for t, _k, msg in recorder.sent]
+    assert topics == [("order.commands", "CreateOrder"), ("saga.events", "SagaEvent")]
+
+    await put(agent, SAGA, reply(m.OrderCreated, saga_id=SAGA))
+    assert service.sagas[SAGA.encode()].state == "VERIFYING_PRODUCTS"
+    topic, key, command = recorder.sent[-2]
+    assert (topic, key, type(command)) == ("product.commands", SAGA.encode(), m.ReserveProducts)
+
+
+async def test_duplicate_request_changes_nothing(running: Any) -> None:
+    agent, service, recorder = running
+    await put(agent, SAGA, requested(SAGA))
+    before = service.sagas[SAGA.encode()]
+    await put(agent, SAGA, requested(SAGA))
+    assert service.sagas[SAGA.encode()] == before
+    assert len(recorder.sent) == 2
+
+
+async def test_bad_records_are_dead_lettered_and_the_agent_goes_on(running: Any) -> None:
+    agent, service, recorder = running
+    await agent.put(b"\x00garbage", key=b"x")
+    await put(agent, "other-key", requested(SAGA))  # key disagrees with the order id
+    await put(agent, SAGA, m.TopUp("t1", "c1", m.Money(amount=Decimal("1.00"), currency="EUR")))
+    await put(agent, SAGA, requested(SAGA))
+    assert [reason for _k, _v, reason in recorder.dead] == [
+        "not-avro",
+        "key-mismatch",
+        "unexpected-type",
+    ]
+    assert service.sagas[SAGA.encode()].state == "CREATING_ORDER"
