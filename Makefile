@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SAGA   := $(BIN)/saga
 N      ?= 2000
 
-.PHONY: setup broker demo up test unit lint chaos bench stop clean
+.PHONY: setup browser broker demo up test unit lint chaos bench stop clean
 
 setup: $(VENV)/.installed
 
@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+# Debian's Chromium, for the test that loads the saga page in a real browser.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 # Local Kafka (fetched from Maven Central once) and the topics of topics.yaml.
 broker: setup
@@ -29,7 +33,7 @@ up: broker
 	$(SAGA) up
 
 # Second command: set up everything and run the whole test suite against a real broker.
-test: broker
+test: broker browser
 	$(BIN)/pytest
 
 unit: setup
