@@ -15,6 +15,7 @@ from schemas import messages as m
 
 EXIT_REJECTED = 3
 EXIT_TIMED_OUT = 4
+MAX_QUANTITY = 1_000_000  # far below Avro's long range; an order of more is a typo
 
 
 def parse_item(value: str) -> tuple[str, int]:
@@ -27,8 +28,10 @@ def parse_item(value: str) -> tuple[str, int]:
         raise click.BadParameter(
             f"quantity {quantity!r} of {product!r} is not a whole number"
         ) from None
-    if count < 1:
-        raise click.BadParameter(f"quantity of {product!r} must be at least 1, got {count}")
+    if not 1 <= count <= MAX_QUANTITY:
+        raise click.BadParameter(
+            f"quantity of {product!r} must be at least 1 and at most {MAX_QUANTITY}, got {count}"
+        )
     return product, count
 
 
@@ -54,7 +57,10 @@ def describe(event: m.SagaEvent, started: float) -> str:
 )  # fmt: skip
 @click.option("--order-id", default=None, help="Order id (= saga id); a new UUID by default.")
 @click.option("--wait", is_flag=True, help="Follow the saga until it ends; exit 0 if approved.")
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option(
+    "--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to wait with --wait.",
+)  # fmt: skip
 def order(
     customer: str, items: list[tuple[str, int]], order_id: str | None, wait: bool, timeout: float
 ) -> None:

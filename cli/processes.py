@@ -34,7 +34,7 @@ class Workers:
         names: Iterable[str] = SERVICE_NAMES,
         *,
         ports: dict[str, int] | None = None,
-        echo: Callable[[str], None] | None = None,
+        echo: Callable[[str], object] | None = None,
         loglevel: str = "info",
         env: dict[str, str] | None = None,
     ) -> None:
@@ -75,13 +75,15 @@ class Workers:
         return [self.workers[name]] if name else list(self.workers.values())
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Wait until every worker's web server answers (it is then consuming)."""
+        """Wait until every worker answers /ready: tables recovered, partitions assigned."""
         deadline = time.monotonic() + timeout
         for worker in self.workers.values():
             while True:
                 self.check_alive()
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/", timeout=1):
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{worker.web_port}/ready", timeout=1
+                    ):
                         break
                 except OSError:
                     if time.monotonic() > deadline:

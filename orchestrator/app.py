@@ -7,6 +7,7 @@ never writes the table (only the agent that owns a key's partition may).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from datetime import datetime
@@ -25,6 +26,7 @@ from messaging.faust_app import (
 )
 from orchestrator.definition import EVENTS_TOPIC, REPLY_TOPIC, REQUEST_TOPIC, route
 from orchestrator.machine import decide, expired
+from orchestrator.views import register_views
 from schemas import messages as m
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,6 @@ INPUTS: tuple[type, ...] = (
     m.OrderRejected,
     m.StepTimedOut,
 )
-DEADLINE_RESCAN_SECONDS = 30.0
 
 
 def saga_key(message: object) -> str:
@@ -57,28 +58,37 @@ def saga_key(message: object) -> str:
 class DeadlineWatch:
     """Deadlines of the open sagas on this worker's partitions, kept in memory.
 
-    The agent updates it on every write; a periodic scan of the table rebuilds it after a
-    restart or rebalance (rows recovered from the changelog never pass through the agent).
+    The agent updates it on every write; a scan of the table rebuilds it after a start or
+    rebalance (rows recovered from the changelog never pass through the agent).
     """
 
     def __init__(self) -> None:
         self.open: dict[bytes, m.SagaState] = {}
         self.fired: set[tuple[bytes, str, int]] = set()
         self.needs_rescan = True
-        self.last_scan = 0.0
+        self.touched: set[bytes] = set()  # keys the agent wrote since the scan began
 
     def update(self, key: bytes, state: m.SagaState) -> None:
+        self.touched.add(key)
         if state.deadline is None:
             self.open.pop(key, None)
         else:
             self.open[key] = state
 
-    def rescan(self, rows: Any, monotonic_now: float) -> None:
-        self.open = {
-            key: state for key, state in rows if state is not None and state.deadline is not None
-        }
+    async def rescan(self, rows: Any) -> None:
+        """Rebuild from the table, giving the event loop back now and then (tables are big)."""
         self.needs_rescan = False
-        self.last_scan = monotonic_now
+        self.touched.clear()
+        found: dict[bytes, m.SagaState] = {}
+        for count, (key, state) in enumerate(rows, 1):
+            if state is not None and state.deadline is not None:
+                found[key] = state
+            if count % 500 == 0:
+                await asyncio.sleep(0)
+        # What the agent wrote meanwhile is newer than what the scan read.
+        self.open = {k: s for k, s in self.open.items() if k in self.touched} | {
+            k: s for k, s in found.items() if k not in self.touched
+        }
 
     def due(self, now: datetime) -> list[tuple[bytes, m.StepTimedOut]]:
         """StepTimedOut messages to send now, each at most once per (saga, step, attempt)."""
@@ -108,7 +118,7 @@ class OrchestratorService:
         self.agent = self.app.agent(self.inputs, name="run_sagas")(self._run)
         self.app.timer(interval=1.0)(self._fire_deadlines)
         self.app.on_rebalance_complete.connect(self._on_rebalance)
-        __import__("orchestrator.views").views.register_views(self)
+        register_views(self)
 
     async def _run(self, stream: faust.StreamT) -> None:
         async for event, message in decoded_events(self.app, stream, INPUTS, key_of=saga_key):
@@ -120,14 +130,16 @@ class OrchestratorService:
     async def handle(self, key: bytes, message: object) -> None:
         state = self.sagas.get(key)
         decision = decide(state, message, utc_now())
+        # Commands and events first, acknowledged, then the row. The other order lets a
+        # crash keep a transition whose messages were lost: the re-processed input is then
+        # stale, and e.g. a lost ORDER_APPROVED event leaves the stock reserved for ever.
+        outputs: list[tuple[str, bytes, object]]
+        outputs = [(*route(command), command) for command in decision.commands]
+        outputs += [(EVENTS_TOPIC, key, saga_event) for saga_event in decision.events]
+        await self.sender.send_acked(outputs)
         if decision.state is not None and decision.state is not state:
             self.sagas[key] = decision.state
             self.watch.update(key, decision.state)
-        for command in decision.commands:
-            topic, command_key = route(command)
-            await self.sender.send(topic, command_key, command)
-        for saga_event in decision.events:
-            await self.sender.send(EVENTS_TOPIC, key, saga_event)
 
     async def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
         self.watch.needs_rescan = True
@@ -135,9 +147,8 @@ class OrchestratorService:
     async def _fire_deadlines(self) -> None:
         if self.app.rebalancing or self.app.in_recovery:
             return
-        loop_now = self.app.loop.time()
-        if self.watch.needs_rescan or loop_now - self.watch.last_scan > DEADLINE_RESCAN_SECONDS:
-            self.watch.rescan(self.sagas.items(), loop_now)
+        if self.watch.needs_rescan:
+            await self.watch.rescan(self.sagas.items())
         for key, timeout in self.watch.due(utc_now()):
             log.info(
                 "deadline passed: saga %s step %s attempt %s", key, timeout.step, timeout.attempt

@@ -160,17 +160,14 @@ def saga_detail(state: m.SagaState, timeline: Timeline, worker: str) -> dict[str
 # ---- HTML ----
 
 
-def _money_json_text(value: Mapping[str, str] | None) -> str | None:
-    return None if value is None else f"{value['amount']} {value['currency']}"
-
-
 def render_list(payload: Mapping[str, Any]) -> str:
     chosen = payload["filter"]["state"]
     counts: Mapping[str, int] = payload["counts"]
+    everything = w.path("sagas", limit=payload["limit"])
     links = [
-        w.link(w.path("sagas", limit=payload["limit"]), f"all ({payload['total']})")
-        if chosen
-        else w.tag("a", f"all ({payload['total']})", href=w.path("sagas"), class_="current")
+        w.tag(
+            "a", f"all ({payload['total']})", href=everything, class_=None if chosen else "current"
+        )
     ]
     for state, count in counts.items():
         href = w.path("sagas", state=state, limit=payload["limit"])
@@ -182,7 +179,7 @@ def render_list(payload: Mapping[str, Any]) -> str:
             w.state_badge(s["state"]),
             s["step"],
             s["customer_id"],
-            _money_json_text(s["total"]),
+            w.money_text(s["total"]),
             w.tag("time", s["updated_at"], datetime=s["updated_at"]),
         )
         for s in payload["sagas"]
@@ -268,7 +265,7 @@ def render_saga(payload: Mapping[str, Any]) -> str:
                 [
                     ("order id", w.tag("span", order["order_id"], class_="mono")),
                     ("customer", order["customer_id"]),
-                    ("total", _money_json_text(order["total"])),
+                    ("total", w.money_text(order["total"])),
                 ]
             ),
             w.table(
@@ -312,6 +309,7 @@ def register_views(service: OrchestratorService) -> None:
         service_name = SERVICE
 
         async def get(self, request: Request) -> Response:
+            w.wants_html(request)  # a bad ?format= is a 400 before any work
             state_filter = w.choice_param(request, "state", STATES)
             limit = w.int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
             scan = await w.scan_table(sagas, SCAN_CAP)
@@ -351,3 +349,4 @@ def register_views(service: OrchestratorService) -> None:
 
     w.add_page(app, "/sagas", SagaList)
     w.add_page(app, "/sagas/{saga_id}", SagaDetail)
+    w.add_readiness(app, SERVICE)

@@ -8,6 +8,7 @@ from typing import Any
 
 from messaging.faust_app import typed_table, utc_now
 from participants.order import logic
+from participants.order.views import register_views
 from participants.service import ParticipantService
 from schemas import messages as m
 
@@ -30,6 +31,7 @@ class OrderService(ParticipantService):
             key_of=lambda command: command.order_id,
             name="handle_order_commands",
         )
+        register_views(self)
 
     def _apply(self, decide: Callable[..., tuple[m.OrderRow | None, Any]]) -> Any:
         async def handle(key: bytes, command: Any) -> None:

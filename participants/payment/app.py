@@ -7,6 +7,7 @@ from typing import Any
 
 from messaging.faust_app import typed_table, utc_now
 from participants.payment import logic
+from participants.payment.views import register_views
 from participants.service import ParticipantService
 from schemas import messages as m
 
@@ -29,6 +30,7 @@ class PaymentService(ParticipantService):
             key_of=lambda message: message.customer_id,
             name="handle_payment_commands",
         )
+        register_views(self)
 
     def _store(self, key: bytes, old: m.Account | None, new: m.Account | None) -> None:
         if new is not None and new is not old:

@@ -14,6 +14,7 @@ from typing import Any
 
 from messaging.faust_app import typed_table, utc_now
 from participants.product import logic
+from participants.product.views import register_views
 from participants.service import ParticipantService
 from schemas import messages as m
 
@@ -60,6 +61,7 @@ class ProductService(ParticipantService):
             key_of=lambda event: event.saga_id,
             name="sell_approved_reservations",
         )
+        register_views(self)
 
     # ---- reservations (key saga id) ----
 

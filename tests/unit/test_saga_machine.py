@@ -475,7 +475,7 @@ def test_last_attempt_of_a_compensatable_or_pivot_step_compensates_on_deadline(
 
 def test_compensatable_and_pivot_commands_are_resent_before_compensating() -> None:
     saga = saga_in("VERIFYING_PRODUCTS")
-    sent = []
+    sent: list[Any] = []
     for _ in range(2):
         decision = decide(saga, timed_out(saga), NOW)
         assert decision.state is not None

@@ -1,0 +1,407 @@
+"""What the workers' web views share: content negotiation, errors, a tiny HTML renderer.
+
+Every view answers JSON (for programs) or a plain HTML page (for people) at the same URL:
+`?format=json|html` wins; otherwise an Accept header naming text/html gets HTML, and
+everything else gets JSON. Errors follow the same rule (404 unknown key, 400 bad query
+parameter, 503 while partitions move).
+
+HTML is built from strings with `html.escape` applied to every value; only `Safe` strings
+(built here, from escaped parts) pass through unchanged.
+
+Whole-table scans (`scan_table`) give the event loop back every few hundred rows and stop
+at a cap, so a request never stalls the worker's agents for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar, cast
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import faust
+from faust.web import Request, Response, View
+from faust.web.exceptions import WebError
+
+from schemas import messages as m
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("json", "html")
+SCOPE = "partitions owned by this worker"
+SCAN_CHUNK = 500  # rows between two yields to the event loop
+
+
+# ---- errors ----
+
+
+class Problem(WebError):
+    """An error answered in the negotiated format: {"error": detail, "status": code, ...}."""
+
+    def __init__(self, code: int, detail: str, **extra: Any) -> None:
+        super().__init__(detail, code=code, **extra)
+
+
+def not_found(detail: str, **extra: Any) -> Problem:
+    return Problem(404, detail, **extra)
+
+
+def bad_request(detail: str, **extra: Any) -> Problem:
+    return Problem(400, detail, **extra)
+
+
+# ---- query parameters ----
+
+
+def wants_html(request: Request) -> bool:
+    """`?format=` wins; else HTML when the Accept header names text/html; else JSON."""
+    fmt = request.query.get("format")
+    if fmt is not None:
+        choice = fmt.strip().lower()
+        if choice not in FORMATS:
+            raise bad_request(
+                f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}",
+                parameter="format",
+            )
+        return choice == "html"
+    return "text/html" in request.headers.get("Accept", "").lower()
+
+
+def int_param(request: Request, name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be a whole number, got {raw!r}", parameter=name) from None
+    if not minimum <= value <= maximum:
+        raise bad_request(
+            f"{name} must be between {minimum} and {maximum}, got {value}", parameter=name
+        )
+    return value
+
+
+def choice_param(request: Request, name: str, choices: Sequence[str]) -> str | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw not in choices:
+        raise bad_request(
+            f"unknown {name} {raw!r}; use one of: {', '.join(choices)}",
+            parameter=name,
+            allowed=list(choices),
+        )
+    return raw
+
+
+# ---- JSON helpers ----
+
+
+def money(value: m.Money | None) -> dict[str, str] | None:
+    return None if value is None else {"amount": str(value.amount), "currency": value.currency}
+
+
+def timestamp(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="milliseconds")
+
+
+def items(order_items: Iterable[m.OrderItem]) -> list[dict[str, Any]]:
+    return [{"product_id": i.product_id, "quantity": i.quantity} for i in order_items]
+
+
+# ---- HTML ----
+
+
+class Safe(str):
+    """HTML that is already escaped (built by the helpers below)."""
+
+
+def esc(value: Any) -> Safe:
+    """Escape a value for HTML; None shows as a dash, Safe passes through."""
+    if isinstance(value, Safe):
+        return value
+    if value is None:
+        return Safe("&ndash;")
+    return Safe(html.escape(str(value), quote=True))
+
+
+def tag(name: str, *children: Any, **attributes: Any) -> Safe:
+    """<name attr="..">children</name>; attribute `class_` becomes `class`, None is left out."""
+    attrs = "".join(
+        f' {key.rstrip("_").replace("_", "-")}="{esc(value)}"'
+        for key, value in attributes.items()
+        if value is not None
+    )
+    return Safe(f"<{name}{attrs}>{''.join(esc(c) for c in children)}</{name}>")
+
+
+def join(*parts: Any) -> Safe:
+    return Safe("".join(esc(p) for p in parts))
+
+
+def link(href: str, text: Any) -> Safe:
+    return tag("a", text, href=href)
+
+
+def path(*segments: str, **query: Any) -> str:
+    """A URL path from raw segments (each percent-encoded) and optional query parameters."""
+    url = "/" + "/".join(quote(s, safe="") for s in segments)
+    params = {k: v for k, v in query.items() if v is not None}
+    return f"{url}?{urlencode(params)}" if params else url
+
+
+def money_text(value: Mapping[str, str] | None) -> str | None:
+    """A money JSON value (see `money`) as "12.50 EUR"."""
+    return None if value is None else f"{value['amount']} {value['currency']}"
+
+
+def fields(pairs: Iterable[tuple[str, Any]], **attributes: Any) -> Safe:
+    """A definition list of label/value pairs."""
+    body = join(*(join(tag("dt", label), tag("dd", value)) for label, value in pairs))
+    return tag("dl", body, **attributes)
+
+
+def table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    numeric: Collection[int] = (),
+    row_attributes: Callable[[int], Mapping[str, Any]] | None = None,
+    empty: str = "nothing here",
+    **attributes: Any,
+) -> Safe:
+    """A table; columns whose index is in `numeric` are right-aligned."""
+
+    def cell(name: str, index: int, value: Any) -> Safe:
+        return tag(name, value, class_="num" if index in numeric else None)
+
+    head = tag("thead", tag("tr", join(*(cell("th", i, h) for i, h in enumerate(headers)))))
+    attributes_of = row_attributes or _none
+    body_rows = [
+        tag("tr", join(*(cell("td", i, v) for i, v in enumerate(row))), **attributes_of(n))
+        for n, row in enumerate(rows)
+    ]
+    if not body_rows:
+        body_rows = [tag("tr", tag("td", empty, colspan=len(headers), class_="empty"))]
+    return tag("table", head, tag("tbody", join(*body_rows)), **attributes)
+
+
+def _none(_index: int) -> Mapping[str, Any]:
+    return {}
+
+
+def when(value: str | None) -> Safe:
+    """An ISO timestamp shown as `HH:MM:SS.mmm` (the full value on hover)."""
+    if value is None:
+        return esc(None)
+    moment = datetime.fromisoformat(value)
+    return tag(
+        "time", f"{moment:%H:%M:%S}.{moment.microsecond // 1000:03d}", datetime=value, title=value
+    )
+
+
+STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d232a;
+       margin: 0 auto; max-width: 72rem; padding: 1.2rem 1.5rem 3rem; background: #fbfbfa; }
+header { border-bottom: 1px solid #d9dde1; margin-bottom: 1rem; padding-bottom: .4rem; }
+header .service { color: #5b6570; font-size: .9rem; }
+h1 { font-size: 1.5rem; margin: .2rem 0; word-break: break-all; }
+h2 { font-size: 1.1rem; margin: 1.6rem 0 .5rem; }
+a { color: #0b5cad; text-decoration: none; } a:hover { text-decoration: underline; }
+table { border-collapse: collapse; width: 100%; background: #fff; }
+table.compact { width: auto; min-width: 24rem; }
+th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e4e7ea;
+         vertical-align: top; }
+th { background: #f0f2f4; font-weight: 600; font-size: .85rem; color: #3b444d; }
+.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.empty { color: #7a848e; font-style: italic; }
+time { white-space: nowrap; font-variant-numeric: tabular-nums; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1.2rem; margin: 0; }
+dt { color: #5b6570; } dd { margin: 0; word-break: break-word; }
+code, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; font-size: .9em; }
+.state, .status { display: inline-block; padding: .05rem .45rem; border-radius: .3rem;
+         background: #e8edf2; font-family: ui-monospace, Menlo, monospace; font-size: .85em; }
+.state.ORDER_APPROVED, .status.APPROVED, .status.AUTHORIZED, .status.SOLD {
+         background: #dcf2e0; color: #14532d; }
+.state.ORDER_REJECTED, .status.REJECTED, .status.FAILED { background: #fbe1e1; color: #7f1d1d; }
+.note { color: #5b6570; font-size: .85rem; }
+nav.filters { display: flex; flex-wrap: wrap; gap: .3rem 1rem; }
+nav.filters a { white-space: nowrap; }
+nav.filters a.current { font-weight: 700; }
+.error { border-left: 4px solid #b42318; padding: .4rem .8rem; background: #fff; }
+"""
+
+
+def state_badge(state: str | None, class_: str = "state") -> Safe:
+    return tag("span", state, class_=f"{class_} {state or ''}".strip())
+
+
+def document(title: str, service: str, *sections: Any) -> str:
+    """A complete HTML page: title, the service it comes from, then the sections."""
+    header = tag("header", tag("div", service, class_="service"), tag("h1", title))
+    head = join(
+        Safe('<meta charset="utf-8">'),
+        Safe('<meta name="viewport" content="width=device-width, initial-scale=1">'),
+        tag("title", f"{title} · {service}"),
+        tag("style", Safe(STYLE)),
+    )
+    body = join(header, Safe("<main>"), join(*sections), Safe("</main>"))
+    return f'<!DOCTYPE html>\n<html lang="en">{tag("head", head)}{tag("body", body)}</html>\n'
+
+
+def section(title: str, *content: Any, **attributes: Any) -> Safe:
+    return tag("section", tag("h2", title), *content, **attributes)
+
+
+# ---- views ----
+
+
+class NegotiatedView(View):
+    """A Faust view answering JSON or HTML, and errors in the same format."""
+
+    service_name: str = "saga worker"
+
+    def respond(
+        self,
+        request: Request,
+        payload: Mapping[str, Any],
+        render: Callable[[Mapping[str, Any]], str],
+        *,
+        status: int = 200,
+    ) -> Response:
+        if wants_html(request):
+            return self.html(render(payload), status=status)
+        return self.json(payload, status=status)
+
+    def problem(self, request: Request, status: int, detail: str, **extra: Any) -> Response:
+        payload = {"error": detail, "status": status, **extra}
+        try:
+            as_html = wants_html(request)
+        except Problem:  # a bad ?format= itself: answer as the Accept header asks
+            as_html = "text/html" in request.headers.get("Accept", "").lower()
+        if not as_html:
+            return self.json(payload, status=status)
+        details = [
+            (key, ", ".join(map(str, value)) if isinstance(value, list) else value)
+            for key, value in extra.items()
+        ]
+        page = document(
+            f"{status}: {detail}",
+            self.service_name,
+            tag("p", detail, class_="error"),
+            fields(details) if details else "",
+        )
+        return self.html(page, status=status)
+
+    async def on_request_error(self, request: Request, exc: WebError) -> Response:
+        return self.problem(request, int(exc.code), exc.detail, **exc.extra_context)
+
+    async def dispatch(self, request: Any) -> Any:
+        try:
+            return await super().dispatch(request)
+        except aiohttp.ClientError as exc:  # table_route could not reach the key's owner
+            log.warning("web view %s: owner of the key unreachable: %r", request.path, exc)
+            return self.problem(request, 503, "the worker owning this key did not answer; retry")
+        except Exception as exc:  # a page must answer, not drop the connection
+            log.exception("web view %s failed", request.path)
+            return self.problem(request, 500, f"internal error: {type(exc).__name__}")
+
+
+def add_page(app: faust.App, route: str, view: type[View], *, slash: bool = True) -> None:
+    """Serve `view` at `route` and (by default) at `route/` too.
+
+    Faust registers a path exactly as given, so the trailing-slash form is a second route
+    (a subclass, as `app.page` names the class it decorates).
+    """
+    base = route.rstrip("/")
+    app.page(base, name=view.__name__)(view)
+    if slash:
+        twin = type(f"{view.__name__}Slash", (view,), {"__module__": view.__module__})
+        app.page(base + "/", name=twin.__name__)(twin)
+
+
+def add_readiness(app: faust.App, service_name: str) -> None:
+    """`/ready`: 200 once the worker has recovered its tables and is not rebalancing.
+
+    Faust's web server answers before that (while tables still replay their changelogs),
+    so `/` is no sign that the worker consumes; this is.
+    """
+
+    def state() -> dict[str, Any]:
+        tables: Any = app.tables  # TableManagerT does not declare `recovery`
+        recovered = tables.recovery.completed.is_set()
+        rebalancing = bool(app.rebalancing)
+        in_recovery = bool(app.in_recovery)
+        return {
+            "ready": recovered and not rebalancing and not in_recovery,
+            "recovered": recovered,
+            "rebalancing": rebalancing,
+            "in_recovery": in_recovery,
+            "worker": worker_url(app),
+        }
+
+    def render(payload: Mapping[str, Any]) -> str:
+        title = "ready" if payload["ready"] else "not ready"
+        return document(title, service_name, fields(payload.items(), id="readiness"))
+
+    class Readiness(NegotiatedView):
+        async def get(self, request: Request) -> Response:
+            payload = state()
+            return self.respond(request, payload, render, status=200 if payload["ready"] else 503)
+
+    Readiness.service_name = service_name
+    add_page(app, "/ready", Readiness)
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def table_route(app: faust.App, table: Any, match_info: str) -> Callable[[Handler], Handler]:
+    """`app.table_route`, typed for handlers taking path parameters.
+
+    Faust hashes the path parameter (a str) with the table's raw key serializer, i.e. as
+    its UTF-8 bytes: the same partition as the bytes key the agents write.
+    """
+    return cast(Callable[[Handler], Handler], app.table_route(table=table, match_info=match_info))
+
+
+def owned_partitions(app: faust.App, table: Any) -> list[int]:
+    """The partitions of a table's changelog this worker actively owns."""
+    topic = table.changelog_topic.get_topic_name()
+    return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
+
+
+def worker_url(app: faust.App) -> str:
+    return str(app.conf.canonical_url)
+
+
+@dataclass(frozen=True)
+class Scan:
+    rows: list[tuple[bytes, Any]]
+    complete: bool  # False when the cap stopped the scan
+
+
+async def scan_table(table: Any, cap: int) -> Scan:
+    """At most `cap` (key, row) pairs of the partitions this worker owns.
+
+    Hands the event loop back every SCAN_CHUNK rows. If the partitions change meanwhile
+    (a rebalance), answers 503: the client may simply retry.
+    """
+    rows: list[tuple[bytes, Any]] = []
+    try:
+        for seen, (key, row) in enumerate(table.items(), start=1):
+            if len(rows) >= cap:
+                return Scan(rows, complete=False)
+            if row is not None:
+                rows.append((key, row))
+            if seen % SCAN_CHUNK == 0:
+                await asyncio.sleep(0)
+    except RuntimeError as exc:  # the store's partition map changed during the scan
+        raise Problem(503, "partitions moved during the scan; retry", cause=str(exc)) from exc
+    return Scan(rows, complete=True)

@@ -1,0 +1,101 @@
+"""The Payment Service's web view: `/accounts/{customer_id}` (JSON or HTML).
+
+Balance, total topped up, captured money pruned from the payment list, and the latest
+payments (newest first, `?limit=`). Routed by Faust to the worker that owns the customer
+(`table_route`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from faust.web import Request, Response
+
+from messaging import web as w
+from schemas import messages as m
+
+if TYPE_CHECKING:
+    from participants.payment.app import PaymentService
+
+SERVICE = "payment service"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+def account_json(account: m.Account, limit: int, worker: str) -> dict[str, Any]:
+    latest = account.payments[::-1][:limit]
+    return {
+        "customer_id": account.customer_id,
+        "balance": w.money(account.balance),
+        "topped_up": w.money(account.topped_up),
+        "captured_archived": w.money(account.captured_archived),
+        "payments_count": len(account.payments),
+        "payments": [
+            {
+                "saga_id": p.saga_id,
+                "amount": w.money(p.amount),
+                "status": p.status,
+                "reason": p.reason,
+            }
+            for p in latest
+        ],
+        "worker": worker,  # the worker owning the customer's partition (requests are routed)
+    }
+
+
+def render_account(payload: Mapping[str, Any]) -> str:
+    payments = payload["payments"]
+    return w.document(
+        f"Account {payload['customer_id']}",
+        f"{SERVICE} · {payload['worker']}",
+        w.fields(
+            [
+                ("balance", w.money_text(payload["balance"])),
+                ("topped up", w.money_text(payload["topped_up"])),
+                ("captured (archived)", w.money_text(payload["captured_archived"])),
+                ("payments", payload["payments_count"]),
+            ],
+            id="account",
+        ),
+        w.section(
+            f"Latest {len(payments)} payment(s), newest first",
+            w.table(
+                ["saga", "amount", "status", "reason"],
+                [
+                    (
+                        w.tag("span", p["saga_id"], class_="mono"),
+                        w.money_text(p["amount"]),
+                        w.state_badge(p["status"], class_="status"),
+                        p["reason"],
+                    )
+                    for p in payments
+                ],
+                numeric={1},
+                id="payments",
+                empty="no payment",
+            ),
+        ),
+    )
+
+
+def register_views(service: PaymentService) -> None:
+    """Add the account view to the Payment Service's Faust web server."""
+    app = service.app
+    accounts = service.accounts
+
+    class AccountDetail(w.NegotiatedView):
+        service_name = SERVICE
+
+        @w.table_route(app, accounts, "customer_id")
+        async def get(self, request: Request, customer_id: str) -> Response:
+            w.wants_html(request)
+            limit = w.int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
+            account: m.Account | None = accounts.get(customer_id.encode())
+            if account is None:
+                raise w.not_found(f"no account {customer_id!r}", customer_id=customer_id)
+            payload = account_json(account, limit, w.worker_url(app))
+            return self.respond(request, payload, render_account)
+
+    w.add_page(app, "/accounts/{customer_id}", AccountDetail)
+    w.add_readiness(app, SERVICE)

@@ -1,0 +1,101 @@
+"""Helpers for integration tests that place orders and read the workers' web views."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from messaging import client
+from messaging.catalog import Catalog
+from schemas import messages as m
+
+T = TypeVar("T")
+
+TERMINAL_TIMEOUT = 90.0
+
+
+def catalog_id(ids: Iterable[str], suffix: str) -> str:
+    """The session's product or customer id ending in `-suffix` (e.g. "widget", "rich")."""
+    return next(i for i in ids if i.endswith(f"-{suffix}"))
+
+
+def product(test_catalog: Catalog, name: str) -> str:
+    return catalog_id((r.product_id for r in test_catalog.restocks), name)
+
+
+def customer(test_catalog: Catalog, name: str) -> str:
+    return catalog_id((t.customer_id for t in test_catalog.top_ups), name)
+
+
+def place_orders(*orders: tuple[str, list[tuple[str, int]]]) -> list[m.OrderRequested]:
+    """Produce one OrderRequested per (customer, items) and return them."""
+    requests = [client.order_requested(customer_id, items) for customer_id, items in orders]
+    producer = client.producer()
+    for request in requests:
+        client.send(producer, client.REQUEST_TOPIC, request.order_id, request)
+    client.flush(producer)
+    return requests
+
+
+def wait_terminal(
+    requests: list[m.OrderRequested], timeout: float = TERMINAL_TIMEOUT
+) -> dict[str, m.SagaEvent]:
+    """The terminal SagaEvent of each requested saga (fails if one does not finish)."""
+    since = min(r.requested_at for r in requests)
+    finals = {
+        event.saga_id: event
+        for event in client.follow_sagas([r.order_id for r in requests], since, timeout)
+        if event.terminal
+    }
+    missing = [r.order_id for r in requests if r.order_id not in finals]
+    assert not missing, f"sagas not finished within {timeout:.0f}s: {missing}"
+    return finals
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    content_type: str
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+    def json(self) -> Any:
+        assert self.content_type == "application/json", (self.content_type, self.text[:200])
+        return json.loads(self.body)
+
+
+def http_get(url: str, accept: str | None = None, timeout: float = 30.0) -> Reply:
+    """GET a URL; HTTP errors are returned, not raised."""
+    headers = {"Accept": accept} if accept else {}
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Reply(response.status, response.headers.get_content_type(), response.read())
+    except urllib.error.HTTPError as error:
+        return Reply(error.code, error.headers.get_content_type(), error.read())
+
+
+def poll(
+    fetch: Callable[[], T],
+    done: Callable[[T], bool],
+    what: str,
+    timeout: float = 60.0,
+    interval: float = 0.3,
+) -> T:
+    """Call `fetch` until `done(result)`; fail naming `what` and the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fetch()
+        if done(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached within {timeout:.0f}s; last: {result!r}")
+        time.sleep(interval)

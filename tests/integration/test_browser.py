@@ -1,0 +1,158 @@
+"""The HTML saga page in a real headless Chromium: the timeline is there, in order.
+
+Chromium is Debian's `chromium` package (installed by `.ci/run`). Missing, the test fails:
+the page is part of what the project delivers, so not checking it is not an option.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from cli.processes import Workers
+from messaging.catalog import Catalog
+from tests.integration.order_helpers import customer, place_orders, product, wait_terminal
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+APPROVED_STATES = [
+    "CREATING_ORDER",
+    "VERIFYING_PRODUCTS",
+    "AUTHORIZING_PAYMENT",
+    "APPROVING_ORDER",
+    "ORDER_APPROVED",
+]
+
+
+def chromium(
+    profile: Path, url: str, *args: str, timeout: float = 90.0
+) -> subprocess.CompletedProcess[str]:
+    """Run headless Chromium on `url` with `args` (e.g. --dump-dom)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium package "
+            "(`apt-get install -y chromium`; .ci/run does it) to check the HTML saga page"
+        )
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            # Chromium refuses some ports (e.g. 6566, 6665-6669); allow the worker's.
+            f"--explicitly-allowed-ports={urlsplit(url).port}",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def diagnostics(result: subprocess.CompletedProcess[str]) -> str:
+    """Chromium's exit code, output and stderr without its D-Bus noise (no bus in CI)."""
+    errors = [line for line in result.stderr.splitlines() if "dbus" not in line]
+    return f"exit {result.returncode}; stdout: {result.stdout[:1500]!r}\n" + "\n".join(errors[-30:])
+
+
+class TimelineRows(HTMLParser):
+    """Collects the rows of the element with id="timeline", as rendered in the DOM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = False
+        self.depth = 0  # > 0 while inside the timeline element
+        self.rows: list[dict[str, str | None]] = []
+        self.cells: list[str] = []
+        self.in_cell = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if self.depth == 0 and attributes.get("id") == "timeline":
+            self.found = True
+            self.depth = 1
+            return
+        if self.depth == 0:
+            return
+        self.depth += 1
+        if tag == "tr" and "data-to-state" in attributes:
+            self.rows.append(attributes)
+            self.cells = []
+        elif tag == "td":
+            self.in_cell = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.depth == 0:
+            return
+        self.depth -= 1
+        if tag == "td":
+            self.in_cell = False
+
+    def handle_data(self, data: str) -> None:
+        if self.depth and self.in_cell and self.rows:
+            text = self.rows[-1].get("text") or ""
+            self.rows[-1]["text"] = f"{text} {data.strip()}".strip()
+
+
+@pytest.fixture(scope="module")
+def approved_saga(workers: Workers, test_catalog: Catalog) -> str:
+    (request,) = place_orders(
+        (customer(test_catalog, "rich"), [(product(test_catalog, "widget"), 1)])
+    )
+    finals = wait_terminal([request])
+    assert finals[request.order_id].to_state == "ORDER_APPROVED", finals
+    return request.order_id
+
+
+def saga_page(workers: Workers, saga_id: str) -> str:
+    port = workers.workers["orchestrator"].web_port
+    return f"http://127.0.0.1:{port}/sagas/{saga_id}?format=html"
+
+
+def test_chromium_shows_the_saga_timeline(
+    workers: Workers, approved_saga: str, tmp_path: Path
+) -> None:
+    result = chromium(tmp_path / "profile", saga_page(workers, approved_saga), "--dump-dom")
+    assert result.returncode == 0, diagnostics(result)
+    dom = result.stdout
+    assert approved_saga in dom, diagnostics(result)
+    parser = TimelineRows()
+    parser.feed(dom)
+    assert parser.found, f'no element with id="timeline" in the DOM:\n{dom[:2000]}'
+    assert [row["data-to-state"] for row in parser.rows] == APPROVED_STATES
+    assert [row["data-from-state"] for row in parser.rows[1:]] == APPROVED_STATES[:-1]
+    assert [row["data-sequence"] for row in parser.rows] == ["1", "2", "3", "4", "5"]
+    # What a reader sees in each row: the transition and what triggered it.
+    texts = [row.get("text") or "" for row in parser.rows]
+    assert "CREATING_ORDER" in texts[0] and "OrderRequested" in texts[0], texts
+    assert "ORDER_APPROVED" in texts[-1] and "OrderApproved" in texts[-1], texts
+
+
+def test_chromium_renders_a_screenshot(
+    workers: Workers, approved_saga: str, tmp_path: Path
+) -> None:
+    shot = tmp_path / "saga.png"
+    result = chromium(
+        tmp_path / "profile",
+        saga_page(workers, approved_saga),
+        f"--screenshot={shot}",
+        "--window-size=1200,900",
+        "--hide-scrollbars",
+    )
+    assert result.returncode == 0, diagnostics(result)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
