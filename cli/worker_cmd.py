@@ -32,5 +32,13 @@ def worker(name: str, web_port: int | None, loglevel: str) -> None:
     """
     import faust
 
+    from messaging.faust_app import discard_tables_after_crash, mark_clean_shutdown
+
     service = build_service(name, web_port)
-    faust.Worker(service.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    discard_tables_after_crash(service.app)
+    try:
+        faust.Worker(service.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    except SystemExit as exit_:
+        if exit_.code in (0, None):  # stopped gracefully: offsets committed, stores flushed
+            mark_clean_shutdown(service.app)
+        raise

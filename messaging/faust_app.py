@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+import shutil
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -38,6 +41,7 @@ def create_app(
     codec.register_faust_codec()
     datadir = settings.local_home() / "workers" / f"{app_id}-{web_port}"
     datadir.parent.mkdir(parents=True, exist_ok=True)
+    web_bind = os.environ.get("SAGA_WEB_BIND", "127.0.0.1")
     conf: dict[str, Any] = {
         "broker": ";".join(f"kafka://{b}" for b in settings.bootstrap_servers().split(",")),
         "broker_credentials": settings.faust_broker_credentials(),
@@ -55,8 +59,10 @@ def create_app(
         "broker_session_timeout": 10.0,
         "broker_heartbeat_interval": 2.0,
         "web_port": web_port,
-        "web_bind": os.environ.get("SAGA_WEB_BIND", "127.0.0.1"),
-        "web_host": os.environ.get("SAGA_WEB_HOST", "127.0.0.1"),
+        "web_bind": web_bind,
+        # The address other workers use to forward a key's lookup to its owner.
+        "web_host": os.environ.get("SAGA_WEB_HOST")
+        or ("127.0.0.1" if web_bind == "127.0.0.1" else socket.gethostname()),
     }
     conf.update(overrides)
     return faust.App(app_id, **conf)
@@ -121,8 +127,49 @@ class Sender:
             self._topics[name] = raw_topic(self._app, name)
         return self._topics[name]
 
-    async def send(self, topic: str, key: bytes, message: object) -> None:
-        await self.topic(topic).send(key=key, value=codec.encode(message))
+    async def send(self, topic: str, key: bytes, message: object) -> Awaitable[Any]:
+        """Queue the message; the result resolves when the broker has it."""
+        return await self.topic(topic).send(key=key, value=codec.encode(message))
+
+    async def send_acked(self, messages: Iterable[tuple[str, bytes, object]]) -> None:
+        """Send (topic, key, message) triples and wait until the broker has them all.
+
+        A handler that writes its table row only after this cannot record work whose
+        messages a crash then loses: re-processed after the crash, the input finds the
+        old row and sends them again (duplicates the receivers ignore).
+        """
+        pending = [await self.send(topic, key, message) for topic, key, message in messages]
+        for acked in pending:  # all are in flight already: waiting in turn costs nothing
+            await acked
+
+
+# ---- crash recovery of local tables ----
+
+CLEAN_SHUTDOWN_MARKER = "clean-shutdown"
+
+
+def discard_tables_after_crash(app: faust.App) -> bool:
+    """Delete the local table stores unless the worker last stopped cleanly.
+
+    Faust writes a row to RocksDB at once and its changelog record later, so a killed
+    worker can leave rows the changelog never got (and outputs never sent). Restored from
+    the changelogs instead, the tables hold only what Kafka has; the inputs whose offsets
+    were not committed are then processed again from that state. Returns True if deleted.
+    """
+    marker = Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER
+    clean = marker.exists()
+    marker.unlink(missing_ok=True)  # from now on, a crash is not a clean stop
+    tables = Path(app.conf.tabledir)
+    if clean or not tables.exists():
+        return False
+    log.warning("last stop was not clean: restoring tables from changelogs (%s)", tables)
+    shutil.rmtree(tables)
+    return True
+
+
+def mark_clean_shutdown(app: faust.App) -> None:
+    """Record that the worker stopped gracefully: its stores match the changelogs."""
+    (Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER).touch()
 
 
 async def decoded_events(

@@ -5,6 +5,7 @@ No broker: the agent reads from an in-memory channel; what it would send is reco
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -24,8 +25,11 @@ class Recorder:
         self.sent: list[tuple[str, bytes, Any]] = []
         self.dead: list[tuple[bytes | None, bytes | None, str]] = []
 
-    async def send(self, topic: str, key: bytes, message: object) -> None:
+    async def send(self, topic: str, key: bytes, message: object) -> asyncio.Future[None]:
         self.sent.append((topic, key, message))
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acked.set_result(None)  # Sender.send's result resolves once the broker has it
+        return acked
 
     async def dead_letter(self, app: Any, key: Any, value: Any, error: Any, *rest: Any) -> None:
         self.dead.append((key, value, getattr(error, "reason", type(error).__name__)))
