@@ -10,7 +10,7 @@ from types import FrameType
 import click
 
 from cli.orders_cmd import describe
-from cli.processes import Workers
+from cli.processes import SERVICE_NAMES, Workers
 from messaging import catalog, client, local_broker, topics
 
 # (what it shows, customer, items) against examples/catalog.yaml
@@ -53,7 +53,11 @@ def place_sample_orders(timeout: float = 120.0) -> dict[str, str]:
 @click.option("--exit", "exit_after", is_flag=True, help="Stop everything after the demo orders.")
 @click.option("--seed/--no-seed", default=True, show_default=True, help="Seed the example catalog.")
 @click.option("--loglevel", default="warning", show_default=True, help="Workers' log level.")
-def up(demo: bool, exit_after: bool, seed: bool, loglevel: str) -> None:
+@click.option(
+    "--web-port-base", type=click.IntRange(1024, 65000), default=6066, show_default=True,
+    help="Web port of the orchestrator; order, product, payment use the next three.",
+)  # fmt: skip
+def up(demo: bool, exit_after: bool, seed: bool, loglevel: str, web_port_base: int) -> None:
     """Start the local broker if needed, apply topics, seed the example catalog, run the workers.
 
     Ctrl-C (or SIGTERM) stops every worker gracefully. A worker that dies is reported and
@@ -75,7 +79,8 @@ def up(demo: bool, exit_after: bool, seed: bool, loglevel: str) -> None:
     ) as exc:
         raise click.ClickException(str(exc)) from exc
 
-    workers = Workers(echo=click.echo, loglevel=loglevel)
+    ports = {name: web_port_base + i for i, name in enumerate(SERVICE_NAMES)}
+    workers = Workers(ports=ports, echo=click.echo, loglevel=loglevel)
     stopping = False
 
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
