@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SAGA   := $(BIN)/saga
 N      ?= 2000
 
-.PHONY: setup browser broker demo up test unit lint chaos bench stop clean
+.PHONY: setup tools broker demo up test unit lint chaos bench stop clean
 
 setup: $(VENV)/.installed
 
@@ -15,9 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# Debian's Chromium, for the test that loads the saga page in a real browser.
-browser:
-	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+# Debian's Chromium (the test that loads the saga page in a real browser) and
+# docker-compose (validates docker-compose.yml; no Docker engine needed).
+tools:
+	@command -v chromium >/dev/null && command -v docker-compose >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq chromium docker-compose >/dev/null; }
 
 # Local Kafka (fetched from Maven Central once) and the topics of topics.yaml.
 broker: setup
@@ -33,7 +35,7 @@ up: broker
 	$(SAGA) up
 
 # Second command: set up everything and run the whole test suite against a real broker.
-test: broker browser
+test: broker tools
 	$(BIN)/pytest
 
 unit: setup
