@@ -6,6 +6,7 @@ import click
 
 from cli.kafka_cmd import kafka
 from cli.orders_cmd import order, seed, status
+from cli.tail_cmd import tail
 from cli.topics_cmd import topics
 from cli.up_cmd import up
 from cli.worker_cmd import worker
@@ -19,6 +20,7 @@ def cli() -> None:
 cli.add_command(kafka)
 cli.add_command(topics)
 cli.add_command(worker)
+cli.add_command(tail)
 for command in (up, order, seed, status):
     cli.add_command(command)
 
