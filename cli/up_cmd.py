@@ -93,10 +93,10 @@ def up(demo: bool, exit_after: bool, seed: bool, loglevel: str, web_port_base: i
     exit_code = 0
     try:
         workers.wait_ready()
-        ports = ", ".join(
+        urls = ", ".join(
             f"{w.name} http://127.0.0.1:{w.web_port}/" for w in workers.workers.values()
         )
-        click.echo(f"workers ready: {ports}")
+        click.echo(f"workers ready: {urls}")
         if demo:
             outcomes = place_sample_orders()
             if len(outcomes) < len(SAMPLE_ORDERS):
