@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli.bench_cmd import bench
 from cli.kafka_cmd import kafka
 from cli.orders_cmd import order, seed, status
 from cli.tail_cmd import tail
@@ -21,6 +22,7 @@ cli.add_command(kafka)
 cli.add_command(topics)
 cli.add_command(worker)
 cli.add_command(tail)
+cli.add_command(bench)
 for command in (up, order, seed, status):
     cli.add_command(command)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -207,3 +209,7 @@ def tail(topic: str, from_beginning: bool, follow: bool, key: str | None, last: 
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         pass  # Ctrl-C is how --follow ends
+    except BrokenPipeError:
+        # The reader went away (`saga tail ... | head`): stop quietly, and keep Python's
+        # final flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
