@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.bench_cmd import bench
+from cli.chaos_cmd import chaos
 from cli.kafka_cmd import kafka
 from cli.orders_cmd import order, seed, status
 from cli.tail_cmd import tail
@@ -23,6 +24,7 @@ cli.add_command(topics)
 cli.add_command(worker)
 cli.add_command(tail)
 cli.add_command(bench)
+cli.add_command(chaos)
 for command in (up, order, seed, status):
     cli.add_command(command)
 

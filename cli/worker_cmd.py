@@ -32,10 +32,15 @@ def worker(name: str, web_port: int | None, loglevel: str) -> None:
     """
     import faust
 
-    from messaging.faust_app import discard_tables_after_crash, mark_clean_shutdown
+    from messaging.faust_app import (
+        discard_tables_after_crash,
+        exit_if_stop_hangs,
+        mark_clean_shutdown,
+    )
 
     service = build_service(name, web_port)
     discard_tables_after_crash(service.app)
+    exit_if_stop_hangs(service.app)
     try:
         faust.Worker(service.app, loglevel=loglevel, quiet=True).execute_from_commandline()
     except SystemExit as exit_:

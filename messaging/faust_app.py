@@ -13,6 +13,10 @@ import logging
 import os
 import shutil
 import socket
+import sys
+import threading
+import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,7 +69,9 @@ def create_app(
         or ("127.0.0.1" if web_bind == "127.0.0.1" else socket.gethostname()),
     }
     conf.update(overrides)
-    return faust.App(app_id, **conf)
+    app = faust.App(app_id, **conf)
+    deliver_every_fetched_record(app)
+    return app
 
 
 def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
@@ -170,6 +176,59 @@ def discard_tables_after_crash(app: faust.App) -> bool:
 def mark_clean_shutdown(app: faust.App) -> None:
     """Record that the worker stopped gracefully: its stores match the changelogs."""
     (Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER).touch()
+
+
+class _NeverDropping(defaultdict[Any, Any]):
+    """The consumer's read offsets, kept up to date but never used to drop a record."""
+
+    def __getitem__(self, tp: Any) -> None:  # what Consumer._drain_messages compares with
+        return None
+
+
+def deliver_every_fetched_record(app: faust.App) -> None:
+    """Stop Faust from dropping records it takes for already read.
+
+    After a rebalance Faust seeks the stream partitions back to their committed offsets.
+    A batch fetched before that seek but drained after it still moves the consumer's
+    read offset ahead, and the records fetched again from the committed offset are then
+    dropped as already read (faust-streaming 0.15.3, Consumer._drain_messages): they are
+    never processed (a chaos run lost orders and replies so), and their offsets, never
+    acknowledged, hold the partition's commit back for good. Delivering every record
+    instead only adds duplicates, which every handler here absorbs.
+    """
+
+    async def on_assigned(*_args: Any, **_kwargs: Any) -> None:
+        consumer: Any = app.consumer
+        if not isinstance(consumer._read_offset, _NeverDropping):
+            # before the fetcher starts: it binds the mapping's methods once
+            consumer._read_offset = _NeverDropping(lambda: None, consumer._read_offset)
+
+    app.on_partitions_assigned.connect(on_assigned)
+
+
+STOP_GRACE_SECONDS = 25.0
+STOP_HUNG_EXIT_CODE = os.EX_TEMPFAIL
+
+
+def exit_if_stop_hangs(app: faust.App, grace: float = STOP_GRACE_SECONDS) -> None:
+    """Exit hard when stopping the worker takes longer than `grace` seconds.
+
+    Faust can hang for good when a stop races its start-up (the consumer thread joins the
+    group while the app is stopping). The watchdog is a thread, not a task: the event loop
+    may be what is stuck. The exit is not clean, so the next start restores the tables
+    from the changelogs and uncommitted inputs are processed again (at-least-once).
+    """
+
+    def watch() -> None:
+        while not app.should_stop:
+            time.sleep(0.5)
+        time.sleep(grace)
+        log.error("still stopping after %.0f s: exiting without a clean stop", grace)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(STOP_HUNG_EXIT_CODE)
+
+    threading.Thread(target=watch, name="stop-watchdog", daemon=True).start()
 
 
 async def decoded_events(

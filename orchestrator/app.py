@@ -145,15 +145,24 @@ class OrchestratorService:
         self.watch.needs_rescan = True
 
     async def _fire_deadlines(self) -> None:
-        if self.app.rebalancing or self.app.in_recovery:
+        if self.app.rebalancing or self.app.in_recovery or self.app.should_stop:
             return
-        if self.watch.needs_rescan:
-            await self.watch.rescan(self.sagas.items())
-        for key, timeout in self.watch.due(utc_now()):
-            log.info(
-                "deadline passed: saga %s step %s attempt %s", key, timeout.step, timeout.attempt
-            )
-            await self.sender.send(REPLY_TOPIC, key, timeout)
+        try:
+            if self.watch.needs_rescan:
+                await self.watch.rescan(self.sagas.items())
+            for key, timeout in self.watch.due(utc_now()):
+                log.info(
+                    "deadline passed: saga %s step %s attempt %s",
+                    key,
+                    timeout.step,
+                    timeout.attempt,
+                )
+                await self.sender.send(REPLY_TOPIC, key, timeout)
+        except Exception:
+            # Timers outlive the table and the producer while the worker stops: failing
+            # then would crash the app (exit 1). Unsent deadlines fire after the restart.
+            if not self.app.should_stop:
+                raise
 
 
 def build(web_port: int | None = None, **app_options: Any) -> OrchestratorService:

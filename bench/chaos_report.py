@@ -1,0 +1,119 @@
+"""The table a chaos run prints: what was injected, what was found, PASS or FAIL."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from bench.chaos import Result
+from cli.processes import SERVICE_NAMES
+from orchestrator.definition import ORDER_APPROVED, ORDER_REJECTED
+
+MAX_LISTED = 40  # violations printed one by one; the rest are counted
+
+
+def _counts(counter: Counter[str], names: Iterable[str]) -> str:
+    return ", ".join(f"{name} {counter[name]}" for name in names)
+
+
+def _row(label: str, value: object, note: str = "") -> str:
+    return f"  {label:<30} {value!s:>8}  {note}".rstrip()
+
+
+def injected(result: Result) -> list[str]:
+    plan, faults = result.plan, result.faults
+    intents = Counter(str(o.intent) for o in plan.orders)
+    originals = plan.by_id()
+    identical = sum(1 for d in plan.duplicates if d == originals[d.order_id].request)
+    slowest = max(faults.term_seconds, default=0.0)
+    broker = faults.broker_note or ("" if faults.broker_restarts else "not planned")
+    bad_kinds = Counter(str(b.kind) for b in plan.bad_records)
+    bad_topics = len({b.topic for b in plan.bad_records})
+    duplicates = faults.duplicates
+    lines = [
+        "INJECTED",
+        _row("order requests", len(plan.sends), f"{len(plan.orders)} sagas"),
+        _row("  by intent", "", ", ".join(f"{k} {v}" for k, v in sorted(intents.items()))),
+        _row(
+            "  duplicate order ids",
+            len(plan.duplicates),
+            f"{identical} identical, {len(plan.duplicates) - identical} other content",
+        ),
+        _row("SIGKILL + restart", sum(faults.kills.values()), _counts(faults.kills, SERVICE_NAMES)),
+        _row(
+            "SIGTERM + restart",
+            sum(faults.terms.values()),
+            f"{_counts(faults.terms, SERVICE_NAMES)}; slowest stop {slowest:.1f}s",
+        ),
+        _row("broker stop + start", faults.broker_restarts, broker),
+        _row("duplicate records", sum(duplicates.values()), _counts(duplicates, duplicates)),
+        _row("bad records", faults.bad_sent, f"on {bad_topics} topics"),
+    ]
+    lines += [_row(f"  {kind}", count) for kind, count in sorted(bad_kinds.items())]
+    return lines
+
+
+def found(result: Result) -> list[str]:
+    f, faults = result.findings, result.faults
+    terminal = f.count(ORDER_APPROVED) + f.count(ORDER_REJECTED)
+    codes = result.stop_codes
+    graceful = sum(1 for code in codes.values() if code == 0)
+    stop_note = f"exit 0 in {result.stop_seconds:.1f}s"
+    if graceful < len(codes):
+        stop_note += f"; exit codes {codes}"
+    matched = f"{f.dead_letters_matched}/{len(result.plan.bad_records)}"
+    return [
+        "FOUND",
+        _row("sagas approved", f.count(ORDER_APPROVED)),
+        _row(
+            "sagas rejected",
+            f.count(ORDER_REJECTED),
+            f"{f.deadline_rejections} approvable ones by a deadline",
+        ),
+        _row("sagas not terminal", len(result.plan.orders) - terminal),
+        _row("events repeated (same seq)", f.repeated_events, "re-emitted after a crash"),
+        _row("invariant violations", len(f.violations)),
+        _row("dead letters matched", matched, f"{f.dead_letters_repeated} repeated on replay"),
+        _row("dead letters unexpected", f.dead_letters_unexpected),
+        _row("dead letters missing", f.dead_letters_missing),
+        _row(
+            "unplanned worker exits",
+            len(faults.unplanned_exits),
+            "; ".join(faults.unplanned_exits)[:300],
+        ),
+        _row("worker start-up failures", faults.startup_failures, "broker unreachable; restarted"),
+        _row("workers hung / failed stop", len(faults.hangs), "; ".join(faults.hangs)),
+        _row("stops ended by the watchdog", faults.forced_stops, "stuck stop, exit 75"),
+        _row("final SIGTERM stop", f"{graceful}/{len(codes)}", stop_note),
+        _row("records the run lost", faults.undelivered, "(its own producer)"),
+        _row("uncommitted at the end", sum(faults.behind.values()), _behind(faults.behind)),
+    ]
+
+
+def _behind(behind: dict[str, int]) -> str:
+    return ", ".join(f"{where} {count}" for where, count in sorted(behind.items()))
+
+
+def violations(result: Result) -> list[str]:
+    found_ = result.findings.violations
+    if not found_:
+        return []
+    by_check = Counter(v.check for v in found_)
+    lines = ["VIOLATIONS " + ", ".join(f"{c} {n}" for c, n in by_check.most_common())]
+    lines += [f"  {v}" for v in found_[:MAX_LISTED]]
+    if len(found_) > MAX_LISTED:
+        lines.append(f"  ... and {len(found_) - MAX_LISTED} more")
+    return lines
+
+
+def render(result: Result) -> str:
+    phases = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in result.phases.items())
+    options = result.options
+    head = (
+        f"chaos run {result.plan.run}: seed {options.seed}, {options.orders} orders"
+        f" at {options.rate:.0f}/s, {options.kills} kill(s) per worker"
+    )
+    verdict = "PASS" if result.passed else "FAIL"
+    return "\n".join(
+        [head, *injected(result), *found(result), *violations(result), f"TIME  {phases}", verdict]
+    )

@@ -1,0 +1,290 @@
+"""The chaos run's plan and invariant checks (bench.chaos_plan, bench.invariants), no broker.
+
+A consistent final state is built from a plan; the checks must pass on it and name each
+kind of damage done to it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from bench.chaos_plan import INPUT_TOPICS, BadKind, Intent, Plan, make_plan
+from bench.invariants import DeadLetter, Observed, check, distinct_events
+from orchestrator.app import INPUTS as ORCHESTRATOR_INPUTS
+from participants.product.logic import requested_quantities
+from schemas import codec
+from schemas import messages as m
+
+T = datetime(2024, 1, 1, tzinfo=UTC)
+WORKERS = ["orchestrator", "order", "product", "payment"]
+
+
+def plan(orders: int = 60, seed: int = 3) -> Plan:
+    return make_plan(
+        "test1234",
+        orders,
+        seed=seed,
+        workers=WORKERS,
+        kills=3,
+        chaos_seconds=100,
+        broker_restart=True,
+    )
+
+
+# ---- the plan ----
+
+
+def test_plan_sends_every_order_and_some_duplicates_after_their_original() -> None:
+    p = plan(200)
+    assert len(p.sends) == 200
+    assert len(p.duplicates) == 10  # 5%
+    assert len({o.request.order_id for o in p.orders}) == len(p.orders) == 190
+    first_seen: dict[str, int] = {}
+    for position, request in enumerate(p.sends):
+        first_seen.setdefault(request.order_id, position)
+        assert p.sends[first_seen[request.order_id]] == p.by_id()[request.order_id].request
+    assert {o.intent for o in p.orders} == set(Intent)
+
+
+def test_plan_is_deterministic_per_seed() -> None:
+    assert plan(seed=5).sends == plan(seed=5).sends
+    assert plan(seed=5).sends != plan(seed=6).sends
+
+
+def test_kills_fall_in_the_window_spread_over_it() -> None:
+    p = plan()
+    for times in p.kill_times.values():
+        assert len(times) == 3 and times == sorted(times)
+        assert all(10 <= t <= 90 for t in times)
+    assert p.broker_restart_at is not None and 30 <= p.broker_restart_at <= 60
+
+
+def test_bad_records_cover_every_kind_and_topic_and_fail_as_announced() -> None:
+    p = plan(2000)
+    kinds = Counter(b.kind for b in p.bad_records)
+    assert set(kinds) == set(BadKind)
+    assert {b.topic for b in p.bad_records} == set(INPUT_TOPICS)
+    assert len({b.key for b in p.bad_records}) == len(p.bad_records)
+    for bad in p.bad_records:
+        if bad.kind is BadKind.KEY_MISMATCH:
+            message = codec.decode(bad.value)
+            assert bad.key != str(getattr(message, "saga_id", "")).encode()
+        elif bad.kind is BadKind.WRONG_TYPE:
+            assert type(codec.decode(bad.value)) not in ORCHESTRATOR_INPUTS
+        else:
+            with pytest.raises(codec.MessageDecodeError) as caught:
+                codec.decode(bad.value)
+            assert caught.value.reason == bad.reason
+
+
+# ---- a consistent final state ----
+
+
+def outcome_of(intent: Intent) -> str:
+    return "ORDER_APPROVED" if intent is Intent.APPROVE else "ORDER_REJECTED"
+
+
+def saga_events(saga_id: str, outcome: str) -> list[m.SagaEvent]:
+    states = ["CREATING_ORDER", "VERIFYING_PRODUCTS", "REJECTING_ORDER", outcome]
+    if outcome == "ORDER_APPROVED":
+        states = ["CREATING_ORDER", "VERIFYING_PRODUCTS", "AUTHORIZING_PAYMENT", outcome]
+    return [
+        m.SagaEvent(saga_id, n, T, "X", None, state, None, 1, None, [], state == outcome)
+        for n, state in enumerate(states, 1)
+    ]
+
+
+def consistent(p: Plan) -> Observed:
+    """What a correct run leaves behind: APPROVE orders approved, all others rejected."""
+    observed = Observed({}, {}, {}, {}, {}, {}, [])
+    sold: Counter[str] = Counter()
+    payments: dict[str, list[m.Payment]] = {}
+    for order in p.orders:
+        r = order.request
+        outcome = outcome_of(order.intent)
+        approved = outcome == "ORDER_APPROVED"
+        observed.events[r.order_id] = saga_events(r.order_id, outcome)
+        observed.sagas[r.order_id] = m.SagaState(
+            r.order_id, r.order_id, r.customer_id, r.items, outcome, None, 0, None,
+            None, None, 4, T, T,
+        )  # fmt: skip
+        status = "APPROVED" if approved else "REJECTED"
+        observed.orders[r.order_id] = m.OrderRow(
+            r.order_id, r.customer_id, r.items, status, None, T
+        )
+        observed.reservations[r.order_id] = m.Reservation(
+            r.order_id, r.order_id, r.items, [], "SOLD" if approved else "RELEASED",
+            False, f"{r.order_id}:verify_products", 1, None, 0, T,
+        )  # fmt: skip
+        if approved:
+            sold.update(requested_quantities(r.items))
+            payment = m.Payment(r.order_id, m.Money(order.total, "EUR"), "AUTHORIZED")
+            payments.setdefault(r.customer_id, []).append(payment)
+    for restock in p.catalog.restocks:
+        product, quantity = restock.product_id, restock.quantity
+        observed.stock[product] = m.StockRow(
+            product, quantity - sold[product], 0, sold[product], quantity, restock.unit_price
+        )
+    for top_up in p.catalog.top_ups:
+        mine = payments.get(top_up.customer_id, [])
+        spent = sum((x.amount.amount for x in mine), Decimal("0.00"))
+        observed.accounts[top_up.customer_id] = m.Account(
+            top_up.customer_id,
+            m.Money(top_up.amount.amount - spent, "EUR"),
+            top_up.amount,
+            m.Money(Decimal("0.00"), "EUR"),
+            mine,
+        )
+    observed.dead_letters = [
+        DeadLetter(b.key, b.value, {"error.reason": b.reason, "source.topic": b.topic})
+        for b in p.bad_records
+    ]
+    return observed
+
+
+def checks_failed(p: Plan, observed: Observed) -> set[str]:
+    return {v.check for v in check(p, observed).violations}
+
+
+def first(p: Plan, intent: Intent) -> str:
+    return next(o.request.order_id for o in p.orders if o.intent is intent)
+
+
+def test_a_consistent_state_passes() -> None:
+    p = plan()
+    findings = check(p, consistent(p))
+    assert findings.passed, findings.violations
+    assert findings.count("ORDER_APPROVED") == sum(o.intent is Intent.APPROVE for o in p.orders)
+    assert findings.dead_letters_matched == len(p.bad_records)
+
+
+def test_a_repeated_identical_event_is_at_least_once_not_a_violation() -> None:
+    p = plan()
+    observed = consistent(p)
+    saga = first(p, Intent.APPROVE)
+    observed.events[saga].append(replace(observed.events[saga][1], at=datetime.now(UTC)))
+    findings = check(p, observed)
+    assert findings.passed and findings.repeated_events == 1
+
+
+def test_two_terminal_states_for_one_saga_are_found() -> None:
+    p = plan()
+    observed = consistent(p)
+    saga = first(p, Intent.APPROVE)
+    last = observed.events[saga][-1]
+    observed.events[saga].append(replace(last, sequence=5, to_state="ORDER_REJECTED"))
+    assert "terminal-twice" in checks_failed(p, observed)
+
+
+def test_a_changed_event_under_one_sequence_is_a_fork() -> None:
+    p = plan()
+    observed = consistent(p)
+    saga = first(p, Intent.NO_FUNDS)
+    observed.events[saga].append(replace(observed.events[saga][2], to_state="RELEASING_PRODUCTS"))
+    assert distinct_events(observed.events[saga])[2] == [3]
+    assert "forked" in checks_failed(p, observed)
+
+
+def test_a_lost_event_is_a_gap_and_a_lost_end_is_not_terminal() -> None:
+    p = plan()
+    observed = consistent(p)
+    gap, open_ = first(p, Intent.APPROVE), first(p, Intent.OUT_OF_STOCK)
+    del observed.events[gap][1]
+    del observed.events[open_][-1]
+    assert {"event-gap", "not-terminal"} <= checks_failed(p, observed)
+
+
+def test_an_unapprovable_order_approved_is_found_with_its_money_and_stock() -> None:
+    p = plan()
+    observed = consistent(p)
+    saga = first(p, Intent.NO_FUNDS)
+    observed.events[saga][-1] = replace(observed.events[saga][-1], to_state="ORDER_APPROVED")
+    assert {"intent", "saga-row", "order-row", "approved-stock", "approved-money", "stock"} <= (
+        checks_failed(p, observed)
+    )
+
+
+def test_an_approvable_order_rejected_by_a_deadline_is_counted_not_failed() -> None:
+    p = plan()
+    observed = consistent(p)
+    saga = first(p, Intent.APPROVE)
+    order = p.by_id()[saga]
+    rejected = saga_events(saga, "ORDER_REJECTED")
+    rejected[-1] = replace(rejected[-1], reason="products not verified in time")
+    observed.events[saga] = rejected
+    observed.sagas[saga] = replace(observed.sagas[saga], state="ORDER_REJECTED")
+    observed.orders[saga] = replace(observed.orders[saga], status="REJECTED")
+    observed.reservations[saga] = replace(observed.reservations[saga], status="RELEASED")
+    customer = order.request.customer_id
+    account = observed.accounts[customer]
+    observed.accounts[customer] = replace(
+        account,
+        balance=m.Money(account.balance.amount + order.total, "EUR"),
+        payments=[x for x in account.payments if x.saga_id != saga],
+    )
+    for product, quantity in requested_quantities(order.request.items).items():
+        row = observed.stock[product]
+        observed.stock[product] = replace(
+            row, available=row.available + quantity, sold=row.sold - quantity
+        )
+    findings = check(p, observed)
+    assert findings.passed, findings.violations
+    assert findings.deadline_rejections == 1
+
+
+def test_stock_still_reserved_or_money_held_by_a_rejected_order_is_found() -> None:
+    p = plan()
+    observed = consistent(p)
+    saga = first(p, Intent.OUT_OF_STOCK)
+    order = p.by_id()[saga]
+    product = order.request.items[0].product_id
+    row = observed.stock[product]
+    observed.stock[product] = replace(
+        row, available=row.available - 1, reserved=1, reservations={saga: 1}
+    )
+    account = observed.accounts[order.request.customer_id]
+    held = m.Payment(saga, m.Money(order.total, "EUR"), "AUTHORIZED")
+    observed.accounts[order.request.customer_id] = replace(
+        account,
+        balance=m.Money(account.balance.amount - order.total, "EUR"),
+        payments=[*account.payments, held],
+    )
+    assert {"stock", "rejected-money", "money"} <= checks_failed(p, observed)
+
+
+def test_a_duplicate_request_that_changed_the_saga_is_found() -> None:
+    p = plan()
+    observed = consistent(p)
+    saga = first(p, Intent.APPROVE)
+    observed.sagas[saga] = replace(observed.sagas[saga], customer_id="someone else")
+    assert checks_failed(p, observed) == {"saga-row"}
+
+
+def test_a_saga_nobody_ordered_is_a_phantom() -> None:
+    p = plan()
+    observed = consistent(p)
+    observed.events["chaos-test1234-bad3"] = saga_events("chaos-test1234-bad3", "ORDER_REJECTED")
+    assert checks_failed(p, observed) == {"phantom-saga"}
+
+
+def test_dead_letters_missing_unexpected_or_with_the_wrong_reason_are_found() -> None:
+    p = plan()
+    observed = consistent(p)
+    first_letter = observed.dead_letters[0]
+    observed.dead_letters = [
+        replace(first_letter, headers={**first_letter.headers, "error.reason": "other"}),
+        *observed.dead_letters[2:],
+        DeadLetter(b"k", b"v", {"error.reason": "not-avro", "source.topic": "order.commands"}),
+        observed.dead_letters[3],  # the same record again: a replay, not a violation
+    ]
+    findings = check(p, observed)
+    assert findings.dead_letters_missing == 1
+    assert findings.dead_letters_unexpected == 1
+    assert findings.dead_letters_repeated == 1
+    details = [v.detail for v in findings.violations if v.check == "dead-letters"]
+    assert len(details) == 3 and any("want" in d for d in details)
