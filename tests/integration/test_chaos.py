@@ -25,7 +25,7 @@ from participants.product.logic import stock_invariant_violations
 from schemas import messages as m
 from tests.integration.order_helpers import customer, product, wait_terminal
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 CHAOS_HOME = settings.PROJECT_ROOT / ".local" / "chaos-test"
 CHAOS_ARGS = [
