@@ -280,8 +280,3 @@ async def dead_letter_event(app: faust.App, event: EventT, error: Exception) -> 
     await send_dead_letter_faust(
         app, event.key, event.value, error, message.topic, message.partition, message.offset
     )
-
-
-def all_values(table: faust.Table) -> Iterable[Any]:
-    """Rows of the partitions this worker actively owns."""
-    return table.values()
