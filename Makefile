@@ -49,7 +49,7 @@ lint: setup
 chaos: broker
 	$(SAGA) chaos --orders $(N)
 
-# The reduced chaos run of the test suite (deselected from `make test` until it passes).
+# Only the reduced chaos tests (they also run in `make test`).
 chaos-test: broker
 	$(BIN)/pytest -m chaos
 

@@ -15,17 +15,14 @@ ports of its own), never on the ones other people use. Phases:
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import signal
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -33,10 +30,12 @@ from confluent_kafka import KafkaException
 
 from bench import chaos_io, invariants
 from bench.chaos_plan import INPUT_TOPICS, BadRecord, Plan, make_plan
+from bench.chaos_workers import STOP_TIMEOUT, Scheduler, Supervisor, WorkerFaults
 from cli.processes import SERVICE_NAMES, Workers
 from messaging import client, local_broker, settings, topics
 from messaging.dead_letters import DEAD_LETTER_TOPIC
-from messaging.faust_app import STOP_HUNG_EXIT_CODE, utc_now
+from messaging.faust_app import utc_now
+from orchestrator.definition import ORDER_APPROVED, ORDER_REJECTED
 from schemas import codec
 
 Log = Callable[[str], None]
@@ -48,11 +47,9 @@ CHANGELOGS = {
     "reservations": "saga-product-reservations-changelog",
     "accounts": "saga-payment-accounts-changelog",
 }
-STOP_TIMEOUT = 30.0  # a worker still running that long after SIGTERM hangs (watchdog: 25 s)
 TICK = 0.05
 CATCH_UP_TIMEOUT = 180.0
 OVERTIME = 180.0  # a scheduled fault may wait that long for its worker to be up
-BROKER_SETTLE = 15.0  # after the broker is back, start-up may still trip on its leaders
 
 
 @dataclass
@@ -75,13 +72,7 @@ class Options:
 class Faults:
     """What was done to the system, for the report."""
 
-    kills: Counter[str] = field(default_factory=Counter)
-    terms: Counter[str] = field(default_factory=Counter)
-    term_seconds: list[float] = field(default_factory=list)
-    hangs: list[str] = field(default_factory=list)  # workers that ignored SIGTERM
-    forced_stops: int = 0  # stops that stuck and were ended by the worker's watchdog
-    unplanned_exits: list[str] = field(default_factory=list)  # crashes of running workers
-    startup_failures: int = 0  # exits at start-up: the broker went away meanwhile
+    workers: WorkerFaults = field(default_factory=WorkerFaults)
     broker_restarts: int = 0
     broker_note: str = ""
     duplicates: Counter[str] = field(default_factory=Counter)
@@ -101,14 +92,41 @@ class Result:
     phases: dict[str, float]
     external: bool
 
+    def summary(self) -> dict[str, object]:
+        """The result as JSON-able data (`saga chaos --json`), for tests and tooling."""
+        f = self.findings
+        return {
+            "passed": self.passed,
+            "seed": self.options.seed,
+            "sagas": len(self.plan.orders),
+            "approved": f.count(ORDER_APPROVED),
+            "rejected": f.count(ORDER_REJECTED),
+            "deadline_rejections": f.deadline_rejections,
+            "violations": [str(v) for v in f.violations],
+            "dead_letters": {
+                "injected": len(self.plan.bad_records),
+                "matched": f.dead_letters_matched,
+                "unexpected": f.dead_letters_unexpected,
+                "missing": f.dead_letters_missing,
+            },
+            "kills": dict(self.faults.workers.kills),
+            "stops": [asdict(stop) for stop in self.faults.workers.stops],
+            "final_stop": {"codes": self.stop_codes, "seconds": self.stop_seconds},
+            "broker_restarts": self.faults.broker_restarts,
+            "hangs": self.faults.workers.hangs,
+            "unplanned_exits": self.faults.workers.unplanned_exits,
+            "behind": self.faults.behind,
+            "phases": self.phases,
+        }
+
     @property
     def passed(self) -> bool:
         graceful = all(code == 0 for code in self.stop_codes.values())
         return (
             self.findings.passed
             and graceful
-            and not self.faults.hangs
-            and not self.faults.unplanned_exits
+            and not self.faults.workers.hangs
+            and not self.faults.workers.unplanned_exits
             and not self.faults.behind
             and not self.faults.undelivered
         )
@@ -176,128 +194,41 @@ def start_workers(log_file: Path, port_base: int, loglevel: str) -> Workers:
 
 
 class Chaos:
-    """Places the orders and injects the faults on a schedule; supervises the workers."""
+    """Places the orders and injects the faults on a schedule while the supervisor
+    looks after the workers."""
 
     def __init__(self, plan: Plan, options: Options, workers: Workers, log: Log) -> None:
         self.plan = plan
         self.options = options
-        self.workers = workers
         self.log = log
-        self.faults = Faults()
         self.rng = random.Random(f"{options.seed}-chaos")
+        self.scheduler = Scheduler()
+        self.supervisor = Supervisor(workers, self.scheduler, self.rng, log)
+        self.faults = Faults(workers=self.supervisor.faults)
         self.producer = client.producer(**{"message.timeout.ms": 600_000, **chaos_io.QUIET})
-        self.pending: list[tuple[float, str, Callable[[], None]]] = []
         self.broker_thread: threading.Thread | None = None
-        self.broker_bouncing = threading.Event()
-        self.stopped: set[str] = set()  # workers down on purpose, not restarted yet
-        self.terminating: dict[str, float] = {}  # SIGTERM sent at (monotonic)
-        self.launched: dict[str, float] = {}  # when each worker was last started
-        self.readied: set[str] = set(workers.workers)  # ready since their last start
-        self.last_ready_poll = 0.0
-        self.broker_down = (float("inf"), float("inf"))  # (since, until) of the restart
-        self.started = time.monotonic()
 
     @property
     def seconds(self) -> float:
         return chaos_seconds(self.options)
 
-    def schedule(self, at: float, label: str, action: Callable[[], None]) -> None:
-        self.pending.append((at, label, action))
-        self.pending.sort(key=lambda item: item[0])
-
     def plan_faults(self, duplicator: chaos_io.Duplicator) -> None:
+        at, supervisor = self.scheduler.at, self.supervisor
         for name, times in self.plan.kill_times.items():
-            for at in times:
-                self.schedule(at, f"kill {name}", partial(self.kill, name))
+            for moment in times:
+                at(moment, partial(supervisor.kill, name))
             for _ in range(self.options.terms):
-                at = self.rng.uniform(0.15, 0.85) * self.seconds
-                self.schedule(at, f"stop {name}", partial(self.terminate, name))
+                at(self.rng.uniform(0.15, 0.85) * self.seconds, partial(supervisor.terminate, name))
         if self.plan.broker_restart_at is not None:
-            self.schedule(self.plan.broker_restart_at, "broker restart", self.restart_broker)
+            at(self.plan.broker_restart_at, self.restart_broker)
         bad = self.plan.bad_records
         for i, record in enumerate(bad):
-            at = self.seconds * (i + self.rng.random()) / len(bad)
-            self.schedule(at, "bad record", partial(self.inject_bad, record))
+            at(self.seconds * (i + self.rng.random()) / len(bad), partial(self.inject_bad, record))
         count = self.options.duplicates or max(20, len(self.plan.sends) // 20)
         for _ in range(count):
-            at = self.rng.uniform(0.05, 1.0) * self.seconds
-            self.schedule(at, "duplicate", partial(self.duplicate, duplicator))
+            at(self.rng.uniform(0.05, 1.0) * self.seconds, partial(self.duplicate, duplicator))
 
-    # -- faults --
-
-    def alive(self, name: str) -> bool:
-        process = self.workers.workers[name].process
-        return process is not None and process.poll() is None
-
-    def ready(self, name: str) -> bool:
-        """Has the worker recovered its tables and is it consuming (its /ready says 200)?"""
-        port = self.workers.workers[name].web_port
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    def later(self, seconds: float, label: str, action: Callable[[], None]) -> None:
-        self.schedule(self.now() + seconds, label, action)
-
-    def kill(self, name: str) -> None:
-        if name in self.stopped or not self.alive(name):  # down already: a bit later
-            self.later(2.0, f"kill {name}", partial(self.kill, name))
-            return
-        self.workers.kill(name)
-        self.faults.kills[name] += 1
-        self.stopped.add(name)
-        self.log(f"  SIGKILL {name}")
-        self.later(self.rng.uniform(0.2, 3.0), f"start {name}", partial(self.start, name))
-
-    def terminate(self, name: str) -> None:
-        """SIGTERM a running worker; `check_terminating` sees it exit (or hang)."""
-        process = self.workers.workers[name].process
-        if name in self.stopped or process is None or not self.ready(name):
-            self.later(2.0, f"stop {name}", partial(self.terminate, name))
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        self.stopped.add(name)
-        self.terminating[name] = time.monotonic()
-
-    def check_terminating(self) -> None:
-        for name, began in list(self.terminating.items()):
-            process = self.workers.workers[name].process
-            assert process is not None
-            code, took = process.poll(), time.monotonic() - began
-            if code is None and took < STOP_TIMEOUT:
-                continue
-            if code is None:
-                self.faults.hangs.append(f"{name} ignored SIGTERM for {STOP_TIMEOUT:.0f}s")
-                self.workers.kill(name)
-            elif code == STOP_HUNG_EXIT_CODE:  # its watchdog ended a stuck stop
-                self.faults.forced_stops += 1
-            elif code != 0:
-                self.faults.hangs.append(f"{name} exited {code} on SIGTERM")
-            del self.terminating[name]
-            self.faults.terms[name] += 1
-            self.faults.term_seconds.append(took)
-            self.log(f"  SIGTERM {name}: exit {code} after {took:.1f}s")
-            self.later(0.5, f"start {name}", partial(self.start, name))
-
-    def broker_up(self) -> bool:
-        if settings.external_bootstrap():
-            return True
-        port_open = local_broker.port_open("127.0.0.1", settings.LOCAL_BROKER_PORT)
-        return port_open and not self.broker_bouncing.is_set()
-
-    def start(self, name: str) -> None:
-        """Start a stopped worker once the broker is there (a worker exits at start-up
-        when it cannot reach the cluster; its supervisor would wait like this)."""
-        if not self.broker_up():
-            self.later(1.0, f"start {name}", partial(self.start, name))
-            return
-        self.stopped.discard(name)
-        if not self.alive(name):
-            self.workers.start(name)
-            self.launched[name] = time.monotonic()
-            self.readied.discard(name)
+    # -- faults outside the workers --
 
     def restart_broker(self) -> None:
         if settings.external_bootstrap():
@@ -305,15 +236,13 @@ class Chaos:
             return
 
         def bounce() -> None:
-            self.broker_bouncing.set()
-            self.broker_down = (time.monotonic(), float("inf"))
+            self.supervisor.broker_going_down()
             self.log("  broker: stopping")
             local_broker.stop(log=lambda _line: None)
             time.sleep(self.rng.uniform(1.0, 5.0))
             local_broker.start(log=lambda _line: None)
             self.faults.broker_restarts += 1
-            self.broker_down = (self.broker_down[0], time.monotonic())
-            self.broker_bouncing.clear()
+            self.supervisor.broker_back()
             self.log("  broker: up again")
 
         self.broker_thread = threading.Thread(target=bounce, name="broker-restart")
@@ -335,99 +264,58 @@ class Chaos:
 
     # -- the loop --
 
-    def now(self) -> float:
-        return time.monotonic() - self.started
-
-    def supervise(self) -> None:
-        """Restart a worker that died on its own (a supervisor's job); note why."""
-        for worker in self.workers.dead():
-            if worker.name in self.stopped:
-                continue
-            code = worker.process.returncode if worker.process else None
-            if self.died_starting_without_broker(worker.name):
-                self.faults.startup_failures += 1
-            else:
-                last = worker.lines[-1] if worker.lines else ""
-                self.faults.unplanned_exits.append(f"{worker.name} exit {code}: {last}")
-            self.log(f"  {worker.name} exited by itself (code {code}); restarting")
-            self.stopped.add(worker.name)
-            self.later(1.0, f"start {worker.name}", partial(self.start, worker.name))
-
-    def died_starting_without_broker(self, name: str) -> bool:
-        """Did it exit before ever being ready, while the broker was away? (A worker
-        exits when it cannot reach the cluster at start-up; that is no crash.)"""
-        if name in self.readied:
-            return False
-        down_from, down_until = self.broker_down
-        launched = self.launched.get(name, 0.0)
-        return launched <= down_until + BROKER_SETTLE and time.monotonic() >= down_from
-
-    def note_ready(self) -> None:
-        """Which started workers are ready by now (asked once a second)."""
-        if time.monotonic() - self.last_ready_poll < 1.0:
-            return
-        self.last_ready_poll = time.monotonic()
-        for name in self.workers.workers:
-            if name not in self.readied and self.alive(name) and self.ready(name):
-                self.readied.add(name)
-
     def tick(self) -> None:
-        """Everything due now: scheduled actions, stopping workers, supervision."""
-        while self.pending and self.pending[0][0] <= self.now():
-            _at, _label, action = self.pending.pop(0)
-            action()
-        self.check_terminating()
-        self.note_ready()
-        self.supervise()
+        """Everything due now: scheduled actions, then the supervisor's round."""
+        self.scheduler.run_due()
+        self.supervisor.tick()
         self.producer.poll(0)
 
-    @property
-    def busy(self) -> bool:
-        return bool(self.pending or self.terminating)
+    def place_due(self, placed: int) -> int:
+        """Send the requests due by now at the run's rate; how many are placed."""
+        sends = self.plan.sends
+        due = min(len(sends), int(self.scheduler.now() * self.options.rate) + 1)
+        for request in sends[placed:due]:
+            stamped = replace(request, requested_at=utc_now())
+            self.producer.produce(
+                client.REQUEST_TOPIC,
+                key=request.order_id.encode(),
+                value=codec.encode(stamped),
+                on_delivery=self._delivered,
+            )
+        return max(placed, due)
 
     def run(self, watch: chaos_io.TerminalWatch) -> None:
-        sends = self.plan.sends
         duplicator = chaos_io.Duplicator(
             chaos_io.end_offsets(chaos_io.DUPLICATED_TOPICS),
             f"chaos-{self.plan.run}-",
             {b.key for b in self.plan.bad_records},
             self.rng,
         )
-        self.started = time.monotonic()
+        self.scheduler.begin()
         self.plan_faults(duplicator)
-        placed = 0
-        last_report = 0.0
+        placed, last_report = 0, 0.0
         try:
-            while placed < len(sends) or self.busy:
-                now = self.now()
+            while placed < len(self.plan.sends) or self.scheduler or self.supervisor.busy:
+                now = self.scheduler.now()
                 if now > self.seconds + OVERTIME:
-                    self.log(f"  giving up on {len(self.pending)} scheduled action(s)")
+                    self.log(f"  giving up on {len(self.scheduler)} scheduled action(s)")
                     break
-                due = min(len(sends), int(now * self.options.rate) + 1)
-                for request in sends[placed:due]:
-                    stamped = replace(request, requested_at=utc_now())
-                    self.producer.produce(
-                        client.REQUEST_TOPIC,
-                        key=request.order_id.encode(),
-                        value=codec.encode(stamped),
-                        on_delivery=self._delivered,
-                    )
-                placed = max(placed, due)
+                placed = self.place_due(placed)
                 duplicator.poll()
                 self.tick()
                 if now - last_report >= 5:
                     last_report = now
+                    kills = sum(self.faults.workers.kills.values())
                     self.log(
-                        f"  {now:5.0f}s placed {placed}/{len(sends)}, open sagas "
-                        f"{watch.open_count}, kills {sum(self.faults.kills.values())}"
+                        f"  {now:5.0f}s placed {placed}/{len(self.plan.sends)}, "
+                        f"open sagas {watch.open_count}, kills {kills}"
                     )
                 time.sleep(TICK)
         finally:
             duplicator.close()
             if self.broker_thread is not None:
                 self.broker_thread.join()
-        remaining = self.producer.flush(120)
-        self.faults.undelivered += remaining
+        self.faults.undelivered += self.producer.flush(120)
 
 
 def chaos_seconds(options: Options) -> float:

@@ -9,7 +9,7 @@ from bench.chaos import Result
 from cli.processes import SERVICE_NAMES
 from orchestrator.definition import ORDER_APPROVED, ORDER_REJECTED
 
-MAX_LISTED = 40  # violations printed one by one; the rest are counted
+LISTED_PER_CHECK = 8  # violations printed one by one per check; the rest are counted
 
 
 def _counts(counter: Counter[str], names: Iterable[str]) -> str:
@@ -25,7 +25,9 @@ def injected(result: Result) -> list[str]:
     intents = Counter(str(o.intent) for o in plan.orders)
     originals = plan.by_id()
     identical = sum(1 for d in plan.duplicates if d == originals[d.order_id].request)
-    slowest = max(faults.term_seconds, default=0.0)
+    workers = faults.workers
+    slowest = max((stop.seconds for stop in workers.stops), default=0.0)
+    stopped = Counter(stop.worker for stop in workers.stops)
     broker = faults.broker_note or ("" if faults.broker_restarts else "not planned")
     bad_kinds = Counter(str(b.kind) for b in plan.bad_records)
     bad_topics = len({b.topic for b in plan.bad_records})
@@ -39,11 +41,11 @@ def injected(result: Result) -> list[str]:
             len(plan.duplicates),
             f"{identical} identical, {len(plan.duplicates) - identical} other content",
         ),
-        _row("SIGKILL + restart", sum(faults.kills.values()), _counts(faults.kills, SERVICE_NAMES)),
+        _row("SIGKILL + restart", workers.kills.total(), _counts(workers.kills, SERVICE_NAMES)),
         _row(
             "SIGTERM + restart",
-            sum(faults.terms.values()),
-            f"{_counts(faults.terms, SERVICE_NAMES)}; slowest stop {slowest:.1f}s",
+            len(workers.stops),
+            f"{_counts(stopped, SERVICE_NAMES)}; slowest stop {slowest:.1f}s",
         ),
         _row("broker stop + start", faults.broker_restarts, broker),
         _row("duplicate records", sum(duplicates.values()), _counts(duplicates, duplicates)),
@@ -54,7 +56,7 @@ def injected(result: Result) -> list[str]:
 
 
 def found(result: Result) -> list[str]:
-    f, faults = result.findings, result.faults
+    f, faults, workers = result.findings, result.faults, result.faults.workers
     terminal = f.count(ORDER_APPROVED) + f.count(ORDER_REJECTED)
     codes = result.stop_codes
     graceful = sum(1 for code in codes.values() if code == 0)
@@ -78,12 +80,12 @@ def found(result: Result) -> list[str]:
         _row("dead letters missing", f.dead_letters_missing),
         _row(
             "unplanned worker exits",
-            len(faults.unplanned_exits),
-            "; ".join(faults.unplanned_exits)[:300],
+            len(workers.unplanned_exits),
+            "; ".join(workers.unplanned_exits)[:300],
         ),
-        _row("worker start-up failures", faults.startup_failures, "broker unreachable; restarted"),
-        _row("workers hung / failed stop", len(faults.hangs), "; ".join(faults.hangs)),
-        _row("stops ended by the watchdog", faults.forced_stops, "stuck stop, exit 75"),
+        _row("worker start-up failures", workers.startup_failures, "broker unreachable; restarted"),
+        _row("workers hung / failed stop", len(workers.hangs), "; ".join(workers.hangs)),
+        _row("stops ended by the watchdog", workers.forced_stops, "stuck stop, exit 75"),
         _row("final SIGTERM stop", f"{graceful}/{len(codes)}", stop_note),
         _row("records the run lost", faults.undelivered, "(its own producer)"),
         _row("uncommitted at the end", sum(faults.behind.values()), _behind(faults.behind)),
@@ -100,9 +102,8 @@ def violations(result: Result) -> list[str]:
         return []
     by_check = Counter(v.check for v in found_)
     lines = ["VIOLATIONS " + ", ".join(f"{c} {n}" for c, n in by_check.most_common())]
-    lines += [f"  {v}" for v in found_[:MAX_LISTED]]
-    if len(found_) > MAX_LISTED:
-        lines.append(f"  ... and {len(found_) - MAX_LISTED} more")
+    for check in by_check:  # a few of each kind: one kind must not hide the others
+        lines += [f"  {v}" for v in found_ if v.check == check][:LISTED_PER_CHECK]
     return lines
 
 

@@ -8,6 +8,7 @@ command re-executes itself once with them set.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -73,6 +74,10 @@ def isolate(home: Path, port: int) -> None:
 @click.option("--web-port-base", default=7066, show_default=True, help="Workers' web ports.")
 @click.option("--keep-broker", is_flag=True, help="Leave the run's broker running.")
 @click.option("--loglevel", default="warning", show_default=True, help="Workers' log level.")
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), default=None,
+    help="Also write the result as JSON to this file.",
+)  # fmt: skip
 def chaos(
     orders: int,
     seed: int | None,
@@ -87,6 +92,7 @@ def chaos(
     web_port_base: int,
     keep_broker: bool,
     loglevel: str,
+    json_path: Path | None,
 ) -> None:
     """Place ORDERS mixed orders while workers crash, the broker restarts and duplicate
     and bad records arrive; check every invariant and print what was injected and found.
@@ -115,4 +121,6 @@ def chaos(
     except (local_broker.BrokerError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(chaos_report.render(result))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.summary(), indent=2) + "\n")
     sys.exit(0 if result.passed else 1)

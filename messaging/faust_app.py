@@ -16,7 +16,6 @@ import socket
 import sys
 import threading
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,7 +69,7 @@ def create_app(
     }
     conf.update(overrides)
     app = faust.App(app_id, **conf)
-    deliver_every_fetched_record(app)
+    fence_stale_records(app)
     return app
 
 
@@ -178,31 +177,80 @@ def mark_clean_shutdown(app: faust.App) -> None:
     (Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER).touch()
 
 
-class _NeverDropping(defaultdict[Any, Any]):
-    """The consumer's read offsets, kept up to date but never used to drop a record."""
+class SeekFence:
+    """Holds back stream records that were fetched before the consumer's latest seek.
 
-    def __getitem__(self, tp: Any) -> None:  # what Consumer._drain_messages compares with
-        return None
+    After a rebalance Faust restores the tables, then seeks the stream partitions back to
+    their committed offsets (faust-streaming 0.15.3, Recovery). Records fetched before
+    that seek can still reach the agents: during recovery, against half-restored tables,
+    and after the seek, ahead of the records fetched again from the committed offset. A
+    chaos run showed both: records processed out of partition order (a repeated order id
+    started its saga with the second request), and records the consumer then dropped as
+    already read (never processed, their offsets holding the commit back for good).
 
-
-def deliver_every_fetched_record(app: faust.App) -> None:
-    """Stop Faust from dropping records it takes for already read.
-
-    After a rebalance Faust seeks the stream partitions back to their committed offsets.
-    A batch fetched before that seek but drained after it still moves the consumer's
-    read offset ahead, and the records fetched again from the committed offset are then
-    dropped as already read (faust-streaming 0.15.3, Consumer._drain_messages): they are
-    never processed (a chaos run lost orders and replies so), and their offsets, never
-    acknowledged, hold the partition's commit back for good. Delivering every record
-    instead only adds duplicates, which every handler here absorbs.
+    So between an assignment and the seek that follows it, and for the rest of any batch
+    fetched before a seek, stream records are not delivered. Nothing is lost: the seek
+    fetches them again, in order. Changelog records (recovery reads them) pass.
     """
 
-    async def on_assigned(*_args: Any, **_kwargs: Any) -> None:
-        consumer: Any = app.consumer
-        if not isinstance(consumer._read_offset, _NeverDropping):
-            # before the fetcher starts: it binds the mapping's methods once
-            consumer._read_offset = _NeverDropping(lambda: None, consumer._read_offset)
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self.epoch = 0  # changes whenever a seek starts and ends
+        self.seek_pending = True  # an assignment happened; its seek has not
 
+    def install(self) -> None:
+        """Wrap the consumer's fetch and seek: at the first assignment, before the
+        fetcher starts (it looks `getmany` up once)."""
+        consumer: Any = self.app.consumer
+        if getattr(consumer, "_seek_fence", None) is not None:
+            return
+        consumer._seek_fence = self
+        consumer.getmany = self._fenced_getmany(consumer.getmany)
+        consumer.perform_seek = self._fenced_seek(consumer.perform_seek)
+
+    def on_rebalance(self) -> None:
+        self.seek_pending = True
+
+    def _fenced_seek(self, seek: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        async def perform_seek() -> None:
+            self.epoch += 1
+            try:
+                await seek()
+            finally:
+                self.epoch += 1
+                self.seek_pending = False
+
+        return perform_seek
+
+    def _fenced_getmany(self, getmany: Callable[[float], AsyncIterator[Any]]) -> Any:
+        async def fenced(timeout: float) -> AsyncIterator[Any]:
+            fetched_in: int | None = None
+            async for tp, message in getmany(timeout):
+                if fetched_in is None:  # the batch has just arrived
+                    fetched_in = self.epoch
+                if self._deliverable(tp.topic, fetched_in):
+                    yield tp, message
+
+        return fenced
+
+    def _deliverable(self, topic: str, fetched_in: int) -> bool:
+        if not self.app.topics.acks_enabled_for(topic):
+            return True  # a changelog record: recovery needs it now
+        return not self.seek_pending and fetched_in == self.epoch
+
+
+def fence_stale_records(app: faust.App) -> None:
+    """Install a SeekFence on the app's consumer (see SeekFence)."""
+    fence = SeekFence(app)
+
+    async def on_revoked(*_args: Any, **_kwargs: Any) -> None:
+        fence.on_rebalance()
+
+    async def on_assigned(*_args: Any, **_kwargs: Any) -> None:
+        fence.on_rebalance()
+        fence.install()
+
+    app.on_partitions_revoked.connect(on_revoked)
     app.on_partitions_assigned.connect(on_assigned)
 
 

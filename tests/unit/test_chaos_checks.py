@@ -14,6 +14,7 @@ from decimal import Decimal
 import pytest
 
 from bench.chaos_plan import INPUT_TOPICS, BadKind, Intent, Plan, make_plan
+from bench.chaos_workers import Scheduler
 from bench.invariants import DeadLetter, Observed, check, distinct_events
 from orchestrator.app import INPUTS as ORCHESTRATOR_INPUTS
 from participants.product.logic import requested_quantities
@@ -288,3 +289,18 @@ def test_dead_letters_missing_unexpected_or_with_the_wrong_reason_are_found() ->
     assert findings.dead_letters_repeated == 1
     details = [v.detail for v in findings.violations if v.check == "dead-letters"]
     assert len(details) == 3 and any("want" in d for d in details)
+
+
+# ---- the schedule ----
+
+
+def test_scheduled_actions_run_when_due_in_time_order() -> None:
+    scheduler = Scheduler()
+    ran: list[str] = []
+    scheduler.at(0.0, lambda: ran.append("first"))
+    scheduler.at(0.0, lambda: ran.append("second"))  # same moment: in scheduling order
+    scheduler.at(-1.0, lambda: ran.append("earliest"))
+    scheduler.at(3600.0, lambda: ran.append("much later"))
+    scheduler.run_due()
+    assert ran == ["earliest", "first", "second"]
+    assert len(scheduler) == 1

@@ -1,0 +1,223 @@
+"""What the chaos run does to its worker processes: SIGKILL, SIGTERM, restarts, and the
+supervision a deployment would give them (restart a worker that exits by itself).
+
+Nothing here blocks: actions are scheduled on a `Scheduler` and `Supervisor.tick` looks
+at the processes once per loop of the run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import random
+import signal
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+from cli.processes import Workers
+from messaging import local_broker, settings
+from messaging.faust_app import STOP_HUNG_EXIT_CODE
+
+Log = Callable[[str], None]
+
+STOP_TIMEOUT = 30.0  # a worker still running that long after SIGTERM hangs (watchdog: 25 s)
+BROKER_SETTLE = 15.0  # after the broker is back, a start-up may still trip on its leaders
+
+
+class Scheduler:
+    """Actions due at moments of the run (seconds since `begin`)."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self._pending: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()  # equal times: first scheduled, first run
+
+    def begin(self) -> None:
+        self.began = time.monotonic()
+
+    def now(self) -> float:
+        return time.monotonic() - self.began
+
+    def at(self, moment: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._pending, (moment, next(self._order), action))
+
+    def later(self, seconds: float, action: Callable[[], None]) -> None:
+        self.at(self.now() + seconds, action)
+
+    def run_due(self) -> None:
+        while self._pending and self._pending[0][0] <= self.now():
+            _moment, _n, action = heapq.heappop(self._pending)
+            action()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A SIGTERM during the run: the worker's exit code (None: it hung) and its time."""
+
+    worker: str
+    code: int | None
+    seconds: float
+
+
+@dataclass
+class WorkerFaults:
+    """What happened to the workers, for the report."""
+
+    kills: Counter[str] = field(default_factory=Counter)
+    stops: list[Stop] = field(default_factory=list)
+    hangs: list[str] = field(default_factory=list)  # ignored SIGTERM, or exited non-zero
+    forced_stops: int = 0  # stops that stuck and were ended by the worker's watchdog
+    unplanned_exits: list[str] = field(default_factory=list)  # crashes of running workers
+    startup_failures: int = 0  # exits at start-up: the broker went away meanwhile
+
+
+class Supervisor:
+    """Kills, stops and restarts the workers; restarts those that exit by themselves."""
+
+    def __init__(self, workers: Workers, scheduler: Scheduler, rng: random.Random, log: Log):
+        self.workers = workers
+        self.scheduler = scheduler
+        self.rng = rng
+        self.log = log
+        self.faults = WorkerFaults()
+        self.stopped: set[str] = set()  # down on purpose, not restarted yet
+        self.terminating: dict[str, float] = {}  # SIGTERM sent at (monotonic)
+        self.launched: dict[str, float] = {}  # when each worker was last started
+        self.readied: set[str] = set(workers.workers)  # ready since their last start
+        self.last_ready_poll = 0.0
+        self.broker_down = (float("inf"), float("inf"))  # (since, until) of its restart
+
+    # -- the processes --
+
+    def alive(self, name: str) -> bool:
+        process = self.workers.workers[name].process
+        return process is not None and process.poll() is None
+
+    def ready(self, name: str) -> bool:
+        """Has the worker recovered its tables and is it consuming (its /ready says 200)?"""
+        port = self.workers.workers[name].web_port
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.terminating)
+
+    # -- faults --
+
+    def kill(self, name: str) -> None:
+        if name in self.stopped or not self.alive(name):  # down already: a bit later
+            self.scheduler.later(2.0, partial(self.kill, name))
+            return
+        self.workers.kill(name)
+        self.faults.kills[name] += 1
+        self.stopped.add(name)
+        self.log(f"  SIGKILL {name}")
+        self.scheduler.later(self.rng.uniform(0.2, 3.0), partial(self.start, name))
+
+    def terminate(self, name: str) -> None:
+        """SIGTERM a worker once it consumes; `tick` sees it exit (or hang)."""
+        process = self.workers.workers[name].process
+        if name in self.stopped or process is None or not self.ready(name):
+            self.scheduler.later(2.0, partial(self.terminate, name))
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        self.stopped.add(name)
+        self.terminating[name] = time.monotonic()
+
+    def start(self, name: str) -> None:
+        """Start a stopped worker once the broker is there (a worker exits at start-up
+        when it cannot reach the cluster; its supervisor would wait like this)."""
+        if not self.broker_up():
+            self.scheduler.later(1.0, partial(self.start, name))
+            return
+        self.stopped.discard(name)
+        if not self.alive(name):
+            self.workers.start(name)
+            self.launched[name] = time.monotonic()
+            self.readied.discard(name)
+
+    # -- the broker, restarted by the run --
+
+    def broker_going_down(self) -> None:
+        self.broker_down = (time.monotonic(), float("inf"))
+
+    def broker_back(self) -> None:
+        self.broker_down = (self.broker_down[0], time.monotonic())
+
+    def broker_up(self) -> bool:
+        if settings.external_bootstrap():
+            return True
+        restarting = self.broker_down[1] == float("inf") and self.broker_down[0] != float("inf")
+        port_open = local_broker.port_open("127.0.0.1", settings.LOCAL_BROKER_PORT)
+        return port_open and not restarting
+
+    # -- watching --
+
+    def tick(self) -> None:
+        self._check_terminating()
+        self._note_ready()
+        self._supervise()
+
+    def _check_terminating(self) -> None:
+        for name, began in list(self.terminating.items()):
+            process = self.workers.workers[name].process
+            assert process is not None
+            code, took = process.poll(), time.monotonic() - began
+            if code is None and took < STOP_TIMEOUT:
+                continue
+            if code is None:
+                self.faults.hangs.append(f"{name} ignored SIGTERM for {STOP_TIMEOUT:.0f}s")
+                self.workers.kill(name)
+            elif code == STOP_HUNG_EXIT_CODE:  # its watchdog ended a stuck stop
+                self.faults.forced_stops += 1
+            elif code != 0:
+                self.faults.hangs.append(f"{name} exited {code} on SIGTERM")
+            del self.terminating[name]
+            self.faults.stops.append(Stop(name, code, took))
+            self.log(f"  SIGTERM {name}: exit {code} after {took:.1f}s")
+            self.scheduler.later(0.5, partial(self.start, name))
+
+    def _note_ready(self) -> None:
+        """Which started workers are ready by now (asked once a second)."""
+        if time.monotonic() - self.last_ready_poll < 1.0:
+            return
+        self.last_ready_poll = time.monotonic()
+        for name in self.workers.workers:
+            if name not in self.readied and self.alive(name) and self.ready(name):
+                self.readied.add(name)
+
+    def _supervise(self) -> None:
+        """Restart a worker that died on its own (a supervisor's job); note why."""
+        for worker in self.workers.dead():
+            if worker.name in self.stopped:
+                continue
+            code = worker.process.returncode if worker.process else None
+            if self._died_starting_without_broker(worker.name):
+                self.faults.startup_failures += 1
+            else:
+                last = worker.lines[-1] if worker.lines else ""
+                self.faults.unplanned_exits.append(f"{worker.name} exit {code}: {last}")
+            self.log(f"  {worker.name} exited by itself (code {code}); restarting")
+            self.stopped.add(worker.name)
+            self.scheduler.later(1.0, partial(self.start, worker.name))
+
+    def _died_starting_without_broker(self, name: str) -> bool:
+        """Did it exit before ever being ready, while the broker was away? (A worker
+        exits when it cannot reach the cluster at start-up; that is no crash.)"""
+        if name in self.readied:
+            return False
+        down_from, down_until = self.broker_down
+        launched = self.launched.get(name, 0.0)
+        return launched <= down_until + BROKER_SETTLE and time.monotonic() >= down_from
