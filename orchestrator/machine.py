@@ -31,6 +31,7 @@ from schemas.messages import (
     CreateOrder,
     Money,
     OrderRequested,
+    Outcome,
     PaymentFailed,
     ProductsReserved,
     ProductsUnavailable,
@@ -136,10 +137,17 @@ def on_deadline(
 
 
 def answers(reply: object, state: SagaState, step: Step) -> bool:
-    """Is `reply` an answer to the command of `step` the saga waits for (any sent attempt)?"""
+    """Is `reply` an answer to the command of `step` the saga waits for (any sent attempt)?
+
+    Its outcome must match its type: a participant that refuses a command answers with
+    the success type and outcome FAILURE (e.g. approving an order it already rejected);
+    taking that for success would record an approval that did not happen.
+    """
     attempt = getattr(reply, "attempt", None)
+    expected = Outcome.SUCCESS if type(reply) is step.success else Outcome.FAILURE
     return (
         type(reply) in step.replies
+        and getattr(reply, "outcome", None) == expected
         and getattr(reply, "saga_id", None) == state.saga_id
         and getattr(reply, "command_id", None) == command_id(state.saga_id, step.name)
         and isinstance(attempt, int)

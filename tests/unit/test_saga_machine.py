@@ -19,6 +19,7 @@ from schemas.messages import (
     OrderCreated,
     OrderRejected,
     OrderRequested,
+    Outcome,
     PaymentAuthorized,
     PaymentCancelled,
     PaymentFailed,
@@ -341,6 +342,27 @@ def test_reply_to_an_earlier_attempt_of_the_same_command_counts() -> None:
 def test_reply_not_for_the_awaited_command_changes_nothing(message: Any) -> None:
     saga = saga_in("CREATING_ORDER")
     assert_unchanged(decide(saga, message, NOW), saga)
+
+
+@pytest.mark.parametrize(
+    ("state", "reply_type"),
+    [
+        ("CREATING_ORDER", OrderCreated),
+        ("VERIFYING_PRODUCTS", ProductsReserved),
+        ("VERIFYING_PRODUCTS", ProductsUnavailable),
+        ("AUTHORIZING_PAYMENT", PaymentFailed),
+        ("APPROVING_ORDER", OrderApproved),
+        ("REJECTING_ORDER", OrderRejected),
+    ],
+)
+def test_reply_whose_outcome_contradicts_its_type_changes_nothing(
+    state: str, reply_type: type
+) -> None:
+    saga = saga_in(state)
+    right = reply(reply_type, step=saga.step)
+    flipped = Outcome.FAILURE if right.outcome == Outcome.SUCCESS else Outcome.SUCCESS
+    assert_unchanged(decide(saga, replace(right, outcome=flipped), NOW), saga)
+    assert decide(saga, right, NOW).state is not saga  # the same reply, right outcome, counts
 
 
 @pytest.mark.parametrize(
