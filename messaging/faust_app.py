@@ -9,6 +9,7 @@ inside the stream). Table values use the registered `saga-avro` Faust codec.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -16,12 +17,15 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faust
+import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
 from messaging import settings, topics
@@ -146,6 +150,80 @@ class Sender:
         pending = [await self.send(topic, key, message) for topic, key, message in messages]
         for acked in pending:  # all are in flight already: waiting in turn costs nothing
             await acked
+
+
+Row = tuple[faust.Table, bytes, Any]  # (table, key, row) to write
+_ABSENT = object()
+
+
+class WriteAfterSend:
+    """Writes a record's table rows only once the broker has its outputs, without stalling.
+
+    Writing the row first would let a crash keep a transition whose outputs were lost (the
+    re-processed input then finds itself stale and nothing re-sends them). Waiting for the
+    broker's acknowledgement before the next record, though, bounds an agent to one round
+    trip per record. So the agent `submit`s each record with its outputs and rows and goes
+    on; the rows are staged (`read` sees them) while `run`, a task of the agent, takes the
+    records strictly in submitted order, waits for their outputs, writes their rows and
+    only then acks them, so their offsets can be committed. The agent's stream must not
+    ack by itself (`stream.noack()`).
+    """
+
+    def __init__(self, app: faust.App, sender: Sender, max_in_flight: int = 1000) -> None:
+        self.app = app
+        self.sender = sender
+        self.staged: dict[tuple[int, bytes], Any] = {}  # (id(table), key) -> newest row
+        self.queue: asyncio.Queue[tuple[StreamT, EventT, list[Any], list[Row]]]
+        self.queue = asyncio.Queue(maxsize=max_in_flight)
+
+    def read(self, table: faust.Table, key: bytes) -> Any:
+        """The newest row of `key`: staged if a record in flight wrote it, else the table's."""
+        staged = self.staged.get((id(table), key), _ABSENT)
+        return table.get(key) if staged is _ABSENT else staged
+
+    async def submit(
+        self,
+        stream: StreamT,
+        event: EventT,
+        outputs: Iterable[tuple[str, bytes, object]] = (),
+        rows: Iterable[Row] = (),
+    ) -> None:
+        """Send `outputs` now; write `rows` and ack `event` once the broker has them."""
+        sent = [await self.sender.send(topic, key, message) for topic, key, message in outputs]
+        rows = list(rows)
+        for table, key, row in rows:
+            self.staged[(id(table), key)] = row
+        await self.queue.put((stream, event, sent, rows))
+
+    async def run(self) -> None:
+        while True:
+            stream, event, sent, rows = await self.queue.get()
+            try:
+                for acked in sent:
+                    await acked
+            except Exception as exc:
+                # The producer gave up (after producer_request_timeout): order is lost, so
+                # stop the worker; what was not acked is processed again after the restart.
+                log.critical("the broker did not take a record's outputs: stopping", exc_info=exc)
+                await self.app.crash(exc)
+                return
+            with processing(event):
+                for table, key, row in rows:
+                    table[key] = row
+                    if self.staged.get((id(table), key), _ABSENT) is row:
+                        del self.staged[(id(table), key)]
+            await stream.ack(event)
+
+
+@contextmanager
+def processing(event: EventT) -> Iterator[None]:
+    """Make `event` Faust's current event: table writes go to its partition's store and
+    changelog partition (Faust finds both through the current event)."""
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
 
 
 # ---- crash recovery of local tables ----
@@ -311,6 +389,8 @@ async def decoded_events(
             await send_dead_letter_faust(
                 app, event.key, event.value, exc, message.topic, message.partition, message.offset
             )
+            if not stream.enable_acks:  # Faust commits past it once the records before are
+                await stream.ack(event)
             continue
         yield event, value
 

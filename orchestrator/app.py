@@ -14,9 +14,12 @@ from datetime import datetime
 from typing import Any, cast
 
 import faust
+from faust.types import EventT
 
 from messaging.faust_app import (
+    Row,
     Sender,
+    WriteAfterSend,
     create_app,
     dead_letter_event,
     decoded_events,
@@ -113,6 +116,7 @@ class OrchestratorService:
         self.app = create_app(APP_ID, web_port=web_port, **app_options)
         self.sagas = typed_table(self.app, "sagas")
         self.sender = Sender(self.app)
+        self.writer = WriteAfterSend(self.app, self.sender)
         self.watch = DeadlineWatch()
         self.inputs = raw_topic(self.app, REQUEST_TOPIC, REPLY_TOPIC)
         self.agent = self.app.agent(self.inputs, name="run_sagas")(self._run)
@@ -121,25 +125,36 @@ class OrchestratorService:
         register_views(self)
 
     async def _run(self, stream: faust.StreamT) -> None:
-        async for event, message in decoded_events(self.app, stream, INPUTS, key_of=saga_key):
-            try:
-                await self.handle(cast(bytes, event.key), message)  # checked by key_of
-            except Exception as exc:  # one bad record must not stop the saga engine
-                await dead_letter_event(self.app, event, exc)
+        stream = cast(
+            faust.Stream, stream
+        ).noack()  # the writer acks each record once its row is written
+        writer = asyncio.ensure_future(self.writer.run())
+        try:
+            async for event, message in decoded_events(self.app, stream, INPUTS, key_of=saga_key):
+                try:
+                    await self.handle(stream, event, message)
+                except Exception as exc:  # one bad record must not stop the saga engine
+                    await dead_letter_event(self.app, event, exc)
+                    await self.writer.submit(stream, event)
+        finally:
+            writer.cancel()
 
-    async def handle(self, key: bytes, message: object) -> None:
-        state = self.sagas.get(key)
+    async def handle(self, stream: faust.StreamT, event: EventT, message: object) -> None:
+        key = cast(bytes, event.key)  # checked by key_of
+        state = self.writer.read(self.sagas, key)
         decision = decide(state, message, utc_now())
-        # Commands and events first, acknowledged, then the row. The other order lets a
-        # crash keep a transition whose messages were lost: the re-processed input is then
-        # stale, and e.g. a lost ORDER_APPROVED event leaves the stock reserved for ever.
+        # The row is written only once the broker has the commands and events: the other
+        # order lets a crash keep a transition whose messages were lost (the re-processed
+        # input is then stale, and e.g. a lost ORDER_APPROVED event leaves the stock
+        # reserved for ever).
         outputs: list[tuple[str, bytes, object]]
         outputs = [(*route(command), command) for command in decision.commands]
         outputs += [(EVENTS_TOPIC, key, saga_event) for saga_event in decision.events]
-        await self.sender.send_acked(outputs)
+        rows: list[Row] = []
         if decision.state is not None and decision.state is not state:
-            self.sagas[key] = decision.state
+            rows.append((self.sagas, key, decision.state))
             self.watch.update(key, decision.state)
+        await self.writer.submit(stream, event, outputs, rows)
 
     async def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
         self.watch.needs_rescan = True

@@ -47,8 +47,13 @@ async def running(
         yield agent, service, recorder
 
 
-async def put(agent: Any, key: str, message: object) -> None:
-    await agent.put(codec.encode(message), key=key.encode())
+async def put(agent: Any, key: str | bytes, message: object | bytes) -> None:
+    """Put a record and wait until the agent acked it: its row is written only then."""
+    value = message if isinstance(message, bytes) else codec.encode(message)
+    event = await agent.put(value, key=key if isinstance(key, bytes) else key.encode())
+    async with asyncio.timeout(5):
+        while not event.message.acked:
+            await asyncio.sleep(0.001)
 
 
 async def test_request_then_reply_moves_the_saga_and_sends_commands(running: Any) -> None:
@@ -76,7 +81,7 @@ async def test_duplicate_request_changes_nothing(running: Any) -> None:
 
 async def test_bad_records_are_dead_lettered_and_the_agent_goes_on(running: Any) -> None:
     agent, service, recorder = running
-    await agent.put(b"\x00garbage", key=b"x")
+    await put(agent, b"x", b"\x00garbage")
     await put(agent, "other-key", requested(SAGA))  # key disagrees with the order id
     await put(agent, SAGA, m.TopUp("t1", "c1", m.Money(amount=Decimal("1.00"), currency="EUR")))
     await put(agent, SAGA, requested(SAGA))

@@ -1,0 +1,117 @@
+"""WriteAfterSend: rows are written, and records acked, only after their outputs are
+acknowledged, strictly in the order the records were submitted."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from faust.streams import current_event
+
+from messaging.faust_app import WriteAfterSend
+
+
+class Event:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class Table(dict[bytes, Any]):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        event = current_event()
+        self.log.append(f"write {key.decode()}={value} in {getattr(event, 'name', None)}")
+        super().__setitem__(key, value)
+
+
+class Stream:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def ack(self, event: Event) -> None:
+        self.log.append(f"ack {event.name}")
+
+
+class Sender:
+    """Sends resolve when the test says the broker has them."""
+
+    def __init__(self) -> None:
+        self.acks: dict[str, asyncio.Future[None]] = {}
+
+    async def send(self, topic: str, key: bytes, message: object) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.acks[str(message)] = future
+        return future
+
+
+class App:
+    def __init__(self) -> None:
+        self.crashed: BaseException | None = None
+
+    async def crash(self, exc: BaseException) -> None:
+        self.crashed = exc
+
+
+@pytest.fixture
+async def setup() -> Any:
+    log: list[str] = []
+    sender = Sender()
+    app = App()
+    writer = WriteAfterSend(app, sender)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(writer.run())
+    yield writer, sender, Table(log), Stream(log), log, app
+    task.cancel()
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_rows_wait_for_their_outputs_and_follow_submission_order(setup: Any) -> None:
+    writer, sender, table, stream, log, _app = setup
+    first, second = Event("first"), Event("second")
+    await writer.submit(stream, first, [("t", b"k", "out-1")], [(table, b"k", "v1")])
+    await writer.submit(stream, second, [("t", b"k", "out-2")], [(table, b"k", "v2")])
+    assert writer.read(table, b"k") == "v2"  # the agent sees its newest row at once
+    sender.acks["out-2"].set_result(None)  # the later record's output is acked first
+    await settle()
+    assert log == []  # still waiting for the first record
+    sender.acks["out-1"].set_result(None)
+    await settle()
+    assert log == ["write k=v1 in first", "ack first", "write k=v2 in second", "ack second"]
+    assert table[b"k"] == "v2" and writer.staged == {}
+
+
+async def test_a_newer_staged_row_survives_the_write_of_an_older_one(setup: Any) -> None:
+    writer, sender, table, stream, _log, _app = setup
+    await writer.submit(stream, Event("a"), [("t", b"k", "out-a")], [(table, b"k", "v1")])
+    await writer.submit(stream, Event("b"), [("t", b"k", "out-b")], [(table, b"k", "v2")])
+    sender.acks["out-a"].set_result(None)
+    await settle()
+    assert table[b"k"] == "v1"
+    assert writer.read(table, b"k") == "v2"
+
+
+async def test_a_record_without_outputs_or_rows_is_acked_in_turn(setup: Any) -> None:
+    writer, sender, table, stream, log, _app = setup
+    await writer.submit(stream, Event("a"), [("t", b"k", "out-a")], [(table, b"k", "v1")])
+    await writer.submit(stream, Event("bad"))
+    await settle()
+    assert log == []
+    sender.acks["out-a"].set_result(None)
+    await settle()
+    assert log == ["write k=v1 in a", "ack a", "ack bad"]
+
+
+async def test_a_failed_send_writes_nothing_and_stops_the_worker(setup: Any) -> None:
+    writer, sender, table, stream, log, app = setup
+    await writer.submit(stream, Event("a"), [("t", b"k", "out-a")], [(table, b"k", "v1")])
+    sender.acks["out-a"].set_exception(TimeoutError("broker gone"))
+    await settle()
+    assert log == [] and b"k" not in table
+    assert isinstance(app.crashed, TimeoutError)
