@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 from messaging.faust_app import SeekFence
 
 STREAM, CHANGELOG = "orders.requested", "saga-orchestrator-sagas-changelog"
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
 
 
 class FakeConsumer:
@@ -20,6 +25,16 @@ class FakeConsumer:
         self.batches: list[list[tuple[str, int]]] = []
         self.seeks = 0
         self.between: Callable[[], Any] | None = None  # runs after the batch's first record
+        # Faust's read offsets after a seek: the committed offsets (None: never committed)
+        self.partitions = [TP(STREAM, 0), TP(STREAM, 1), TP(STREAM, 2), TP(CHANGELOG, 0)]
+        self._read_offset: dict[TP, int | None] = {tp: 5 for tp in self.partitions}
+        self.sought: list[tuple[TP, int]] = []
+
+    def assignment(self) -> list[TP]:
+        return self.partitions
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.sought.append((tp, offset))
 
     async def getmany(self, timeout: float) -> AsyncIterator[Any]:
         batch = self.batches.pop(0)
@@ -81,3 +96,12 @@ def test_installing_twice_wraps_once() -> None:
     wrapped = consumer.getmany
     fence.install()
     assert consumer.getmany is wrapped
+
+
+async def test_stream_partitions_never_committed_are_rewound_to_their_start() -> None:
+    _fence, consumer = fenced()
+    consumer._read_offset[TP(STREAM, 1)] = None  # no committed offset
+    consumer._read_offset[TP(STREAM, 2)] = 0  # committed 0: aiokafka does not seek it
+    consumer._read_offset[TP(CHANGELOG, 0)] = None  # recovery positions changelogs itself
+    await consumer.perform_seek()
+    assert consumer.sought == [(TP(STREAM, 1), 0), (TP(STREAM, 2), 0)]
