@@ -640,3 +640,20 @@ def test_dataclass_with_post_init_goes_through_its_constructor() -> None:
     assert from_avro({"name": "a", "count": 2, "seen": []}) == _Checked("a", 2)
     with pytest.raises(ValueError, match="negative"):
         from_avro({"name": "a", "count": -1, "seen": []})
+
+
+def test_faust_codec_decodes_a_large_row_once_and_shares_it() -> None:
+    codec.register_faust_codec()
+    faust_codec = faust_codecs.get_codec(codec.FAUST_CODEC_NAME)
+
+    def stock_row(sold: int) -> messages.StockRow:
+        settled = {f"saga-{i:05d}": "SOLD" for i in range(400)}  # a hot row: > 4 KB
+        price = messages.Money(amount=Decimal("1.00"), currency="EUR")
+        return messages.StockRow("p1", 5, 0, sold, 5 + sold, price, settled=settled)
+
+    first, second = faust_codec.dumps(stock_row(400)), faust_codec.dumps(stock_row(401))
+    assert len(first) > codec.LARGE_ROW_BYTES
+    decoded = faust_codec.loads(first)
+    assert decoded == stock_row(400)
+    assert faust_codec.loads(bytes(first)) is decoded  # equal bytes: the same object
+    assert faust_codec.loads(second) == stock_row(401)  # other bytes: their own row
