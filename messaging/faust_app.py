@@ -59,7 +59,9 @@ def create_app(
         "consumer_auto_offset_reset": "earliest",
         "processing_guarantee": "at_least_once",
         "producer_acks": -1,
-        "producer_linger": float(os.environ.get("SAGA_PRODUCER_LINGER_MS", "0")) / 1000,
+        # Batching: see batch_fetches. Together they cut the CPU per saga by a fifth to a
+        # third under load (bench/README.md), at up to ~25 ms per hop when traffic is light.
+        "producer_linger": float(os.environ.get("SAGA_PRODUCER_LINGER_MS", "5")) / 1000,
         "topic_disable_leader": True,  # no leader topic: nothing here needs a leader
         "table_standby_replicas": 0,
         "stream_recovery_delay": 0.5,
@@ -77,8 +79,8 @@ def create_app(
     fence_stale_records(app)
     batch_fetches(
         app,
-        int(os.environ.get("SAGA_FETCH_MIN_BYTES", "1")),
-        int(os.environ.get("SAGA_FETCH_MAX_WAIT_MS", "1500")),
+        int(os.environ.get("SAGA_FETCH_MIN_BYTES", "65536")),
+        int(os.environ.get("SAGA_FETCH_MAX_WAIT_MS", "20")),
     )
     return app
 
