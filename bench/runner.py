@@ -22,6 +22,7 @@ Echo = Callable[[str], None]
 BASELINE_WARMUP = RunSettings(rate=100.0, duration=2.0, max_in_flight=1000, drain_timeout=30.0)
 SAGA_WARMUP = RunSettings(rate=20.0, duration=3.0, max_in_flight=1000, drain_timeout=120.0)
 WARMUP_ROUNDS = 5  # at most; warm-up ends with the first round whose sagas all finish...
+BASELINE_MIN_IN_FLIGHT = 1000
 WARM_P99_MS = 2000  # ... with p99 latency below this
 
 
@@ -29,7 +30,7 @@ WARM_P99_MS = 2000  # ... with p99 latency below this
 class Options:
     rates: list[stats.Rate]
     duration: float = 20.0
-    max_in_flight: int = 1000
+    max_in_flight: int = 200
     drain_timeout: float = 30.0
     run_baseline: bool = True
     run_saga: bool = True
@@ -77,6 +78,13 @@ def one_line(name: str, run: dict[str, Any]) -> str:
     )
 
 
+def baseline_settings(options: Options, rate: stats.Rate) -> RunSettings:
+    """The baseline keeps at least BASELINE_MIN_IN_FLIGHT outstanding: its latency is
+    milliseconds, so a small window would cap it by Little's law rather than by Kafka."""
+    settings = options.settings(rate)
+    return replace(settings, max_in_flight=max(settings.max_in_flight, BASELINE_MIN_IN_FLIGHT))
+
+
 def run_baseline(options: Options, echo: Echo) -> dict[str, Any]:
     baseline.ensure_topics()
     relays = baseline.Relays()
@@ -85,7 +93,9 @@ def run_baseline(options: Options, echo: Echo) -> dict[str, Any]:
         pipeline = baseline.BaselinePipeline()
         try:
             drive(pipeline, BASELINE_WARMUP, Progress("baseline warm-up"))
-            runs = [measure(pipeline, options.settings(r), pids, echo) for r in options.rates]
+            runs = [
+                measure(pipeline, baseline_settings(options, r), pids, echo) for r in options.rates
+            ]
         finally:
             pipeline.close()
     finally:

@@ -20,7 +20,7 @@ def _rates(_ctx: click.Context, _param: click.Parameter, value: str) -> list[sta
 
 @click.command()
 @click.option(
-    "--rates", default="100,300,1000,max", show_default=True, callback=_rates,
+    "--rates", default="20,50,100,500,max", show_default=True, callback=_rates,
     help="Offered orders per second, comma-separated; 'max' keeps --max-in-flight outstanding.",
 )  # fmt: skip
 @click.option(
@@ -28,7 +28,7 @@ def _rates(_ctx: click.Context, _param: click.Parameter, value: str) -> list[sta
     help="Seconds of offering per rate.",
 )  # fmt: skip
 @click.option(
-    "--max-in-flight", type=click.IntRange(min=1), default=1000, show_default=True,
+    "--max-in-flight", type=click.IntRange(min=1), default=200, show_default=True,
     help="Outstanding requests at most; beyond it due requests are shed.",
 )  # fmt: skip
 @click.option(
