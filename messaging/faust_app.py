@@ -274,16 +274,20 @@ class SeekFence:
     started its saga with the second request), and records the consumer then dropped as
     already read (never processed, their offsets holding the commit back for good).
 
-    So between an assignment and the seek that follows it, and for the rest of any batch
-    fetched before a seek, stream records are not delivered. Nothing is lost: the seek
-    fetches them again, in order (partitions that have no committed offset, which
-    aiokafka does not seek, are rewound to their start). Changelog records pass.
+    So between an assignment and the seek that follows it, for a batch fetched while a
+    seek runs, and for the rest of any batch fetched before a seek, stream records are not
+    delivered. Nothing is lost: each partition that had records held back is sought back
+    to the first of them (or to where Faust's seek put it, if earlier) once the seek is
+    over, so they come again, in order; partitions without a committed offset, which
+    aiokafka's seek_to_committed skips, are rewound to their start. Changelog records
+    (recovery reads them) pass.
     """
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
-        self.epoch = 0  # changes whenever a seek starts and ends
+        self.epoch = 0  # odd while a seek runs: changes when one starts and when it ends
         self.seek_pending = True  # an assignment happened; its seek has not
+        self.held_back: dict[Any, int] = {}  # partition -> first offset not delivered
 
     def install(self) -> None:
         """Wrap the consumer's fetch and seek: at the first assignment, before the
@@ -307,6 +311,7 @@ class SeekFence:
             finally:
                 self.epoch += 1
                 self.seek_pending = False
+            await self._fetch_held_back_again()
 
         return perform_seek
 
@@ -323,21 +328,34 @@ class SeekFence:
             if self.app.topics.acks_enabled_for(tp.topic) and not consumer._read_offset.get(tp):
                 await consumer.seek(tp, 0)
 
+    async def _fetch_held_back_again(self) -> None:
+        """Seek each partition with held-back records back to the first of them, or to
+        Faust's read offset if that is earlier (a duplicate at most: handlers absorb it)."""
+        if self.seek_pending or self.epoch % 2 or not self.held_back:
+            return  # the coming (or running) seek moves the fetcher; redo this after it
+        consumer: Any = self.app.consumer
+        held_back, self.held_back = self.held_back, {}
+        assigned = consumer.assignment()
+        for tp, offset in held_back.items():
+            if tp in assigned:
+                read = consumer._read_offset.get(tp)
+                await consumer.seek(tp, 0 if read is None else min(offset, read))
+
     def _fenced_getmany(self, getmany: Callable[[float], AsyncIterator[Any]]) -> Any:
         async def fenced(timeout: float) -> AsyncIterator[Any]:
             fetched_in: int | None = None
             async for tp, message in getmany(timeout):
                 if fetched_in is None:  # the batch has just arrived
                     fetched_in = self.epoch
-                if self._deliverable(tp.topic, fetched_in):
+                if not self.app.topics.acks_enabled_for(tp.topic):
+                    yield tp, message  # a changelog record: recovery needs it now
+                elif self.seek_pending or fetched_in % 2 or fetched_in != self.epoch:
+                    self.held_back[tp] = min(self.held_back.get(tp, message.offset), message.offset)
+                else:
                     yield tp, message
+            await self._fetch_held_back_again()
 
         return fenced
-
-    def _deliverable(self, topic: str, fetched_in: int) -> bool:
-        if not self.app.topics.acks_enabled_for(topic):
-            return True  # a changelog record: recovery needs it now
-        return not self.seek_pending and fetched_in == self.epoch
 
 
 def fence_stale_records(app: faust.App) -> None:

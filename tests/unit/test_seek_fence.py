@@ -29,6 +29,8 @@ class FakeConsumer:
         self.partitions = [TP(STREAM, 0), TP(STREAM, 1), TP(STREAM, 2), TP(CHANGELOG, 0)]
         self._read_offset: dict[TP, int | None] = {tp: 5 for tp in self.partitions}
         self.sought: list[tuple[TP, int]] = []
+        self.during_seek: list[tuple[str, int]] | None = None
+        self.fetched_during_seek: list[tuple[str, int]] = []
 
     def assignment(self) -> list[TP]:
         return self.partitions
@@ -39,12 +41,16 @@ class FakeConsumer:
     async def getmany(self, timeout: float) -> AsyncIterator[Any]:
         batch = self.batches.pop(0)
         for n, (topic, offset) in enumerate(batch):
-            yield SimpleNamespace(topic=topic, partition=0), offset
+            yield TP(topic, 0), SimpleNamespace(offset=offset)
             if n == 0 and self.between is not None:
                 await self.between()
 
     async def perform_seek(self) -> None:
         self.seeks += 1
+        if self.during_seek is not None:  # a batch the fetcher got while the seek ran
+            self.batches.insert(0, self.during_seek)
+            self.during_seek = None
+            self.fetched_during_seek = await fetch(self)
 
 
 def fenced() -> tuple[SeekFence, FakeConsumer]:
@@ -56,7 +62,7 @@ def fenced() -> tuple[SeekFence, FakeConsumer]:
 
 
 async def fetch(consumer: Any) -> list[tuple[str, int]]:
-    return [(tp.topic, offset) async for tp, offset in consumer.getmany(1.0)]
+    return [(tp.topic, message.offset) async for tp, message in consumer.getmany(1.0)]
 
 
 async def test_before_the_seek_only_changelog_records_pass() -> None:
@@ -77,8 +83,29 @@ async def test_the_rest_of_a_batch_fetched_before_a_seek_is_held_back() -> None:
     _fence, consumer = fenced()
     await consumer.perform_seek()
     consumer.between = consumer.perform_seek  # the seek lands while the batch is drained
+    consumer._read_offset[TP(STREAM, 0)] = 7  # Faust's read offset: 7 was delivered
     consumer.batches.append([(STREAM, 7), (STREAM, 8), (CHANGELOG, 3), (STREAM, 9)])
     assert await fetch(consumer) == [(STREAM, 7), (CHANGELOG, 3)]
+    assert consumer.sought == [(TP(STREAM, 0), 7)]  # fetched again from there, in order
+
+
+async def test_a_batch_fetched_while_the_seek_runs_is_held_back_and_fetched_again() -> None:
+    _fence, consumer = fenced()
+    consumer.during_seek = [(STREAM, 5), (STREAM, 6), (CHANGELOG, 1)]
+    await consumer.perform_seek()
+    assert consumer.fetched_during_seek == [(CHANGELOG, 1)]
+    assert consumer.sought == [(TP(STREAM, 0), 5)]  # min(first held back, read offset 5)
+
+
+async def test_records_held_back_before_the_seek_are_fetched_from_the_committed_offset() -> None:
+    fence, consumer = fenced()
+    consumer.batches.append([(STREAM, 9), (STREAM, 10)])
+    assert await fetch(consumer) == []
+    assert consumer.sought == []  # the pending seek will move the fetcher anyway
+    consumer._read_offset[TP(STREAM, 0)] = 8  # the seek: committed offset 8
+    await consumer.perform_seek()
+    assert consumer.sought == [(TP(STREAM, 0), 8)]  # never past what Faust sought
+    assert fence.held_back == {}
 
 
 async def test_a_new_assignment_holds_records_back_until_its_seek() -> None:
