@@ -92,19 +92,19 @@ def assign_from_time(
     """Assign partitions of a topic, starting at the first record at or after `since`."""
     count = topics.partitions(topic)
     wanted = list(partitions) if partitions is not None else list(range(count))
+    # The ends first: a partition with nothing that new yet starts at its end as it was
+    # *before* the lookup, so a record written meanwhile is read, not skipped.
+    ends = {
+        p: consumer_.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in wanted
+    }
     millis = int(since.timestamp() * 1000)
     offsets = consumer_.offsets_for_times(
         [TopicPartition(topic, p, millis) for p in wanted], timeout=10
     )
-    start = []
-    for tp in offsets:
-        offset = tp.offset
-        if offset < 0:  # nothing that new yet: start at the current end, as a number, so a
-            # record written before the consumer's first fetch is not skipped
-            _low, offset = consumer_.get_watermark_offsets(
-                TopicPartition(topic, tp.partition), timeout=10
-            )
-        start.append(TopicPartition(topic, tp.partition, offset))
+    start = [
+        TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else ends[tp.partition])
+        for tp in offsets
+    ]
     consumer_.assign(start)
 
 
