@@ -59,8 +59,8 @@ def create_app(
         "consumer_auto_offset_reset": "earliest",
         "processing_guarantee": "at_least_once",
         "producer_acks": -1,
-        # Batching: see batch_fetches. Together they cut the CPU per saga by a fifth to a
-        # third under load (bench/README.md), at up to ~25 ms per hop when traffic is light.
+        # Batching: see batch_fetches. Together they cut the CPU per saga by about a fifth
+        # under load (README, Performance), at up to ~25 ms a hop when traffic is light.
         "producer_linger": float(os.environ.get("SAGA_PRODUCER_LINGER_MS", "5")) / 1000,
         "topic_disable_leader": True,  # no leader topic: nothing here needs a leader
         "table_standby_replicas": 0,
@@ -147,17 +147,6 @@ class Sender:
     async def send(self, topic: str, key: bytes, message: object) -> Awaitable[Any]:
         """Queue the message; the result resolves when the broker has it."""
         return await self.topic(topic).send(key=key, value=codec.encode(message))
-
-    async def send_acked(self, messages: Iterable[tuple[str, bytes, object]]) -> None:
-        """Send (topic, key, message) triples and wait until the broker has them all.
-
-        A handler that writes its table row only after this cannot record work whose
-        messages a crash then loses: re-processed after the crash, the input finds the
-        old row and sends them again (duplicates the receivers ignore).
-        """
-        pending = [await self.send(topic, key, message) for topic, key, message in messages]
-        for acked in pending:  # all are in flight already: waiting in turn costs nothing
-            await acked
 
 
 Row = tuple[faust.Table, bytes, Any]  # (table, key, row) to write

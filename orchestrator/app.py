@@ -125,9 +125,10 @@ class OrchestratorService:
         register_views(self)
 
     async def _run(self, stream: faust.StreamT) -> None:
-        stream = cast(
-            faust.Stream, stream
-        ).noack()  # the writer acks each record once its row is written
+        # Manual acks: the writer acks each record once its row is written.
+        stream = cast(faust.Stream, stream).noack()
+        # A fresh writer per run of the agent: rows staged by a cancelled run never landed.
+        self.writer = WriteAfterSend(self.app, self.sender)
         writer = asyncio.ensure_future(self.writer.run())
         try:
             async for event, message in decoded_events(self.app, stream, INPUTS, key_of=saga_key):
