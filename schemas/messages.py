@@ -356,6 +356,7 @@ class StockRow:
     # saga id -> RELEASED | SOLD | REFUSED; the latest MAX_SETTLED sagas, oldest first
     settled: dict[str, str] = field(default_factory=dict)
     restock_ids: list[str] = field(default_factory=list)  # the latest MAX_RESTOCK_IDS
+    applied_offset: int = -1  # product.stock offset of the last change; replays skip
 
 
 @dataclass(frozen=True)

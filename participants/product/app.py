@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import faust
+
 from messaging.faust_app import typed_table, utc_now
 from participants.product import logic
 from participants.product.views import register_views
@@ -41,10 +43,10 @@ class ProductService(ParticipantService):
         self.stock_agent = self.consume(
             STOCK_TOPIC,
             {
-                m.ReserveItem: self._reserve_item,
-                m.ReleaseItem: self._release_item,
-                m.SellItem: self._sell_item,
-                m.Restock: self._restock,
+                m.ReserveItem: self._apply_stock,
+                m.ReleaseItem: self._apply_stock,
+                m.SellItem: self._apply_stock,
+                m.Restock: self._apply_stock,
             },
             key_of=lambda message: message.product_id,
             name="handle_stock",
@@ -98,27 +100,18 @@ class ProductService(ParticipantService):
 
     # ---- stock (key product id) ----
 
-    def _store_stock(self, key: bytes, old: m.StockRow | None, new: m.StockRow | None) -> None:
-        if new is not None and new is not old:
+    async def _apply_stock(self, key: bytes, message: logic.StockMessage | m.Restock) -> None:
+        # The offset tells a replay after a crash from a new message (applied_offset).
+        event = faust.current_event()
+        if event is None:  # only the stock agent's stream calls this
+            raise RuntimeError("a stock message handled outside its stream")
+        offset = event.message.offset
+        row = self.stock.get(key)
+        new, result = logic.apply_stock_message(row, message, offset)
+        if new is not None and new is not row:
             self.stock[key] = new
-
-    async def _reserve_item(self, key: bytes, item: m.ReserveItem) -> None:
-        row = self.stock.get(key)
-        new, result = logic.reserve_item(row, item)
-        self._store_stock(key, row, new)
-        await self.sender.send(RESULTS_TOPIC, item.saga_id.encode(), result)
-
-    async def _release_item(self, key: bytes, item: m.ReleaseItem) -> None:
-        row = self.stock.get(key)
-        self._store_stock(key, row, logic.release_item(row, item))
-
-    async def _sell_item(self, key: bytes, item: m.SellItem) -> None:
-        row = self.stock.get(key)
-        self._store_stock(key, row, logic.sell_item(row, item))
-
-    async def _restock(self, key: bytes, restock: m.Restock) -> None:
-        row = self.stock.get(key)
-        self._store_stock(key, row, logic.restock(row, restock))
+        if result is not None:
+            await self.sender.send(RESULTS_TOPIC, result.saga_id.encode(), result)
 
 
 def build(web_port: int | None = None, **app_options: Any) -> ProductService:

@@ -20,9 +20,12 @@ Idempotency:
   the row already says the work was done).
 - The stock row remembers each saga it dealt with (`reservations` while held, `settled`
   after), so a duplicate ReserveItem never reserves twice nor after a release.
-  `settled` keeps the latest MAX_SETTLED sagas: duplicates arrive within the redelivery
-  window, far fewer sagas than that per product. Should an evicted saga still re-reserve,
+  `settled` keeps the latest MAX_SETTLED sagas. Should an evicted saga still re-reserve,
   its ItemResult is unwanted and `collect_result` releases it again.
+- A crash replays product.stock from the last commit onto a table restored with every
+  change made since. `applied_offset` makes that exact however many sagas settled in
+  between: a message at or below it was applied already and changes nothing
+  (`apply_stock_message`).
 """
 
 from __future__ import annotations
@@ -404,6 +407,35 @@ def _total(res: Reservation) -> Money:
 # =====================================================================================
 # stock table (key product id)
 # =====================================================================================
+
+
+def apply_stock_message(
+    stock: StockRow | None, message: StockMessage | Restock, offset: int
+) -> tuple[StockRow | None, ItemResult | None]:
+    """Apply one product.stock message read at `offset`; a ReserveItem gets its result.
+
+    A replay (offset at or below the row's `applied_offset`) changes nothing; a replayed
+    ReserveItem is answered from the row as it stands (held -> reserved, else refused).
+    A row that changes records `offset`, so every earlier message counts as applied.
+    """
+    if stock is not None and offset <= stock.applied_offset:
+        if isinstance(message, ReserveItem):
+            held = message.saga_id in stock.reservations
+            return stock, _item_result(message, held, stock.available, stock.unit_price)
+        return stock, None
+    result = None
+    new: StockRow | None
+    if isinstance(message, ReserveItem):
+        new, result = reserve_item(stock, message)
+    elif isinstance(message, ReleaseItem):
+        new = release_item(stock, message)
+    elif isinstance(message, SellItem):
+        new = sell_item(stock, message)
+    else:
+        new = restock(stock, message)
+    if new is not None and new is not stock:
+        new = replace(new, applied_offset=offset)
+    return new, result
 
 
 def reserve_item(stock: StockRow | None, item: ReserveItem) -> tuple[StockRow | None, ItemResult]:

@@ -471,6 +471,71 @@ def test_settled_sagas_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert row is not None and list(row.settled) == ["b", "c"]
 
 
+def replay_crash_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[tuple[int, ReserveItem | SellItem | ReleaseItem]], StockRow | None]:
+    """SAGA reserves and is sold, then more sagas settle than `settled` remembers.
+
+    Returns the messages with their offsets and the row after all of them: what a
+    worker killed before its commit restores from the changelog, then reads again.
+    """
+    monkeypatch.setattr(logic, "MAX_SETTLED", 2)
+    messages: list[tuple[int, ReserveItem | SellItem | ReleaseItem]] = [
+        (10, ReserveItem(SAGA, "p1", 3)),
+        (11, SellItem(SAGA, "p1")),
+        *((12 + n, ReleaseItem(f"other-{n}", "p1")) for n in range(3)),
+    ]
+    row: StockRow | None = stocked(10)
+    for offset, message in messages:
+        row, _ = logic.apply_stock_message(row, message, offset)
+    return messages, row
+
+
+def test_replay_after_a_crash_changes_nothing_even_once_settled_forgot_the_saga(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    messages, row = replay_crash_window(monkeypatch)
+    assert row is not None and SAGA not in row.settled and row.applied_offset == 14
+    assert (row.available, row.sold) == (7, 3)
+    replayed = row
+    results = []
+    for offset, message in messages:
+        replayed, result = logic.apply_stock_message(replayed, message, offset)
+        results.append(result)
+    assert replayed is row  # sold once, not twice
+    assert results[0] == ItemResult(SAGA, "p1", 3, False, 7, eur("2.50"))
+    assert results[1:] == [None] * 4
+
+
+def test_without_the_offset_a_forgotten_saga_would_be_sold_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Why applied_offset exists: `settled` alone cannot tell the replay."""
+    _, row = replay_crash_window(monkeypatch)
+    assert row is not None
+    again, _ = reserve_item(row, ReserveItem(SAGA, "p1", 3))
+    again = sell_item(again, SellItem(SAGA, "p1"))
+    assert again is not None and again.sold == 6
+
+
+def test_a_replayed_reserve_of_a_saga_still_holding_is_answered_reserved() -> None:
+    row, first = logic.apply_stock_message(stocked(5), ReserveItem(SAGA, "p1", 3), 7)
+    assert row is not None and row.applied_offset == 7
+    again, second = logic.apply_stock_message(row, ReserveItem(SAGA, "p1", 3), 7)
+    assert again is row and second == first
+
+
+def test_new_messages_apply_and_unchanged_rows_keep_their_offset() -> None:
+    row, _ = logic.apply_stock_message(stocked(5), Restock("r2", "p1", 1, eur("2.50")), 3)
+    assert row is not None and (row.available, row.applied_offset) == (6, 3)
+    same, _ = logic.apply_stock_message(row, Restock("r2", "p1", 1, eur("2.50")), 4)
+    assert same is row  # a duplicate restock id: nothing written
+    released, _ = logic.apply_stock_message(row, ReleaseItem(SAGA, "p1"), 5)
+    assert released is not None and released.applied_offset == 5
+    missing, result = logic.apply_stock_message(None, ReserveItem(SAGA, "p9", 1), 6)
+    assert missing is None and result is not None and not result.reserved
+
+
 def test_stock_invariant_violations() -> None:
     good, _ = reserve_item(stocked(5), ReserveItem(SAGA, "p1", 3))
     assert good is not None and stock_invariant_violations(good) == []
