@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,9 @@ from messaging import settings
 
 TOPICS_FILE = settings.PROJECT_ROOT / "topics.yaml"
 _TOPIC_FIELDS = {"doc", "partitions", "replication_factor", "configs"}
+_TOP_LEVEL_KEYS = {"defaults", "topics", "co_partitioned"}
+# Kafka's own rule for topic names (org.apache.kafka.common.internals.Topic).
+_LEGAL_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 class TopicsFileError(ValueError):
@@ -38,10 +43,81 @@ class TopicsFile:
         return self.topics[topic].partitions
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges may be overridden; that is not a duplicate
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):
+                continue  # unhashable keys: let PyYAML report them as usual
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise TopicsFileError(f"topics.yaml: duplicate key {key!r} (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _positive_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise TopicsFileError(f"{where}: must be a positive integer, got {value!r}")
     return value
+
+
+def _config_value(value: Any, where: str) -> str:
+    """A config value as the broker reports it, so that `apply` does not see false drift."""
+    if isinstance(value, bool):  # before int: bool is an int
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return value
+    raise TopicsFileError(
+        f"{where}: must be a string, number or boolean, got {type(value).__name__} {value!r}"
+    )
+
+
+def _configs(raw: Any, where: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TopicsFileError(f"{where}: field 'configs' must be a mapping")
+    configs = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not key:
+            raise TopicsFileError(f"{where}: field 'configs': key {key!r} must be a name")
+        configs[key] = _config_value(value, f"{where}: field 'configs': key {key!r}")
+    return configs
+
+
+def _check_fields(raw: Mapping[str, Any], where: str) -> None:
+    """Validate the topic fields present in `raw` (a topic or the defaults)."""
+    unknown = set(raw) - _TOPIC_FIELDS
+    if unknown:
+        raise TopicsFileError(f"{where}: unknown field(s) {sorted(unknown, key=str)}")
+    for name in ("partitions", "replication_factor"):
+        if name in raw:
+            _positive_int(raw[name], f"{where}: field {name!r}")
+    if "doc" in raw and not isinstance(raw["doc"], str):
+        raise TopicsFileError(f"{where}: field 'doc' must be a string")
+    if "configs" in raw:
+        _configs(raw["configs"], where)
+
+
+def _check_topic_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise TopicsFileError(f"topics.yaml: topic name {name!r} must be a string")
+    if name in {".", ".."} or not _LEGAL_TOPIC_NAME.fullmatch(name):
+        raise TopicsFileError(
+            f"topics.yaml: topic name {name!r} is not a legal Kafka topic name "
+            "(1-249 characters of a-z A-Z 0-9 . _ -, not '.' or '..')"
+        )
+    return name
 
 
 def _parse_topic(name: str, raw: Any, defaults: Mapping[str, Any]) -> TopicSpec:
@@ -50,38 +126,49 @@ def _parse_topic(name: str, raw: Any, defaults: Mapping[str, Any]) -> TopicSpec:
         raw = {}
     if not isinstance(raw, dict):
         raise TopicsFileError(f"{where}: must be a mapping, got {type(raw).__name__}")
-    unknown = set(raw) - _TOPIC_FIELDS
-    if unknown:
-        raise TopicsFileError(f"{where}: unknown field(s) {sorted(unknown)}")
+    _check_fields(raw, where)
     merged = {**defaults, **raw}
     for required in ("partitions", "replication_factor"):
         if required not in merged:
             raise TopicsFileError(f"{where}: field {required!r} is missing (and no default)")
-    configs = merged.get("configs") or {}
-    if not isinstance(configs, dict):
-        raise TopicsFileError(f"{where}: field 'configs' must be a mapping")
     return TopicSpec(
         name=name,
         partitions=_positive_int(merged["partitions"], f"{where}: field 'partitions'"),
         replication_factor=_positive_int(
             merged["replication_factor"], f"{where}: field 'replication_factor'"
         ),
-        configs={str(k): str(v) for k, v in configs.items()},
-        doc=str(merged.get("doc", "")),
+        configs=_configs(merged.get("configs"), where),
+        doc=merged.get("doc", ""),
     )
 
 
 def parse(text: str) -> TopicsFile:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         raise TopicsFileError(f"topics.yaml is not valid YAML: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("topics"), dict):
         raise TopicsFileError("topics.yaml: a top-level 'topics' mapping is required")
+    unknown = set(data) - _TOP_LEVEL_KEYS
+    if unknown:
+        allowed = ", ".join(sorted(_TOP_LEVEL_KEYS))
+        raise TopicsFileError(
+            f"topics.yaml: unknown top-level key(s) {sorted(unknown, key=str)}; allowed: {allowed}"
+        )
     defaults = data.get("defaults") or {}
-    if not isinstance(defaults, dict) or set(defaults) - _TOPIC_FIELDS:
-        raise TopicsFileError("topics.yaml: 'defaults' may only set topic fields")
-    topics = {name: _parse_topic(name, raw, defaults) for name, raw in data["topics"].items()}
+    if not isinstance(defaults, dict):
+        raise TopicsFileError("topics.yaml: 'defaults' must be a mapping of topic fields")
+    unknown = set(defaults) - _TOPIC_FIELDS
+    if unknown:
+        raise TopicsFileError(
+            f"topics.yaml: 'defaults' may only set topic fields "
+            f"({', '.join(sorted(_TOPIC_FIELDS))}), not {sorted(unknown, key=str)}"
+        )
+    _check_fields(defaults, "topics.yaml: defaults")
+    topics = {
+        _check_topic_name(name): _parse_topic(name, raw, defaults)
+        for name, raw in data["topics"].items()
+    }
     groups = data.get("co_partitioned") or {}
     if not isinstance(groups, dict):
         raise TopicsFileError("topics.yaml: 'co_partitioned' must map a group name to topics")
@@ -89,7 +176,7 @@ def parse(text: str) -> TopicsFile:
         if not isinstance(members, list):
             raise TopicsFileError(f"topics.yaml: co_partitioned group {group!r} must be a list")
         for member in members:
-            if member not in topics:
+            if not isinstance(member, str) or member not in topics:
                 raise TopicsFileError(
                     f"topics.yaml: co_partitioned group {group!r} names unknown topic {member!r}"
                 )
