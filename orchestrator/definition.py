@@ -12,6 +12,8 @@ Conventions:
 - A RETRIABLE step has no deadline transition: on its deadline the same command is
   re-sent with exponential backoff, forever. COMPENSATABLE and PIVOT steps get a single
   deadline whose transition starts compensation.
+- A step's `compensation` is the retriable step of the same participant that undoes it;
+  every way back taken once the step may have had its effect runs it (`validate` checks).
 """
 
 from __future__ import annotations
@@ -380,10 +382,13 @@ def validate(definition: SagaDefinition) -> None:
         *_duplicate_names(definition),
         *_bad_states(definition),
         *_bad_transitions(definition),
+        *_bad_attempts(definition),
+        *_bad_compensations(definition),
         *_unhandled_replies(definition),
         *_missing_deadlines(definition),
         *_unreachable_states(definition),
         *_misordered_steps(definition),
+        *_skipped_compensations(definition),
     ]
     if problems:
         lines = "\n".join(f"- {problem}" for problem in problems)
@@ -417,9 +422,6 @@ def _bad_states(d: SagaDefinition) -> Iterator[str]:
             yield f"state {state.name} waits for unknown step {state.step}"
         if state.name in d.terminal and state.step is not None:
             yield f"terminal state {state.name} waits for step {state.step}"
-    for step in d.steps:
-        if step.compensation is not None and d.step(step.compensation) is None:
-            yield f"step {step.name} has unknown compensation step {step.compensation}"
 
 
 def _bad_transitions(d: SagaDefinition) -> Iterator[str]:
@@ -436,6 +438,44 @@ def _bad_transitions(d: SagaDefinition) -> Iterator[str]:
         step = d.waiting_step(t.source)
         if step is not None and t.trigger is not DEADLINE and t.trigger not in step.replies:
             yield f"{where}: {t.trigger.__name__} is not a reply of step {step.name}"
+
+
+def _bad_attempts(d: SagaDefinition) -> Iterator[str]:
+    for step in d.steps:
+        if step.attempts < 1:
+            yield f"step {step.name}: attempts must be at least 1, got {step.attempts}"
+
+
+def _compensation_problem(d: SagaDefinition, step: Step) -> str | None:
+    """Why `step.compensation` cannot undo `step` (None if it can, or if there is none)."""
+    if step.compensation is None:
+        return None
+    undo = d.step(step.compensation)
+    if undo is None:
+        return f"step {step.name} has unknown compensation step {step.compensation}"
+    if undo.participant is not step.participant:
+        return (
+            f"step {step.name}: compensation {undo.name} belongs to participant"
+            f" {undo.participant.value}, not {step.participant.value}"
+        )
+    if undo.kind is not StepKind.RETRIABLE:
+        return (
+            f"step {step.name}: compensation {undo.name} must be retriable, not {undo.kind.value}"
+        )
+    if undo in forward_steps(d):
+        return f"step {step.name}: compensation {undo.name} is a step of the forward path"
+    return None
+
+
+def _bad_compensations(d: SagaDefinition) -> Iterator[str]:
+    """A compensation undoes its step: a retriable step of the same participant that is
+    not itself on the forward path. A compensatable step must name one."""
+    for step in d.steps:
+        if step.kind is StepKind.COMPENSATABLE and step.compensation is None:
+            yield f"compensatable step {step.name} names no compensation"
+        problem = _compensation_problem(d, step)
+        if problem is not None:
+            yield problem
 
 
 def _unhandled_replies(d: SagaDefinition) -> Iterator[str]:
@@ -523,6 +563,57 @@ def _misordered_steps(d: SagaDefinition) -> Iterator[str]:
     for step in d.steps:
         if step not in forward and step.kind is not StepKind.RETRIABLE:
             yield f"compensation step {step.name} must be retriable, not {step.kind.value}"
+
+
+def _skipped_compensations(d: SagaDefinition) -> Iterator[str]:
+    """Once a forward step may have taken effect, every way back runs its compensation.
+
+    The saga turns back on the step's own deadline (it may have taken effect) and on the
+    failure or deadline of any later forward step; from there, every path to a terminal
+    state must pass through a state of the compensation step. The step's own failure
+    reply needs no undo: the participant reports it took no effect.
+    """
+    forward = forward_steps(d)
+    for at, step in enumerate(forward):
+        if step.compensation is None or _compensation_problem(d, step) is not None:
+            continue  # nothing to check, or reported by _bad_compensations
+        undo_states = _states_of(d, step.compensation)
+        turns: list[tuple[str, type]] = [(state, DEADLINE) for state in _states_of(d, step.name)]
+        for later in forward[at + 1 :]:
+            for trigger in (later.failure, DEADLINE):
+                if trigger is not None:
+                    turns += [(state, trigger) for state in _states_of(d, later.name)]
+        for source, trigger in turns:
+            turn = d.transition(source, trigger)
+            if turn is None:
+                continue
+            end = _terminal_avoiding(d, turn.target, undo_states)
+            if end is not None:
+                yield (
+                    f"{source} --{trigger.__name__}--> {turn.target} can reach {end} without"
+                    f" {step.compensation}, which undoes {step.name}"
+                )
+
+
+def _states_of(d: SagaDefinition, step: str) -> list[str]:
+    return [state.name for state in d.states if state.step == step]
+
+
+def _terminal_avoiding(d: SagaDefinition, start: str, avoid: list[str]) -> str | None:
+    """A terminal state reachable from `start` without entering `avoid`, if there is one."""
+    if start in avoid:
+        return None
+    reached = {start}
+    queue = deque([start])
+    while queue:
+        state = queue.popleft()
+        if d.is_terminal(state):
+            return state
+        for t in d.outgoing(state):
+            if t.target not in reached and t.target not in avoid:
+                reached.add(t.target)
+                queue.append(t.target)
+    return None
 
 
 validate(CREATE_ORDER_SAGA)

@@ -34,6 +34,7 @@ from schemas.messages import (
     PaymentCancelled,
     PaymentFailed,
     ProductsReleased,
+    ProductsUnavailable,
     RejectOrder,
     ReleaseProducts,
     ReserveProducts,
@@ -130,7 +131,12 @@ def test_state_cut_off_by_removed_transition_is_unreachable() -> None:
         drop=((sd.AUTHORIZING_PAYMENT, DEADLINE),),
         add=(Transition(sd.AUTHORIZING_PAYMENT, DEADLINE, sd.RELEASING_PRODUCTS),),
     )
-    assert_only_problem(broken, r"state CANCELLING_PAYMENT is unreachable")
+    assert problems(broken) == [
+        "state CANCELLING_PAYMENT is unreachable from CREATING_ORDER",
+        # the payment deadline no longer cancels the payment
+        "AUTHORIZING_PAYMENT --StepTimedOut--> RELEASING_PRODUCTS can reach ORDER_REJECTED"
+        " without cancel_payment, which undoes authorize_payment",
+    ]
 
 
 def test_waiting_step_without_timeout_has_no_deadline_policy() -> None:
@@ -166,7 +172,10 @@ def test_pivot_or_compensatable_state_without_deadline_transition_is_reported() 
 
 
 def test_retriable_state_with_deadline_transition_is_reported() -> None:
-    broken = with_transitions(add=(Transition(sd.APPROVING_ORDER, DEADLINE, sd.REJECTING_ORDER),))
+    # the way back it adds runs every compensation, so only the retry rule is broken
+    broken = with_transitions(
+        add=(Transition(sd.APPROVING_ORDER, DEADLINE, sd.CANCELLING_PAYMENT),)
+    )
     assert_only_problem(broken, r"retriable step approve_order must retry, not leave")
 
 
@@ -202,6 +211,70 @@ def test_missing_or_second_pivot_is_reported() -> None:
 def test_compensation_step_must_be_retriable() -> None:
     found = problems(with_step(sd.RELEASE_PRODUCTS, kind=StepKind.PIVOT))
     assert "compensation step release_products must be retriable, not pivot" in found
+    assert (
+        "step verify_products: compensation release_products must be retriable, not pivot" in found
+    )
+
+
+def test_compensatable_step_without_compensation_is_reported() -> None:
+    assert_only_problem(
+        with_step(sd.VERIFY_PRODUCTS, compensation=None),
+        r"^compensatable step verify_products names no compensation$",
+    )
+
+
+@pytest.mark.parametrize("attempts", [0, -1])
+def test_attempts_below_one_are_reported(attempts: int) -> None:
+    assert_only_problem(
+        with_step(sd.VERIFY_PRODUCTS, attempts=attempts),
+        rf"^step verify_products: attempts must be at least 1, got {attempts}$",
+    )
+
+
+def test_compensation_of_another_participant_is_reported() -> None:
+    assert_only_problem(
+        with_step(sd.VERIFY_PRODUCTS, compensation=sd.CANCEL_PAYMENT),
+        r"^step verify_products: compensation cancel_payment belongs to participant payment,"
+        r" not product$",
+    )
+
+
+def test_compensation_on_the_forward_path_is_reported() -> None:
+    assert_only_problem(
+        with_step(sd.CREATE_ORDER, compensation=sd.APPROVE_ORDER),
+        r"^step create_order: compensation approve_order is a step of the forward path$",
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "trigger", "message"),
+    [
+        # the step's own deadline: it may have reserved stock
+        (sd.VERIFYING_PRODUCTS, DEADLINE,
+         "VERIFYING_PRODUCTS --StepTimedOut--> REJECTING_ORDER can reach ORDER_REJECTED"
+         " without release_products, which undoes verify_products"),
+        # a later step's failure
+        (sd.AUTHORIZING_PAYMENT, PaymentFailed,
+         "AUTHORIZING_PAYMENT --PaymentFailed--> REJECTING_ORDER can reach ORDER_REJECTED"
+         " without release_products, which undoes verify_products"),
+    ],
+)  # fmt: skip
+def test_way_back_that_skips_a_compensation_is_reported(
+    source: str, trigger: type, message: str
+) -> None:
+    broken = with_transitions(
+        drop=((source, trigger),),
+        add=(Transition(source, trigger, sd.REJECTING_ORDER),),
+    )
+    assert problems(broken) == [message]
+
+
+def test_own_failure_needs_no_compensation() -> None:
+    # ProductsUnavailable goes straight to REJECTING_ORDER: the Product Service has
+    # already returned what it took, so release_products is not needed on that path
+    turn = CREATE_ORDER_SAGA.transition(sd.VERIFYING_PRODUCTS, ProductsUnavailable)
+    assert turn is not None and turn.target == sd.REJECTING_ORDER
+    assert problems(CREATE_ORDER_SAGA) == []
 
 
 def test_transition_to_unknown_state_is_reported() -> None:
