@@ -6,6 +6,7 @@ import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -421,6 +422,19 @@ def test_diagram_mentions_every_state_and_transition() -> None:
     assert "ORDER_APPROVED --> [*]" in lines
     assert "ORDER_REJECTED --> [*]" in lines
     assert "note right of AUTHORIZING_PAYMENT : pivot" in lines
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+MERMAID_BLOCK = re.compile(r"^```mermaid\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def test_readme_diagram_is_the_generated_one() -> None:
+    blocks = MERMAID_BLOCK.findall(README.read_text(encoding="utf-8"))
+    assert len(blocks) == 1, f"README.md should hold one mermaid block, found {len(blocks)}"
+    assert blocks[0] == mermaid(), (
+        "README.md's saga diagram differs from orchestrator/definition.py: replace the"
+        " ```mermaid block with the output of `python -m orchestrator.diagram`"
+    )
 
 
 def test_diagram_edge_count_matches_definition() -> None:
