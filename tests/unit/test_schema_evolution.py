@@ -6,6 +6,9 @@ records, during a rolling upgrade or a changelog replay):
 
 - data written with one schema is read with the other (fastavro schema resolution),
 - the Apache Avro library's reader/writer compatibility checker agrees,
+- the logical types (and their precision and scale) agree wherever both schemas have
+  the same field: canonical forms and so the two checks above ignore them, yet e.g. a
+  decimal's scale or a timestamp's unit changes what the same bytes mean,
 - and the codec decodes a record written with a released schema into today's class.
 """
 
@@ -98,6 +101,66 @@ def _read(data: bytes, writer: dict[str, Any], reader: dict[str, Any]) -> Any:
     return datum
 
 
+LOGICAL_ATTRIBUTES = ("logicalType", "precision", "scale")
+
+
+def _physical_name(schema: Any) -> str:
+    """What tells union branches apart: a named type's full name, else the Avro type."""
+    if isinstance(schema, str):
+        return schema
+    if schema["type"] in ("record", "enum", "fixed"):
+        return str(schema["name"])
+    return str(schema["type"])
+
+
+def _logical_types(
+    schema: Any, named: dict[str, Any], path: str = "", inside: frozenset[str] = frozenset()
+) -> dict[str, dict[str, Any]]:
+    """The logical type attributes of every node of a parsed schema ({} when it has none),
+    by "path:physical type" (array items add "[]", map values "{}"; union branches share
+    their field's path, so a field that becomes a union keeps its nodes)."""
+    if isinstance(schema, list):
+        found: dict[str, dict[str, Any]] = {}
+        for branch in schema:
+            found |= _logical_types(branch, named, path, inside)
+        return found
+    if isinstance(schema, str) and schema in named:
+        if schema in inside:  # a recursive reference: its nodes are already walked
+            return {}
+        return _logical_types(named[schema], named, path, inside | {schema})
+    where = f"{path}:{_physical_name(schema)}"
+    if isinstance(schema, str):
+        return {where: {}}
+    attributes = {name: schema[name] for name in LOGICAL_ATTRIBUTES if name in schema}
+    if attributes.get("logicalType") == "decimal":
+        attributes.setdefault("scale", 0)  # the Avro default
+    found = {where: attributes}
+    if schema["type"] == "record":
+        inside = inside | {schema["name"]}
+        for field in schema["fields"]:
+            # under its aliases too: a renamed field is matched with its old name
+            for name in (field["name"], *field.get("aliases", ())):
+                found |= _logical_types(field["type"], named, f"{path}.{name}", inside)
+    elif schema["type"] == "array":
+        found |= _logical_types(schema["items"], named, f"{path}[]", inside)
+    elif schema["type"] == "map":
+        found |= _logical_types(schema["values"], named, f"{path}{{}}", inside)
+    return found
+
+
+def logical_type_problems(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Where a node both schemas have differs in logical type, precision or scale."""
+    released, current = _parse(old), _parse(new)
+    before = _logical_types(released, released["__named_schemas"])
+    after = _logical_types(current, current["__named_schemas"])
+    return [
+        f"{where.lstrip('.')}: released {before[where] or 'no logical type'},"
+        f" current {after[where] or 'no logical type'}"
+        for where in sorted(before.keys() & after.keys())
+        if before[where] != after[where]
+    ]
+
+
 def compatibility_problems(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Why data cannot go from one schema to the other (both ways); [] if it can."""
     problems = []
@@ -119,6 +182,7 @@ def compatibility_problems(old: dict[str, Any], new: dict[str, Any]) -> list[str
         )
         if result.compatibility is not SchemaCompatibilityType.compatible:
             problems.append(f"{reader} cannot read {writer} (avro): {result.messages}")
+    problems += [f"logical type changed: {p}" for p in logical_type_problems(old, new)]
     return problems
 
 
@@ -188,6 +252,62 @@ def test_incompatible_changes_are_caught() -> None:
     renamed = json.loads(json.dumps(current))
     renamed["fields"][0]["name"] = "product"  # product_id renamed without alias
     assert compatibility_problems(current, renamed)
+
+
+def _changed(schema: dict[str, Any], change: Any) -> dict[str, Any]:
+    copy = json.loads(json.dumps(schema))
+    change({field["name"]: field for field in copy["fields"]})
+    return copy
+
+
+def test_logical_type_changes_are_caught() -> None:
+    current = _raw(CURRENT["SagaState"])
+
+    def rescale(fields: dict[str, Any]) -> None:  # a record inside a union
+        fields["total"]["type"][1]["fields"][0]["type"]["scale"] = 3
+
+    def plain_long(fields: dict[str, Any]) -> None:
+        fields["created_at"]["type"] = "long"
+
+    def micros(fields: dict[str, Any]) -> None:  # a union branch
+        fields["deadline"]["type"][1]["logicalType"] = "timestamp-micros"
+
+    assert logical_type_problems(current, _changed(current, rescale)) == [
+        "total.amount:bytes: released {'logicalType': 'decimal', 'precision': 18, 'scale': 2},"
+        " current {'logicalType': 'decimal', 'precision': 18, 'scale': 3}"
+    ]
+    assert logical_type_problems(current, _changed(current, plain_long)) == [
+        "created_at:long: released {'logicalType': 'timestamp-millis'}, current no logical type"
+    ]
+    assert logical_type_problems(current, _changed(current, micros)) == [
+        "deadline:long: released {'logicalType': 'timestamp-millis'},"
+        " current {'logicalType': 'timestamp-micros'}"
+    ]
+    for change in (rescale, plain_long, micros):
+        assert compatibility_problems(current, _changed(current, change))
+
+
+def test_logical_types_are_compared_inside_maps_and_arrays() -> None:
+    def prices(scale: int) -> dict[str, Any]:
+        decimal = {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": scale}
+        prices = {"type": "map", "values": {"type": "array", "items": decimal}}
+        return {"type": "record", "name": "Prices", "fields": [{"name": "p", "type": prices}]}
+
+    assert logical_type_problems(prices(2), prices(2)) == []
+    assert [p.split(":")[0] for p in logical_type_problems(prices(2), prices(3))] == ["p{}[]"]
+
+
+def test_making_a_field_optional_keeps_its_logical_type_comparable() -> None:
+    current = _raw(CURRENT["SagaState"])
+
+    def optional_millis(fields: dict[str, Any]) -> None:
+        fields["created_at"]["type"] = ["null", fields["created_at"]["type"]]
+
+    def optional_micros(fields: dict[str, Any]) -> None:
+        fields["created_at"]["type"] = ["null", {"type": "long", "logicalType": "timestamp-micros"}]
+
+    assert logical_type_problems(current, _changed(current, optional_millis)) == []
+    assert logical_type_problems(current, _changed(current, optional_micros))
 
 
 def test_codec_resolves_an_older_writer_schema(monkeypatch: pytest.MonkeyPatch) -> None:
