@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from messaging import settings
+from messaging import client, settings
 
 BATCH = 500
 
@@ -45,19 +44,6 @@ def assign_at_end(consumer: Consumer, topic_names: Iterable[str]) -> None:
     for topic in topic_names:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
         for partition in metadata.partitions:
-            high = _end_offset(consumer, TopicPartition(topic, partition))
+            high = client.end_offset(consumer, TopicPartition(topic, partition))
             assignment.append(TopicPartition(topic, partition, high))
     consumer.assign(assignment)
-
-
-def _end_offset(consumer: Consumer, partition: TopicPartition, timeout: float = 30.0) -> int:
-    """The partition's end offset, waiting out a freshly created topic's leader election."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _low, high = consumer.get_watermark_offsets(partition, timeout=10)
-            return int(high)
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)

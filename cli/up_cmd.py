@@ -20,6 +20,13 @@ SAMPLE_ORDERS = [
     ("insufficient funds", "carol", [("widget", 1)]),
 ]
 MAX_RESTARTS = 3
+# The page each worker's web view starts at (README "Web views").
+VIEW_PATHS = {
+    "orchestrator": "/sagas",
+    "order": "/orders/<order id>",
+    "product": "/stock",
+    "payment": "/accounts/<customer>",
+}
 
 
 def place_sample_orders(timeout: float = 120.0) -> dict[str, str]:
@@ -48,29 +55,81 @@ def place_sample_orders(timeout: float = 120.0) -> dict[str, str]:
     return outcomes
 
 
+class StopRequested(Exception):
+    """Ctrl-C or SIGTERM: stop every worker, whatever `saga up` is doing."""
+
+
+def ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def stop_on_signals() -> None:
+    """The first Ctrl-C/SIGTERM interrupts start-up, the demo or the watch loop; more are
+    ignored while the workers stop (stop() SIGKILLs any that hang)."""
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        ignore_stop_signals()
+        raise StopRequested
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+
+def seed_example_catalog(seed: bool | None) -> None:
+    """Publish examples/catalog.yaml: always with --seed, never with --no-seed, and by
+    default only on a broker whose stock topic was never written (a fresh system)."""
+    if seed is None and not client.topic_is_empty(catalog.STOCK_TOPIC):
+        click.echo("stock exists: example catalog not seeded (--seed publishes it anyway)")
+        return
+    if seed is False:
+        return
+    catalog.publish(catalog.load(catalog.EXAMPLE_CATALOG))
+    click.echo(f"example catalog seeded from {catalog.EXAMPLE_CATALOG}")
+
+
+def watch(workers: Workers) -> None:
+    """Report and restart workers that die, until Ctrl-C."""
+    click.echo("running; Ctrl-C stops every worker")
+    while True:
+        for worker in workers.dead():
+            code = worker.process.returncode if worker.process else None
+            click.echo(f"worker {worker.name} died (exit code {code})", err=True)
+            if worker.restarts >= MAX_RESTARTS:
+                raise RuntimeError(f"worker {worker.name} keeps dying; giving up")
+            workers.restart(worker.name)
+        time.sleep(0.5)
+
+
 @click.command()
 @click.option("--demo", is_flag=True, help="Place three sample orders and print their outcomes.")
-@click.option("--exit", "exit_after", is_flag=True, help="Stop everything after the demo orders.")
-@click.option("--seed/--no-seed", default=True, show_default=True, help="Seed the example catalog.")
+@click.option(
+    "--exit", "exit_after", is_flag=True,
+    help="With --demo: stop everything after the demo; exit 1 if a sample order did not finish.",
+)  # fmt: skip
+@click.option(
+    "--seed/--no-seed", default=None,
+    help="Publish the example catalog (default: only when the stock topic is empty).",
+)  # fmt: skip
 @click.option("--loglevel", default="warning", show_default=True, help="Workers' log level.")
 @click.option(
     "--web-port-base", type=click.IntRange(1024, 65000), default=6066, show_default=True,
     help="Web port of the orchestrator; order, product, payment use the next three.",
 )  # fmt: skip
-def up(demo: bool, exit_after: bool, seed: bool, loglevel: str, web_port_base: int) -> None:
+def up(demo: bool, exit_after: bool, seed: bool | None, loglevel: str, web_port_base: int) -> None:
     """Start the local broker if needed, apply topics, seed the example catalog, run the workers.
 
-    Ctrl-C (or SIGTERM) stops every worker gracefully. A worker that dies is reported and
-    restarted (at most 3 times).
+    Ctrl-C (or SIGTERM) stops every worker gracefully, also during start-up or the demo.
+    A worker that dies is reported and restarted (at most 3 times).
     """
+    if exit_after and not demo:
+        raise click.UsageError("--exit stops after the demo orders: use it with --demo")
     try:
         local_broker.start(log=click.echo)
         report = topics.apply(topics.load())
         for line in report.drift:
             click.echo(f"topic drift: {line}", err=True)
-        if seed:
-            catalog.publish(catalog.load(catalog.EXAMPLE_CATALOG))
-            click.echo(f"example catalog seeded from {catalog.EXAMPLE_CATALOG} (idempotent)")
+        seed_example_catalog(seed)
     except (
         local_broker.BrokerError,
         topics.TopicsFileError,
@@ -81,41 +140,27 @@ def up(demo: bool, exit_after: bool, seed: bool, loglevel: str, web_port_base: i
 
     ports = {name: web_port_base + i for i, name in enumerate(SERVICE_NAMES)}
     workers = Workers(ports=ports, echo=click.echo, loglevel=loglevel)
-    stopping = False
-
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    workers.start()
     exit_code = 0
+    stop_on_signals()
     try:
+        workers.start()
         workers.wait_ready()
-        urls = ", ".join(
-            f"{w.name} http://127.0.0.1:{w.web_port}/" for w in workers.workers.values()
-        )
-        click.echo(f"workers ready: {urls}")
+        click.echo("workers ready; web views:")
+        for name, path in VIEW_PATHS.items():
+            click.echo(f"  {name:12} http://127.0.0.1:{ports[name]}{path}")
         if demo:
             outcomes = place_sample_orders()
             if len(outcomes) < len(SAMPLE_ORDERS):
                 exit_code = 1
-            if exit_after:
-                return
-        click.echo("running; Ctrl-C stops every worker")
-        while not stopping:
-            for worker in workers.dead():
-                code = worker.process.returncode if worker.process else None
-                click.echo(f"worker {worker.name} died (exit code {code})", err=True)
-                if worker.restarts >= MAX_RESTARTS:
-                    raise click.ClickException(f"worker {worker.name} keeps dying; giving up")
-                workers.restart(worker.name)
-            time.sleep(0.5)
+        if not exit_after:
+            watch(workers)
+    except StopRequested:
+        click.echo("\nCtrl-C: stopping")
     except (TimeoutError, RuntimeError) as exc:
         exit_code = 1
         click.echo(str(exc), err=True)
     finally:
+        ignore_stop_signals()
         click.echo("stopping workers ...")
         codes = workers.stop()
         click.echo("stopped: " + ", ".join(f"{n} (exit {c})" for n, c in codes.items()))

@@ -13,6 +13,8 @@ import yaml
 from schemas import messages as m
 
 EXAMPLE_CATALOG = Path(__file__).resolve().parents[1] / "examples" / "catalog.yaml"
+STOCK_TOPIC = "product.stock"  # Restock, key product id
+PAYMENT_TOPIC = "payment.commands"  # TopUp, key customer id
 
 
 class CatalogError(ValueError):
@@ -108,7 +110,7 @@ def publish(catalog: Catalog) -> None:
 
     producer = client.producer()
     for restock in catalog.restocks:
-        client.send(producer, "product.stock", restock.product_id, restock)
+        client.send(producer, STOCK_TOPIC, restock.product_id, restock)
     for top_up in catalog.top_ups:
-        client.send(producer, "payment.commands", top_up.customer_id, top_up)
+        client.send(producer, PAYMENT_TOPIC, top_up.customer_id, top_up)
     client.flush(producer)

@@ -50,6 +50,31 @@ def require_broker(timeout: float = 5.0) -> None:
         ) from exc
 
 
+def end_offset(consumer_: Consumer, partition: TopicPartition, timeout: float = 30.0) -> int:
+    """The partition's end offset, waiting out a freshly created topic's leader election."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _low, high = consumer_.get_watermark_offsets(partition, timeout=10)
+            return int(high)
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise ClientError(f"no end offset for {partition.topic}: {exc}") from exc
+            time.sleep(0.2)
+
+
+def topic_is_empty(topic: str) -> bool:
+    """Was nothing ever written to `topic`? (Every partition's end offset is 0.)"""
+    consumer_ = consumer()
+    try:
+        return all(
+            end_offset(consumer_, TopicPartition(topic, p)) == 0
+            for p in range(topics.partitions(topic))
+        )
+    finally:
+        consumer_.close()
+
+
 def send(producer_: Producer, topic: str, key: str, message: object) -> None:
     producer_.produce(topic, key=key.encode(), value=codec.encode(message))
 
@@ -94,9 +119,7 @@ def assign_from_time(
     wanted = list(partitions) if partitions is not None else list(range(count))
     # The ends first: a partition with nothing that new yet starts at its end as it was
     # *before* the lookup, so a record written meanwhile is read, not skipped.
-    ends = {
-        p: consumer_.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in wanted
-    }
+    ends = {p: end_offset(consumer_, TopicPartition(topic, p)) for p in wanted}
     millis = int(since.timestamp() * 1000)
     offsets = consumer_.offsets_for_times(
         [TopicPartition(topic, p, millis) for p in wanted], timeout=10
