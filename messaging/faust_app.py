@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -415,19 +415,25 @@ def exit_if_stop_hangs(app: faust.App, grace: float = STOP_GRACE_SECONDS) -> Non
 async def decoded_events(
     app: faust.App,
     stream: StreamT,
-    expected: tuple[type, ...],
+    expected: Mapping[str, tuple[type, ...]],
     key_of: Callable[[object], str] | None = None,
 ) -> AsyncIterator[tuple[EventT, object]]:
     """Yield (event, typed message) for each record of the stream.
 
-    A record that cannot be decoded, has an unexpected type, or whose key disagrees with
-    the message (`key_of`) is sent to the dead-letter topic and skipped: one bad record
-    never stops the agent.
+    `expected` gives the message types each source topic may carry. A record that cannot
+    be decoded, has a type its topic does not carry, or whose key disagrees with the
+    message (`key_of`) is sent to the dead-letter topic and skipped: one bad record never
+    stops the agent.
     """
     async for event in stream.events():
         message = event.message
         try:
-            value: object = codec.decode_as(event.value, *expected)
+            types = expected.get(message.topic, ())
+            if not types:
+                raise codec.MessageDecodeError(
+                    "unexpected-type", f"no message type is expected on topic {message.topic}"
+                )
+            value: object = codec.decode_as(event.value, *types)
             if key_of is not None and event.key != key_of(value).encode():
                 raise codec.MessageDecodeError(
                     "key-mismatch",

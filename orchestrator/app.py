@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -36,8 +37,7 @@ log = logging.getLogger(__name__)
 
 APP_ID = "saga-orchestrator"
 DEFAULT_WEB_PORT = 6066
-INPUTS: tuple[type, ...] = (
-    m.OrderRequested,
+REPLIES: tuple[type, ...] = (
     m.OrderCreated,
     m.ProductsReserved,
     m.ProductsUnavailable,
@@ -47,8 +47,15 @@ INPUTS: tuple[type, ...] = (
     m.ProductsReleased,
     m.OrderApproved,
     m.OrderRejected,
-    m.StepTimedOut,
+    m.StepTimedOut,  # sent by the deadline timer
 )
+# Only requests start sagas and only replies move them, each on its own topic: a reply
+# on orders.requested (or a request on saga.replies) is dead-lettered as unexpected-type.
+INPUTS_BY_TOPIC: Mapping[str, tuple[type, ...]] = {
+    REQUEST_TOPIC: (m.OrderRequested,),
+    REPLY_TOPIC: REPLIES,
+}
+INPUTS: tuple[type, ...] = (m.OrderRequested, *REPLIES)  # accepted on one topic or the other
 
 
 def saga_key(message: object) -> str:
@@ -131,7 +138,9 @@ class OrchestratorService:
         self.writer = WriteAfterSend(self.app, self.sender)
         writer = asyncio.ensure_future(self.writer.run())
         try:
-            async for event, message in decoded_events(self.app, stream, INPUTS, key_of=saga_key):
+            async for event, message in decoded_events(
+                self.app, stream, INPUTS_BY_TOPIC, key_of=saga_key
+            ):
                 try:
                     await self.handle(stream, event, message)
                 except Exception as exc:  # one bad record must not stop the saga engine

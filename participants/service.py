@@ -29,7 +29,7 @@ class ParticipantService:
         name: str,
     ) -> faust.types.AgentT:
         """An agent on `topic` dispatching each decoded message to the handler of its type."""
-        expected = tuple(handlers)
+        expected = {topic: tuple(handlers)}
         app = self.app
 
         async def run(stream: faust.StreamT) -> None:

@@ -11,8 +11,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from faust.types import TP
 
 from orchestrator.app import OrchestratorService
+from orchestrator.definition import REPLY_TOPIC, REQUEST_TOPIC
 from schemas import codec
 from schemas import messages as m
 from tests.unit.saga_factories import reply, requested
@@ -47,10 +49,27 @@ async def running(
         yield agent, service, recorder
 
 
-async def put(agent: Any, key: str | bytes, message: object | bytes) -> None:
-    """Put a record and wait until the agent acked it: its row is written only then."""
+async def put(
+    agent: Any, key: str | bytes, message: object | bytes, topic: str | None = None
+) -> None:
+    """Put a record on `topic` (by default the one its type belongs on) and wait until
+    the agent acked it: its row is written only then."""
+    if topic is None:
+        topic = REQUEST_TOPIC if isinstance(message, m.OrderRequested) else REPLY_TOPIC
     value = message if isinstance(message, bytes) else codec.encode(message)
-    event = await agent.put(value, key=key if isinstance(key, bytes) else key.encode())
+    # The test agent names no topic for an agent on two topics: set the record's own.
+    make_record = agent.to_message
+
+    def on_topic(*args: Any, **kwargs: Any) -> Any:
+        record = make_record(*args, **kwargs)
+        record.topic, record.tp = topic, TP(topic, record.partition)
+        return record
+
+    agent.to_message = on_topic
+    try:
+        event = await agent.put(value, key=key if isinstance(key, bytes) else key.encode())
+    finally:
+        del agent.to_message
     async with asyncio.timeout(5):
         while not event.message.acked:
             await asyncio.sleep(0.001)
@@ -91,3 +110,30 @@ async def test_bad_records_are_dead_lettered_and_the_agent_goes_on(running: Any)
         "unexpected-type",
     ]
     assert service.sagas[SAGA.encode()].state == "CREATING_ORDER"
+
+
+async def test_each_topic_takes_only_its_own_message_types(running: Any) -> None:
+    agent, service, recorder = running
+    await put(agent, SAGA, requested(SAGA), topic=REPLY_TOPIC)
+    assert SAGA.encode() not in service.sagas  # a request on saga.replies starts nothing
+
+    await put(agent, SAGA, requested(SAGA))
+    started = service.sagas[SAGA.encode()]
+    sent = len(recorder.sent)
+    created = reply(m.OrderCreated, saga_id=SAGA)
+    await put(agent, SAGA, created, topic=REQUEST_TOPIC)
+    deadline = started.deadline
+    assert deadline is not None
+    timed_out = m.StepTimedOut(SAGA, started.step or "", started.attempt, deadline, deadline)
+    await put(agent, SAGA, timed_out, topic=REQUEST_TOPIC)
+    # neither moved the saga nor re-sent CreateOrder
+    assert service.sagas[SAGA.encode()] == started
+    assert len(recorder.sent) == sent
+    assert [(value, reason) for _k, value, reason in recorder.dead] == [
+        (codec.encode(requested(SAGA)), "unexpected-type"),
+        (codec.encode(created), "unexpected-type"),
+        (codec.encode(timed_out), "unexpected-type"),
+    ]
+
+    await put(agent, SAGA, created)  # the same reply on its own topic moves the saga
+    assert service.sagas[SAGA.encode()].state == "VERIFYING_PRODUCTS"
