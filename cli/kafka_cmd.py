@@ -9,7 +9,7 @@ import time
 
 import click
 
-from messaging import local_broker, settings
+from messaging import client, local_broker, settings
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -73,6 +73,19 @@ def logs(lines: int, follow: bool) -> None:
                     time.sleep(0.3)
 
 
+def _tool_needs_our_broker(name: str, args: tuple[str, ...]) -> bool:
+    """Whether the tool will talk to the configured cluster (so it is probed first).
+
+    Not for kafka-storage (no broker), --help/--version, or an explicit
+    --bootstrap-server: that cluster may need a --command-config we cannot mirror.
+    """
+    if name == "kafka-storage":
+        return False
+    return not any(
+        a in ("--help", "-h", "--version") or a.startswith("--bootstrap-server") for a in args
+    )
+
+
 @kafka.command(
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
@@ -84,6 +97,15 @@ def tool(name: str, args: tuple[str, ...]) -> None:
     --bootstrap-server is added unless given. Tools: kafka-topics, kafka-console-consumer,
     kafka-console-producer, kafka-consumer-groups, kafka-configs, kafka-get-offsets.
     """
+    if name not in local_broker.TOOLS:
+        known = ", ".join(sorted(local_broker.TOOLS))
+        raise click.ClickException(f"unknown Kafka tool {name!r}; known tools: {known}")
+    if _tool_needs_our_broker(name, args):
+        # The Java tools retry an unreachable broker forever, printing WARN lines.
+        try:
+            client.require_broker()
+        except client.ClientError as exc:
+            raise _fail(exc) from exc
     try:
         command = local_broker.tool_command(name, args)
     except local_broker.BrokerError as exc:
