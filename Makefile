@@ -17,9 +17,11 @@ $(VENV)/.installed: pyproject.toml
 
 # Debian's Chromium (the test that loads the saga page in a real browser) and
 # docker-compose (validates docker-compose.yml; no Docker engine needed).
+# apt-get needs root: other users go through sudo.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 tools:
 	@command -v chromium >/dev/null && command -v docker-compose >/dev/null || \
-	  { apt-get update -qq && apt-get install -y -qq chromium docker-compose >/dev/null; }
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium docker-compose >/dev/null; }
 
 # Local Kafka (fetched from Maven Central once) and the topics of topics.yaml.
 broker: setup
