@@ -170,12 +170,17 @@ class OrchestratorService:
         self.watch.needs_rescan = True
 
     async def _fire_deadlines(self) -> None:
+        # No parameters: Faust passes the app to a timer that takes one.
+        await self.fire_deadlines(utc_now())
+
+    async def fire_deadlines(self, now: datetime) -> None:
+        """Send a StepTimedOut to saga.replies for each saga whose deadline passed by `now`."""
         if self.app.rebalancing or self.app.in_recovery or self.app.should_stop:
             return
         try:
             if self.watch.needs_rescan:
                 await self.watch.rescan(self.sagas.items())
-            for key, timeout in self.watch.due(utc_now()):
+            for key, timeout in self.watch.due(now):
                 log.info(
                     "deadline passed: saga %s step %s attempt %s",
                     key,

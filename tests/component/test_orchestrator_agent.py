@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -137,3 +138,67 @@ async def test_each_topic_takes_only_its_own_message_types(running: Any) -> None
 
     await put(agent, SAGA, created)  # the same reply on its own topic moves the saga
     assert service.sagas[SAGA.encode()].state == "VERIFYING_PRODUCTS"
+
+
+async def test_deadline_timer_sends_step_timed_out_and_never_writes_the_table(
+    running: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent, service, recorder = running
+    await put(agent, SAGA, requested(SAGA))
+    saga = service.sagas[SAGA.encode()]
+    assert saga.deadline is not None
+    writes: list[bytes] = []
+    table_set, table_del = service.sagas.on_key_set, service.sagas.on_key_del
+
+    def on_set(key: bytes, row: Any) -> None:
+        writes.append(key)
+        table_set(key, row)
+
+    def on_del(key: bytes) -> None:
+        writes.append(key)
+        table_del(key)
+
+    monkeypatch.setattr(service.sagas, "on_key_set", on_set)
+    monkeypatch.setattr(service.sagas, "on_key_del", on_del)
+    # as after a start or rebalance: the timer finds the saga by scanning the table
+    service.watch.open.clear()
+    service.watch.needs_rescan = True
+
+    def timer_sent() -> list[tuple[str, bytes, Any]]:
+        return [sent for sent in recorder.sent if isinstance(sent[2], m.StepTimedOut)]
+
+    await service.fire_deadlines(saga.deadline - timedelta(milliseconds=1))
+    assert timer_sent() == []
+    await service.fire_deadlines(saga.deadline)
+    expected = m.StepTimedOut(SAGA, "create_order", 1, saga.deadline, fired_at=saga.deadline)
+    assert timer_sent() == [(REPLY_TOPIC, SAGA.encode(), expected)]
+    await service.fire_deadlines(saga.deadline + timedelta(seconds=30))
+    assert len(timer_sent()) == 1  # once per step and attempt
+    assert writes == []
+    assert service.sagas[SAGA.encode()] == saga
+
+    # the agent handles it like a reply: create_order is re-sent as attempt 2, whose
+    # deadline the timer then reports with the new attempt
+    await put(agent, SAGA, expected)
+    assert writes == [SAGA.encode()]  # the agent writes the row, as it should
+    retried = service.sagas[SAGA.encode()]
+    assert (retried.step, retried.attempt) == ("create_order", 2)
+    assert retried.deadline is not None
+    await service.fire_deadlines(retried.deadline)
+    last = timer_sent()[-1][2]
+    assert (last.step, last.attempt, last.deadline) == ("create_order", 2, retried.deadline)
+
+
+async def test_deadline_timer_waits_out_a_rebalance(
+    running: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent, service, recorder = running
+    await put(agent, SAGA, requested(SAGA))
+    deadline = service.sagas[SAGA.encode()].deadline
+    sent = len(recorder.sent)
+    monkeypatch.setattr(service.app, "rebalancing", True)
+    await service.fire_deadlines(deadline)
+    assert len(recorder.sent) == sent  # the table may be half restored: fire after
+    monkeypatch.setattr(service.app, "rebalancing", False)
+    await service.fire_deadlines(deadline)
+    assert [type(message) for _t, _k, message in recorder.sent[sent:]] == [m.StepTimedOut]
