@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -39,11 +42,12 @@ def test_broker_image_is_the_local_kafka_version() -> None:
     assert compose()["services"]["kafka"]["image"] == f"apache/kafka:{version.group(1)}"
 
 
-def test_one_service_per_worker_plus_topics_init() -> None:
+def test_one_service_per_worker_plus_topics_and_seed_init() -> None:
     services = compose()["services"]
     for name in SERVICES:
         assert services[name]["command"][:2] == ["worker", name]
     assert services["topics"]["command"] == ["topics", "apply"]
+    assert services["seed"]["command"] == ["seed"]  # the image's examples/catalog.yaml
 
 
 def fake_bin(tmp_path: Path, uid: int, *present: str) -> Path:
@@ -93,3 +97,134 @@ def test_make_tools_runs_apt_get_directly_as_root(tmp_path: Path) -> None:
 
 def test_make_tools_does_nothing_when_both_tools_exist(tmp_path: Path) -> None:
     assert run_make_tools(fake_bin(tmp_path, 1000, "chromium", "docker-compose")) == []
+
+
+# ---- the image: does the code find its files when it runs in the container? ----
+
+
+def dockerfile_instructions() -> list[tuple[str, list[str]]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), rest.split()))
+    return instructions
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def dockerignored(relative: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore keeps `relative` (or a folder above it) out of the context."""
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        bare = pattern.removeprefix("**/")
+        for prefix in prefixes:
+            if fnmatch.fnmatch(prefix, pattern) or (
+                pattern.startswith("**/") and fnmatch.fnmatch(prefix.rsplit("/", 1)[-1], bare)
+            ):
+                return True
+    return False
+
+
+def build_app_dir(target: Path) -> Path:
+    """Lay out what the image's COPY lines put under WORKDIR."""
+    patterns = dockerignore_patterns()
+    assert not any(p.startswith("!") for p in patterns), "exceptions are not simulated here"
+    context = []  # the build context Docker sends: every file .dockerignore lets through
+    for folder, dirs, files in os.walk(ROOT):
+        prefix = "" if Path(folder) == ROOT else Path(folder).relative_to(ROOT).as_posix() + "/"
+        dirs[:] = [d for d in dirs if not dockerignored(prefix + d, patterns)]
+        context += [prefix + f for f in files if not dockerignored(prefix + f, patterns)]
+    workdir = None
+    for keyword, args in dockerfile_instructions():
+        if keyword == "WORKDIR":
+            workdir = args[0]
+        if keyword != "COPY":
+            continue
+        assert workdir, "COPY before WORKDIR"
+        assert not any(a.startswith("--") for a in args), f"COPY flags not simulated: {args}"
+        *sources, dest = args
+        into_dir = dest.endswith("/") or len(sources) > 1
+        dest_path = target / dest.removeprefix(workdir).lstrip("/")
+        for source in sources:
+            source = source.rstrip("/")
+            files = [f for f in context if f == source or f.startswith(source + "/")]
+            assert files, f"COPY {source}: nothing of it is in the build context"
+            for f in files:
+                if f == source:  # a file: into the folder, or as the named file
+                    out = dest_path / Path(f).name if into_dir else dest_path
+                else:  # a folder: Docker copies its contents, not the folder itself
+                    out = dest_path / f[len(source) + 1 :]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / f, out)
+    assert workdir == "/app"
+    return target
+
+
+def test_image_installs_the_project_editable_after_copying_it() -> None:
+    # A plain `pip install .` puts the packages in site-packages, where PROJECT_ROOT
+    # (the parent of `messaging`) has no topics.yaml: the containers could not start.
+    instructions = dockerfile_instructions()
+    installs = [
+        i for i, (keyword, args) in enumerate(instructions)
+        if keyword == "RUN" and "pip" in args and "install" in args
+    ]  # fmt: skip
+    assert len(installs) == 1, instructions
+    args = instructions[installs[0]][1]
+    assert {"-e", "--editable"} & set(args) and args[-1] == ".", args
+    last_copy = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "COPY")
+    assert installs[0] > last_copy, "packages copied after the install are not importable"
+
+
+def test_the_code_finds_its_files_in_the_image_layout(tmp_path: Path) -> None:
+    """What the containers read at run time, read from the image's /app as laid out."""
+    app = build_app_dir(tmp_path / "app")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    script = """
+import sys
+from pathlib import Path
+from messaging import catalog, local_broker, settings, topics
+assert settings.PROJECT_ROOT == Path(sys.argv[1]).resolve(), settings.PROJECT_ROOT
+topics.load()                                   # saga topics apply, every worker
+catalog.load(catalog.EXAMPLE_CATALOG)           # saga seed / saga up
+from schemas import codec                       # every schema, current and released
+assert codec.SCHEMA_DIR.is_relative_to(settings.PROJECT_ROOT)
+for name in ("pom.xml", "server.properties", "log4j2.properties", "tools-log4j2.properties"):
+    (local_broker.DEV_KAFKA / name).read_text()   # saga kafka ...
+from bench import report
+report.README.read_text()                       # saga bench updates it
+import cli.main, orchestrator.app, participants.order.app, participants.product.app
+import participants.payment.app
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(app)],
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": str(app), "SAGA_HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_dockerignore_keeps_local_state_out() -> None:
+    patterns = dockerignore_patterns()
+    ignored = [
+        ".local/kafka/lib/x.jar", ".venv/bin/python", ".git/HEAD", "kafka_saga.egg-info/PKG-INFO",
+        "messaging/__pycache__/topics.cpython-311.pyc", "bench/results/latest.png",
+    ]  # fmt: skip
+    kept = [
+        "topics.yaml", "examples/catalog.yaml", "dev/kafka/pom.xml",
+        "schemas/history/OrderRequested.v1.avsc", "bench/results/latest.json",
+    ]  # fmt: skip
+    assert [p for p in ignored if not dockerignored(p, patterns)] == []
+    assert [p for p in kept if dockerignored(p, patterns)] == []
