@@ -75,6 +75,8 @@ def order(
         raise click.BadParameter("must not be empty", param_hint="--order-id")
     try:
         client.require_broker()
+        # A second request for an order id starts no saga: follow the first one instead.
+        earlier = client.saga_events(order_id) if wait and order_id is not None else []
         request = client.order_requested(customer, items, order_id)
         producer = client.producer()
         client.send(producer, client.REQUEST_TOPIC, request.order_id, request)
@@ -84,9 +86,13 @@ def order(
     click.echo(f"order {request.order_id} requested")
     if not wait:
         return
-    started = request.requested_at.timestamp()
+    since = request.requested_at
+    if earlier:
+        since = earlier[0].at
+        click.echo(f"order {request.order_id} already has a saga; a second request starts none")
+    started = since.timestamp()
     final = None
-    for event in client.follow_sagas([request.order_id], request.requested_at, timeout):
+    for event in client.follow_sagas([request.order_id], since, timeout):
         click.echo(describe(event, started))
         if event.terminal:
             final = event

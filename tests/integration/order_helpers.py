@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from messaging import client
+from confluent_kafka import TopicPartition
+
+from messaging import client, topics
 from messaging.catalog import Catalog
 from schemas import messages as m
 
@@ -99,3 +101,27 @@ def poll(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not reached within {timeout:.0f}s; last: {result!r}")
         time.sleep(interval)
+
+
+def wait_consumed(group: str, topic: str, timeout: float = 60.0) -> None:
+    """Wait until consumer group `group` has committed every record `topic` has now.
+
+    A worker commits only what it processed (and its table changes before that), so
+    afterwards its tables reflect every record written to `topic` before the call.
+    """
+    consumer = client.consumer(group)  # only reads the group's commits; never joins it
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(topics.partitions(topic))]
+        ends = [client.end_offset(consumer, tp) for tp in partitions]
+
+        def committed() -> list[int]:
+            return [tp.offset for tp in consumer.committed(partitions, timeout=10)]
+
+        poll(
+            committed,
+            lambda offsets: all(c >= end for c, end in zip(offsets, ends, strict=True)),
+            f"{group} committed {topic} up to {ends}",
+            timeout=timeout,
+        )
+    finally:
+        consumer.close()

@@ -7,13 +7,16 @@ import re
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from cli.processes import Workers
+from messaging import client
 from messaging.catalog import Catalog
-from tests.integration.order_helpers import customer, product
+from schemas import messages as m
+from tests.integration.order_helpers import customer, product, wait_consumed
 
 pytestmark = pytest.mark.integration
 
@@ -212,6 +215,72 @@ def test_kafka_tool_lists_topics(kafka: str) -> None:
     listed = result.stdout.split()
     assert "saga.replies" in listed
     assert "saga.events" in listed
+
+
+def test_order_again_with_the_same_id_follows_the_first_saga(approved_order: str) -> None:
+    result = saga(
+        "order", "--customer", "anyone", "--item", "anything:1", "--order-id", approved_order,
+        "--wait", "--timeout", "60",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"order {approved_order} already has a saga" in result.stdout
+    assert states_in(result.stdout) == APPROVED_STATES, result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "ORDER_APPROVED"
+
+
+def test_order_wait_that_times_out_exits_4(kafka: str) -> None:
+    result = saga("order", "--customer", "c", "--item", "p:1", "--wait", "--timeout", "0.01")
+    assert_clean_failure(result, "not finished after")
+    assert result.returncode == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "expected", "code"),
+    [
+        (["up", "--exit"], "use it with --demo", 2),
+        (["up", "--no-such-flag"], "No such option", 2),
+        (["worker", "bogus"], "'bogus' is not one of", 2),
+        (["status", "some-saga"], "cannot reach Kafka at 127.0.0.1:1", 1),
+        (["tail", "saga.events", "--from-beginning", "--last", "3"], "--last", 2),
+        (["tail", "no.such.topic"], "no.such.topic", 2),
+        (["seed", "--bogus"], "No such option", 2),
+    ],
+    ids=["up-exit-without-demo", "up-unknown-flag", "worker-unknown", "status-unreachable",
+         "tail-two-starts", "tail-unknown-topic", "seed-unknown-flag"],
+)  # fmt: skip
+def test_other_commands_bad_input_fails_cleanly(args: list[str], expected: str, code: int) -> None:
+    result = saga(*args, env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, timeout=60)
+    assert_clean_failure(result, expected)
+    assert result.returncode == code, result.stderr
+
+
+def test_seed_publishes_stock_and_balances_once(workers: Workers, tmp_path: Path) -> None:
+    run = os.urandom(4).hex()
+    product_id, customer_id = f"s-{run}-lamp", f"s-{run}-dana"
+    seed_file = tmp_path / "catalog.yaml"
+    seed_file.write_text(
+        f"currency: EUR\n"
+        f'products:\n  - {{id: {product_id}, stock: 7, price: "12.50"}}\n'
+        f'customers:\n  - {{id: {customer_id}, balance: "30.00"}}\n'
+    )
+
+    def seeded_rows() -> tuple[m.StockRow, m.Account]:
+        wait_consumed("saga-product", "product.stock")
+        wait_consumed("saga-payment", "payment.commands")
+        stock = client.table_rows("saga-product-stock-changelog")[product_id.encode()]
+        account = client.table_rows("saga-payment-accounts-changelog")[customer_id.encode()]
+        assert isinstance(stock, m.StockRow) and isinstance(account, m.Account)
+        return stock, account
+
+    for _ in range(2):  # the second run changes nothing
+        result = saga("seed", str(seed_file), timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"seeded 1 product(s), 1 customer(s) from {seed_file}" in result.stdout
+        stock, account = seeded_rows()
+        assert (stock.available, stock.restocked, stock.reserved, stock.sold) == (7, 7, 0, 0)
+        assert stock.unit_price == m.Money(Decimal("12.50"), "EUR")
+        thirty = m.Money(Decimal("30.00"), "EUR")
+        assert (account.balance, account.topped_up) == (thirty, thirty)
 
 
 def test_kafka_tool_unknown_tool_fails_cleanly() -> None:

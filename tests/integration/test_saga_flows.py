@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -16,6 +16,7 @@ from messaging.catalog import Catalog
 from participants.payment.logic import account_invariant_violations
 from participants.product.logic import stock_invariant_violations
 from schemas import messages as m
+from tests.integration.order_helpers import wait_consumed
 
 pytestmark = pytest.mark.integration
 
@@ -146,34 +147,98 @@ def test_two_sagas_compete_for_the_last_unit(workers: Workers, test_catalog: Cat
     eventually(sold_once)
 
 
+def send_orders(orders: list[m.OrderRequested]) -> None:
+    producer = client.producer()
+    for order in orders:
+        client.send(producer, client.REQUEST_TOPIC, order.order_id, order)
+    client.flush(producer)
+
+
+def wait_until_all_reach(orders: list[m.OrderRequested], state: str, timeout: float = 60) -> None:
+    pending = {o.order_id for o in orders}
+    for event in client.follow_sagas(pending, min(o.requested_at for o in orders), timeout):
+        if event.to_state == state:
+            pending.discard(event.saga_id)
+            if not pending:
+                return
+    raise AssertionError(f"{len(pending)} saga(s) never reached {state}")
+
+
+def assert_one_history(events: list[m.SagaEvent]) -> None:
+    """Sequences 1..n, one transition each: a saga re-started from an empty table would
+    begin again at 1; a re-sent event (at-least-once) must be the same transition."""
+    transitions: dict[int, set[tuple[str | None, str]]] = defaultdict(set)
+    for event in events:
+        transitions[event.sequence].add((event.from_state, event.to_state))
+    assert sorted(transitions) == list(range(1, len(transitions) + 1)), transitions
+    assert all(len(t) == 1 for t in transitions.values()), transitions
+
+
 def test_killed_orchestrator_recovers_its_table_and_finishes_every_saga(
     workers: Workers, test_catalog: Catalog
 ) -> None:
     n = ids(test_catalog)
     orders = [client.order_requested(n["rich"], [(n["widget"], 1)]) for _ in range(40)]
-    producer = client.producer()
-    for order in orders[:20]:
-        client.send(producer, client.REQUEST_TOPIC, order.order_id, order)
-    client.flush(producer)
-    time.sleep(0.5)  # let some sagas get half way
+    first, second = orders[:20], orders[20:]
+    # With the Payment Service down the first sagas wait at AUTHORIZING_PAYMENT, so when
+    # the orchestrator dies their state is in its table and nowhere else ...
+    workers.kill("payment")
+    send_orders(first)
+    wait_until_all_reach(first, "AUTHORIZING_PAYMENT")
+    # ... and their requests are committed: a restart cannot rebuild them from those.
+    wait_consumed("saga-orchestrator", client.REQUEST_TOPIC)
     workers.kill("orchestrator")
-    for order in orders[20:]:
-        client.send(producer, client.REQUEST_TOPIC, order.order_id, order)
-    client.flush(producer)
+    send_orders(second)
     workers.start("orchestrator")
+    workers.start("payment")
+    workers.wait_ready(timeout=180)
+    timelines: dict[str, list[m.SagaEvent]] = defaultdict(list)
     since = min(o.requested_at for o in orders)
-    final: dict[str, str] = {}
     for event in client.follow_sagas([o.order_id for o in orders], since, 180):
-        if event.terminal:
-            final[event.saga_id] = f"{event.to_state} {event.reason or ''}".strip()
+        timelines[event.saga_id].append(event)
+    final = {saga: states(events)[-1] for saga, events in timelines.items()}
     assert len(final) == len(orders)
-    assert set(final.values()) == {APPROVED}
+    assert set(final.values()) == {APPROVED}, Counter(final.values())
+    for events in timelines.values():
+        assert_one_history(events)
+
+
+def settled_rows(
+    products: list[str], customers: list[str]
+) -> tuple[dict[str, m.StockRow], dict[str, m.Account]]:
+    """Stock and account rows once no stock is held any more (approved sagas' sales are
+    applied shortly after they end), each row checked against its own invariants."""
+    result: list[tuple[dict[str, m.StockRow], dict[str, m.Account]]] = []
+
+    def nothing_held() -> None:
+        stock_rows = client.table_rows("saga-product-stock-changelog")
+        account_rows = client.table_rows("saga-payment-accounts-changelog")
+        stock, accounts = {}, {}
+        for product in products:
+            row = stock_rows[product.encode()]
+            assert isinstance(row, m.StockRow)
+            assert stock_invariant_violations(row) == []
+            assert row.reserved == 0, row
+            stock[product] = row
+        for customer in customers:
+            account = account_rows[customer.encode()]
+            assert isinstance(account, m.Account)
+            assert account_invariant_violations(account) == []
+            accounts[customer] = account
+        result[:] = [(stock, accounts)]
+
+    eventually(nothing_held, timeout=120)
+    return result[0]
 
 
 def test_invariants_hold_after_hundreds_of_mixed_orders(
     workers: Workers, test_catalog: Catalog
 ) -> None:
     n = ids(test_catalog)
+    prices = {r.product_id: r.unit_price.amount for r in test_catalog.restocks}
+    products = [n["widget"], n["pricey"], n["scarce"]]
+    customers = [n["rich"], n["poor"]]
+    stock_before, accounts_before = settled_rows(products, customers)
     rng = random.Random(7)
     orders = []
     for _ in range(300):
@@ -188,33 +253,34 @@ def test_invariants_hold_after_hundreds_of_mixed_orders(
     outcomes = {saga: states(events)[-1] for saga, events in timelines.items()}
     assert set(outcomes.values()) <= {APPROVED, REJECTED}
     assert APPROVED in outcomes.values() and REJECTED in outcomes.values()
+    approved = [o for o in orders if outcomes[o.order_id] == APPROVED]
 
-    def stock_settled() -> None:
-        stock_rows = client.table_rows("saga-product-stock-changelog")
-        for key in (n["widget"], n["pricey"], n["scarce"]):
-            row = stock_rows[key.encode()]
-            assert isinstance(row, m.StockRow)
-            assert stock_invariant_violations(row) == []
-            for order in orders:
-                if outcomes[order.order_id] == APPROVED and any(
-                    i.product_id == key for i in order.items
-                ):
-                    assert row.settled.get(order.order_id) == "SOLD"
-                assert order.order_id not in row.reservations  # nothing held once terminal
-
-    # Approved reservations become sold shortly after the saga ends (from saga.events).
-    eventually(stock_settled, timeout=120)
-    accounts = client.table_rows("saga-payment-accounts-changelog")
-    order_rows = client.table_rows("saga-order-orders-changelog")
-    for key in (n["rich"], n["poor"]):
-        account = accounts[key.encode()]
-        assert isinstance(account, m.Account)
-        assert account_invariant_violations(account) == []
+    stock_after, accounts_after = settled_rows(products, customers)
+    for product in products:
+        before, after = stock_before[product], stock_after[product]
+        sold = sum(i.quantity for o in approved for i in o.items if i.product_id == product)
+        assert after.restocked == before.restocked  # nothing restocked twice
+        assert after.sold - before.sold == sold  # exactly the approved quantities, once
+        assert before.available - after.available == sold  # the rest went back
+        for order in orders:
+            ordered = any(i.product_id == product for i in order.items)
+            if order in approved and ordered:
+                assert after.settled.get(order.order_id) == "SOLD"
+            assert order.order_id not in after.reservations  # nothing held once terminal
+    for customer in customers:
+        before_account, account = accounts_before[customer], accounts_after[customer]
+        charged = sum(
+            (prices[i.product_id] * i.quantity for o in approved for i in o.items
+             if o.customer_id == customer),
+            Decimal("0"),
+        )  # fmt: skip
+        assert account.topped_up == before_account.topped_up  # no top-up applied twice
+        assert before_account.balance.amount - account.balance.amount == charged
         authorized = {p.saga_id for p in account.payments if p.status == "AUTHORIZED"}
         for order in orders:
-            if order.customer_id == key:
-                approved = outcomes[order.order_id] == APPROVED
-                assert (order.order_id in authorized) == approved
+            if order.customer_id == customer:
+                assert (order.order_id in authorized) == (order in approved)
+    order_rows = client.table_rows("saga-order-orders-changelog")
     for order in orders:
         row = order_rows[order.order_id.encode()]
         assert isinstance(row, m.OrderRow)

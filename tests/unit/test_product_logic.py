@@ -497,7 +497,7 @@ def test_replay_after_a_crash_changes_nothing_even_once_settled_forgot_the_saga(
     messages, row = replay_crash_window(monkeypatch)
     assert row is not None and SAGA not in row.settled and row.applied_offset == 14
     assert (row.available, row.sold) == (7, 3)
-    replayed = row
+    replayed: StockRow | None = row
     results = []
     for offset, message in messages:
         replayed, result = logic.apply_stock_message(replayed, message, offset)
