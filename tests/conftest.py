@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import socket
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -32,6 +37,97 @@ def choose_broker_source() -> str:
     return "local"
 
 
+KAFKA_IMAGE = "apache/kafka:4.1.1"  # the version of dev/kafka/pom.xml
+# Inside the container only: the inter-broker and controller listeners.
+_BROKER_PORT, _CONTROLLER_PORT = 9092, 9093
+
+
+@dataclass(frozen=True)
+class KafkaContainerSpec:
+    """How to run the official apache/kafka image as a single KRaft node for the tests."""
+
+    image: str
+    env: dict[str, str]
+    ports: dict[int, int]  # container port -> host port
+    bootstrap: str
+    ready_log: str = "Kafka Server started"
+
+
+def kafka_container_spec(host: str, port: int, image: str = KAFKA_IMAGE) -> KafkaContainerSpec:
+    """apache/kafka with its host listener on `port` inside and out, advertised as host:port.
+
+    The host port is fixed (not Docker's random mapping) so the advertised address is
+    known before the broker starts. The image drops all its defaults once any KAFKA_*
+    variable is set, so every setting is given.
+    """
+    if port in (_BROKER_PORT, _CONTROLLER_PORT):
+        raise ValueError(f"port {port} is taken inside the container by another listener")
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    env = {
+        "CLUSTER_ID": cluster_id,
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": f"1@localhost:{_CONTROLLER_PORT}",
+        "KAFKA_LISTENERS": (
+            f"HOST://:{port},BROKER://:{_BROKER_PORT},CONTROLLER://:{_CONTROLLER_PORT}"
+        ),
+        "KAFKA_ADVERTISED_LISTENERS": f"HOST://{host}:{port},BROKER://localhost:{_BROKER_PORT}",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": (
+            "HOST:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        ),
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_INTER_BROKER_LISTENER_NAME": "BROKER",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",  # topics come from topics.yaml only
+        "KAFKA_LOG_DIRS": "/tmp/kraft-combined-logs",
+    }
+    return KafkaContainerSpec(image, env, {port: port}, f"{host}:{port}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def start_kafka_container(spec: KafkaContainerSpec, timeout: float = 180.0) -> Any:
+    """Start the container and wait until the broker answers on its advertised address."""
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+
+    container = DockerContainer(spec.image)
+    for key, value in spec.env.items():
+        container.with_env(key, value)
+    for container_port, host_port in spec.ports.items():
+        container.with_bind_ports(container_port, host_port)
+    container.waiting_for(LogMessageWaitStrategy(spec.ready_log).with_startup_timeout(int(timeout)))
+    try:
+        container.start()
+        # The log line says the broker runs; a metadata request proves it is reachable
+        # at the address it advertises.
+        deadline = time.monotonic() + 60
+        while not local_broker.answers(spec.bootstrap, timeout=2):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Kafka container does not answer at {spec.bootstrap}")
+            time.sleep(0.5)
+    except BaseException:
+        container.stop()
+        raise
+    return container
+
+
+def docker_host() -> str:
+    """The address containers' published ports are reached at (TC_HOST overrides it)."""
+    from testcontainers.core.docker_client import DockerClient
+
+    return DockerClient().host()
+
+
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[str]:
     """Bootstrap address of a real Kafka broker with the project's topics applied."""
@@ -40,19 +136,19 @@ def kafka() -> Iterator[str]:
     if source == "external":
         bootstrap = local_broker.start(log=lambda _msg: None)
     elif source == "testcontainers":
-        from testcontainers.kafka import KafkaContainer
-
-        container = KafkaContainer("apache/kafka:4.1.1").with_kraft()
-        container.start()
-        bootstrap = container.get_bootstrap_server()
+        spec = kafka_container_spec(docker_host(), free_port())
+        container = start_kafka_container(spec)
+        bootstrap = spec.bootstrap
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap  # workers started by tests follow
     else:
         bootstrap = local_broker.start(log=lambda _msg: None)
-    report = topics.apply(topics.load())
-    assert report.ok, report.drift
-    yield bootstrap
-    if container is not None:
-        container.stop()
+    try:
+        report = topics.apply(topics.load())
+        assert report.ok, report.drift
+        yield bootstrap
+    finally:
+        if container is not None:
+            container.stop()
 
 
 _PORT_BASE = int(os.environ.get("SAGA_TEST_PORT_BASE", "6166"))

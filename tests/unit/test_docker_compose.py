@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import os
 import re
@@ -9,10 +10,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
+import pytest
 import yaml
 
 from cli.worker_cmd import SERVICES
+from tests.conftest import kafka_container_spec, start_kafka_container
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -228,3 +232,131 @@ def test_dockerignore_keeps_local_state_out() -> None:
     ]  # fmt: skip
     assert [p for p in ignored if not dockerignored(p, patterns)] == []
     assert [p for p in kept if dockerignored(p, patterns)] == []
+
+
+# ---- the test fixture's apache/kafka container (no Docker engine needed to check it) ----
+
+
+def listener_ports(listeners: str) -> dict[str, tuple[str, int]]:
+    """'NAME://host:port,...' as {NAME: (host, port)}."""
+    parsed = {}
+    for listener in listeners.split(","):
+        name, _, address = listener.partition("://")
+        host, _, port = address.rpartition(":")
+        parsed[name] = (host, int(port))
+    return parsed
+
+
+def test_fixture_container_advertises_the_fixed_host_port() -> None:
+    spec = kafka_container_spec("docker-host.example", 41234)
+    env = spec.env
+    listeners = listener_ports(env["KAFKA_LISTENERS"])
+    advertised = listener_ports(env["KAFKA_ADVERTISED_LISTENERS"])
+    # Clients reach host:41234, published from the container's own 41234, which the
+    # broker advertises under the same name: every metadata answer points back there.
+    assert spec.bootstrap == "docker-host.example:41234"
+    assert spec.ports == {41234: 41234}
+    host_listener = next(n for n, (_h, p) in listeners.items() if p == 41234)
+    assert advertised[host_listener] == ("docker-host.example", 41234)
+    # KRaft wiring: the controller is a listener of its own, never advertised, and the
+    # quorum voter is this node on that port; every name has a security protocol.
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    assert controller in listeners and controller not in advertised
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"1@localhost:{listeners[controller][1]}"
+    assert env["KAFKA_NODE_ID"] == "1" and env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
+    protocol_map = env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    assert {item.split(":")[0] for item in protocol_map} == set(listeners)
+    assert len({port for _host, port in listeners.values()}) == len(listeners)
+    assert len(base64.urlsafe_b64decode(env["CLUSTER_ID"] + "==")) == 16  # a Kafka UUID
+
+
+def test_fixture_container_is_configured_like_the_compose_broker() -> None:
+    """Same image and, beyond addresses and ids, the same settings as docker-compose's."""
+    compose_kafka = compose()["services"]["kafka"]
+    spec = kafka_container_spec("localhost", 41234)
+    assert spec.image == compose_kafka["image"]
+    compose_env = {k: str(v) for k, v in compose_kafka["environment"].items()}
+    assert set(spec.env) == set(compose_env)
+    per_setup = {
+        "CLUSTER_ID", "KAFKA_LISTENERS", "KAFKA_ADVERTISED_LISTENERS",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "KAFKA_INTER_BROKER_LISTENER_NAME",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS", "KAFKA_LOG_DIRS",
+    }  # fmt: skip
+    same = {k: v for k, v in compose_env.items() if k not in per_setup}
+    assert {k: spec.env[k] for k in same} == same
+    assert spec.env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+def test_fixture_container_refuses_a_port_its_other_listeners_use() -> None:
+    with pytest.raises(ValueError, match="taken inside the container"):
+        kafka_container_spec("localhost", 9093)
+
+
+class FakeContainer:
+    """Records what start_kafka_container asks of testcontainers' DockerContainer."""
+
+    instances: ClassVar[list[FakeContainer]] = []
+
+    def __init__(self, image: str) -> None:
+        self.image = image
+        self.env: dict[str, str] = {}
+        self.ports: dict[int, int] = {}
+        self.strategy: object = None
+        self.started = self.stopped = False
+        FakeContainer.instances.append(self)
+
+    def with_env(self, key: str, value: str) -> FakeContainer:
+        self.env[key] = value
+        return self
+
+    def with_bind_ports(self, container: int, host: int) -> FakeContainer:
+        self.ports[container] = host
+        return self
+
+    def waiting_for(self, strategy: object) -> FakeContainer:
+        self.strategy = strategy
+        return self
+
+    def start(self) -> FakeContainer:
+        self.started = True
+        return self
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_fixture_container_starts_with_the_spec_and_waits_for_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+
+    FakeContainer.instances.clear()
+    monkeypatch.setattr("testcontainers.core.container.DockerContainer", FakeContainer)
+    probes: list[str] = []
+
+    def answers(bootstrap: str, timeout: float) -> bool:
+        probes.append(bootstrap)
+        return True
+
+    monkeypatch.setattr("messaging.local_broker.answers", answers)
+    spec = kafka_container_spec("localhost", 41234)
+    container = start_kafka_container(spec)
+    assert container is FakeContainer.instances[0] and container.started
+    assert (container.image, container.env, container.ports) == (spec.image, spec.env, spec.ports)
+    assert isinstance(container.strategy, LogMessageWaitStrategy)
+    assert container.strategy._message.search("[KafkaRaftServer nodeId=1] Kafka Server started")
+    assert probes == ["localhost:41234"]
+
+
+def test_fixture_container_is_removed_when_it_never_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    FakeContainer.instances.clear()
+    monkeypatch.setattr("testcontainers.core.container.DockerContainer", FakeContainer)
+    monkeypatch.setattr("messaging.local_broker.answers", lambda bootstrap, timeout: False)
+    monkeypatch.setattr("tests.conftest.time.monotonic", iter(range(0, 10_000, 30)).__next__)
+    monkeypatch.setattr("tests.conftest.time.sleep", lambda _s: None)
+    with pytest.raises(RuntimeError, match="does not answer at localhost:41234"):
+        start_kafka_container(kafka_container_spec("localhost", 41234))
+    assert FakeContainer.instances[0].stopped
