@@ -45,10 +45,17 @@ def stop() -> None:
 def status() -> None:
     """Say whether the broker runs and answers (exit 0 only if it answers)."""
     bootstrap = settings.bootstrap_servers()
-    pid = None if settings.external_bootstrap() else local_broker.running_pid()
     ok = local_broker.answers(bootstrap)
-    where = "external cluster" if settings.external_bootstrap() else f"local broker pid {pid}"
-    click.echo(f"{bootstrap}: {'answering' if ok else 'NOT answering'} ({where})")
+    answering = f"answering at {bootstrap}" if ok else f"NOT answering at {bootstrap}"
+    if settings.external_bootstrap():
+        click.echo(f"external cluster (KAFKA_BOOTSTRAP_SERVERS): {answering}")
+    elif (pid := local_broker.running_pid()) is not None:
+        hint = "" if ok else " (still starting? see `saga kafka logs`)"
+        click.echo(f"local Kafka running (pid {pid}), {answering}{hint}")
+    elif ok:
+        click.echo(f"local Kafka not running, but another broker is {answering}")
+    else:
+        click.echo(f"local Kafka stopped (data in {local_broker.paths().data})")
     if not ok:
         sys.exit(1)
 

@@ -204,7 +204,8 @@ def answers(bootstrap: str, timeout: float = 3.0) -> bool:
     if local and not port_open(host, int(port)):  # fail fast: no client timeout
         return False
     try:
-        admin = AdminClient(confluent_config(**{"bootstrap.servers": bootstrap}))
+        # log_level 0: a refused connection is the answer, not librdkafka lines on stderr.
+        admin = AdminClient(confluent_config(log_level=0, **{"bootstrap.servers": bootstrap}))
         metadata = admin.list_topics(timeout=timeout)
         return bool(metadata.brokers)
     except Exception:

@@ -64,6 +64,27 @@ def test_unknown_tool_is_named_before_any_broker_check(monkeypatch: pytest.Monke
     assert "unknown Kafka tool 'kafka-nope'" in result.output
 
 
+def test_status_of_a_stopped_local_broker_says_stopped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("SAGA_HOME", str(tmp_path))  # no broker.pid there
+    monkeypatch.setattr("messaging.settings.LOCAL_BROKER_PORT", closed_port())
+    result = CliRunner().invoke(cli, ["kafka", "status"])
+    assert result.exit_code == 1
+    assert result.output.startswith("local Kafka stopped"), result.output
+
+
+def test_status_of_an_unreachable_external_cluster_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{closed_port()}")
+    result = CliRunner().invoke(cli, ["kafka", "status"])
+    assert result.exit_code == 1
+    assert result.output.startswith("external cluster (KAFKA_BOOTSTRAP_SERVERS): NOT answering")
+    assert "rdkafka" not in capfd.readouterr().err  # librdkafka writes to the real stderr
+
+
 @pytest.mark.parametrize(
     ("name", "args", "probed"),
     [
