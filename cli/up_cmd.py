@@ -88,6 +88,23 @@ def seed_example_catalog(seed: bool | None) -> None:
     click.echo(f"example catalog seeded from {catalog.EXAMPLE_CATALOG}")
 
 
+def prepare_system(seed: bool | None) -> None:
+    """The local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), topics, the catalog."""
+    try:
+        local_broker.start(log=click.echo)
+        report = topics.apply(topics.load())
+        for line in report.drift:
+            click.echo(f"topic drift: {line}", err=True)
+        seed_example_catalog(seed)
+    except (
+        local_broker.BrokerError,
+        topics.TopicsFileError,
+        catalog.CatalogError,
+        client.ClientError,
+    ) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def watch(workers: Workers) -> None:
     """Report and restart workers that die, until Ctrl-C."""
     click.echo("running; Ctrl-C stops every worker")
@@ -124,26 +141,14 @@ def up(demo: bool, exit_after: bool, seed: bool | None, loglevel: str, web_port_
     """
     if exit_after and not demo:
         raise click.UsageError("--exit stops after the demo orders: use it with --demo")
-    try:
-        local_broker.start(log=click.echo)
-        report = topics.apply(topics.load())
-        for line in report.drift:
-            click.echo(f"topic drift: {line}", err=True)
-        seed_example_catalog(seed)
-    except (
-        local_broker.BrokerError,
-        topics.TopicsFileError,
-        catalog.CatalogError,
-        client.ClientError,
-    ) as exc:
-        raise click.ClickException(str(exc)) from exc
-
     ports = {name: web_port_base + i for i, name in enumerate(SERVICE_NAMES)}
     workers = Workers(ports=ports, echo=click.echo, loglevel=loglevel)
     exit_code = 0
-    stop_on_signals()
+    stop_on_signals()  # from here on Ctrl-C stops cleanly, whatever is running
     try:
+        prepare_system(seed)
         workers.start()
+        click.echo("workers started; waiting until each is ready ...")
         workers.wait_ready()
         click.echo("workers ready; web views:")
         for name, path in VIEW_PATHS.items():
@@ -161,7 +166,8 @@ def up(demo: bool, exit_after: bool, seed: bool | None, loglevel: str, web_port_
         click.echo(str(exc), err=True)
     finally:
         ignore_stop_signals()
-        click.echo("stopping workers ...")
-        codes = workers.stop()
-        click.echo("stopped: " + ", ".join(f"{n} (exit {c})" for n, c in codes.items()))
+        if any(w.process for w in workers.workers.values()):
+            click.echo("stopping workers ...")
+            codes = workers.stop()
+            click.echo("stopped: " + ", ".join(f"{n} (exit {c})" for n, c in codes.items()))
     sys.exit(exit_code)

@@ -78,11 +78,19 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
 
         # Ctrl-C while the workers are still starting stops them at once.
         up = start_up()
+        run_until(up, "waiting until each is ready")
+        up.send_signal(signal.SIGINT)
+        rest, _ = up.communicate(timeout=90)
+        assert up.returncode == 0, rest[-3000:]
+        assert "workers ready" not in rest and "stopped: orchestrator" in rest, rest[-3000:]
+
+        # Ctrl-C before any worker started: nothing to stop, still a clean exit.
+        up = start_up()
         run_until(up, "stock exists")
         up.send_signal(signal.SIGINT)
         rest, _ = up.communicate(timeout=90)
         assert up.returncode == 0, rest[-3000:]
-        assert "workers ready" not in rest and "stopped: orchestrator" in rest
+        assert "Traceback" not in rest and "Aborted" not in rest, rest[-3000:]
     finally:
         if up.poll() is None:
             up.kill()
