@@ -133,9 +133,9 @@ def status(saga_id: str, as_json: bool) -> None:
 
     try:
         client.require_broker()
+        events = client.saga_events(saga_id)
     except client.ClientError as exc:
         raise click.ClickException(str(exc)) from exc
-    events = list(client.saga_events(saga_id))
     if not events:
         raise click.ClickException(f"no saga {saga_id!r} in saga.events")
     if as_json:

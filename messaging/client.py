@@ -158,16 +158,17 @@ def follow_sagas(saga_ids: Iterable[str], since: datetime, timeout: float) -> It
         consumer_.close()
 
 
-def saga_events(saga_id: str, timeout: float = 10.0) -> list[m.SagaEvent]:
-    """All SagaEvents of one saga so far (reads its partition of saga.events to the end)."""
+def saga_events(saga_id: str, timeout: float = 30.0) -> list[m.SagaEvent]:
+    """All SagaEvents of one saga so far (reads its partition of saga.events to the end).
+
+    Raises ClientError rather than answer from part of the partition.
+    """
     count = topics.partitions(EVENTS_TOPIC)
     partition = partition_for(saga_id.encode(), count)
     consumer_ = consumer()
     events = []
     try:
-        _low, high = consumer_.get_watermark_offsets(
-            TopicPartition(EVENTS_TOPIC, partition), timeout=timeout
-        )
+        high = end_offset(consumer_, TopicPartition(EVENTS_TOPIC, partition))
         consumer_.assign([TopicPartition(EVENTS_TOPIC, partition, 0)])
         deadline = time.monotonic() + timeout
         position = 0
@@ -183,6 +184,11 @@ def saga_events(saga_id: str, timeout: float = 10.0) -> list[m.SagaEvent]:
             except codec.MessageDecodeError:
                 continue
             events.append(event)
+        if position < high:
+            raise ClientError(
+                f"read {EVENTS_TOPIC}[{partition}] up to offset {position} of {high} in "
+                f"{timeout:.0f}s: too slow to find every event of saga {saga_id}"
+            )
     finally:
         consumer_.close()
     return sorted(events, key=lambda e: e.sequence)

@@ -204,6 +204,12 @@ def test_status_of_a_finished_saga_prints_its_timeline(approved_order: str) -> N
     assert "waiting for" not in result.stdout
 
 
+def test_saga_events_refuses_to_answer_from_part_of_the_partition(approved_order: str) -> None:
+    with pytest.raises(client.ClientError, match="too slow to find every event"):
+        client.saga_events(approved_order, timeout=0.0)
+    assert [e.sequence for e in client.saga_events(approved_order)] == [1, 2, 3, 4, 5]
+
+
 def test_status_of_an_unknown_saga_fails(kafka: str) -> None:
     result = saga("status", "no-such-saga-0000", timeout=60)
     assert_clean_failure(result, "no saga 'no-such-saga-0000'")
