@@ -10,14 +10,20 @@ HTML is built from strings with `html.escape` applied to every value; only `Safe
 
 Whole-table scans (`scan_table`) give the event loop back every few hundred rows and stop
 at a cap, so a request never stalls the worker's agents for long.
+
+List views answer for the whole table (`whole_table`): the worker asks every other worker
+owning partitions of the table for its part (`?scope=local`) and merges the parts; a
+worker that does not answer makes the view a 503, never a silently partial list.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import html
+import json
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -27,13 +33,19 @@ import aiohttp
 import faust
 from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
+from yarl import URL
 
 from schemas import messages as m
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("json", "html")
-SCOPE = "partitions owned by this worker"
+LOCAL_SCOPE = "partitions owned by this worker"
+ALL_SCOPE = "all partitions, from every worker owning some"
+SCOPES = ("all", "local")  # values of ?scope= on list views
+# A peer's part of a list view: long enough for a capped scan, short enough that a hung
+# worker costs the user a few seconds, not the client's own timeout.
+PEER_TIMEOUT = 5.0
 SCAN_CHUNK = 500  # rows between two yields to the event loop
 
 
@@ -154,6 +166,17 @@ def path(*segments: str, **query: Any) -> str:
     url = "/" + "/".join(quote(s, safe="") for s in segments)
     params = {k: v for k, v in query.items() if v is not None}
     return f"{url}?{urlencode(params)}" if params else url
+
+
+def scope_note(payload: Mapping[str, Any], summary: str) -> Safe:
+    """What a list view covers: its scope, partitions and the workers that answered."""
+    workers = ", ".join(payload["workers"])
+    return tag(
+        "p",
+        f"Scope: {payload['scope']} (partitions {payload['partitions']}, from {workers}); "
+        f"{summary}.",
+        class_="note",
+    )
 
 
 def money_text(value: Mapping[str, str] | None) -> str | None:
@@ -405,3 +428,182 @@ async def scan_table(table: Any, cap: int) -> Scan:
     except RuntimeError as exc:  # the store's partition map changed during the scan
         raise Problem(503, "partitions moved during the scan; retry", cause=str(exc)) from exc
     return Scan(rows, complete=True)
+
+
+# ---- list views over the whole table: every owner's part, merged ----
+
+Payload = dict[str, Any]
+Part = Mapping[str, Any]
+MergeRows = Callable[[Sequence[Part], int], Payload]
+
+
+class PeerFailed(Exception):
+    """A worker asked for its part of a list view did not give it."""
+
+    def __init__(self, worker: str, reason: str) -> None:
+        super().__init__(f"{worker}: {reason}")
+        self.worker = worker
+        self.reason = reason
+
+
+def table_owners(
+    metadata: Mapping[str, Mapping[str, Sequence[int]]], topic: str
+) -> dict[str, list[int]]:
+    """Worker URL -> the partitions of `topic` it actively owns, for the workers owning some.
+
+    `metadata` is Faust's `app.router.table_metadata(name)`: every member of the group
+    (its canonical URL) with {changelog topic: partitions}, empty if it owns none.
+    """
+    return {url: sorted(tps[topic]) for url, tps in metadata.items() if tps.get(topic)}
+
+
+def same_worker(a: str, b: str) -> bool:
+    """Whether two canonical URLs name the same worker (as Faust's router compares them)."""
+    x, y = URL(a), URL(b)
+    return (x.host, x.port) == (y.host, y.port)
+
+
+def check_coverage(owners: Mapping[str, Sequence[int]], partitions: int) -> None:
+    """503 unless the owners hold every partition of the table exactly once."""
+    held = sorted(p for owned in owners.values() for p in owned)
+    if held != list(range(partitions)):
+        missing = sorted(set(range(partitions)) - set(held))
+        raise Problem(
+            503,
+            "the group is rebalancing: not every partition has exactly one worker; retry",
+            partitions_without_worker=missing,
+        )
+
+
+def check_parts(owners: Mapping[str, Sequence[int]], parts: Sequence[Part]) -> None:
+    """503 if a worker answered for other partitions than the router said it owns."""
+    moved = [
+        f"{url} answered for {part['partitions']}, expected {list(owned)}"
+        for (url, owned), part in zip(owners.items(), parts, strict=True)
+        if list(part["partitions"]) != list(owned)
+    ]
+    if moved:
+        raise Problem(503, "partitions moved while the workers were asked; retry", moved=moved)
+
+
+def merge_parts(parts: Sequence[Part], worker: str, merge_rows: MergeRows) -> Payload:
+    """One list payload from the workers' parts (each asked with the same filters).
+
+    Fields every list view has are merged here; `merge_rows(parts, limit)` merges the
+    view's own (counts, rows).
+    """
+    first = parts[0]
+    return {
+        "scope": ALL_SCOPE,
+        "worker": worker,
+        "workers": sorted(part["worker"] for part in parts),
+        "partitions": sorted(p for part in parts for p in part["partitions"]),
+        "complete": all(part["complete"] for part in parts),
+        "filter": first["filter"],
+        "limit": first["limit"],
+        **merge_rows(parts, first["limit"]),
+    }
+
+
+def top_rows(
+    parts: Sequence[Part], field: str, limit: int, key: Callable[[Any], Any], *, largest: bool
+) -> list[Any]:
+    """The first `limit` rows of the parts' `field` lists, by `key`."""
+    rows = [row for part in parts for row in part[field]]
+    pick = heapq.nlargest if largest else heapq.nsmallest
+    return pick(limit, rows, key=key)
+
+
+async def gather_parts(
+    owners: Mapping[str, Sequence[int]],
+    me: str,
+    local: Callable[[], Awaitable[Part]],
+    fetch: Callable[[str], Awaitable[Part]],
+) -> list[Part]:
+    """Every owner's part, in the order of `owners`: this worker's by `local`, no HTTP.
+
+    Waits for all (each peer is bounded by its timeout) so the 503 names every worker
+    that failed, not just the first.
+    """
+    results = await asyncio.gather(
+        *(local() if same_worker(url, me) else fetch(url) for url in owners),
+        return_exceptions=True,
+    )
+    for result in results:  # this worker's own failure (e.g. a rebalance mid-scan) as is
+        if isinstance(result, BaseException) and not isinstance(result, PeerFailed):
+            raise result
+    failed = [r for r in results if isinstance(r, PeerFailed)]
+    if failed:
+        names = ", ".join(f.worker for f in failed)
+        raise Problem(
+            503,
+            f"no answer from {names} for its part of the list; retry",
+            workers={f.worker: f.reason for f in failed},
+        )
+    return [cast(Part, r) for r in results]
+
+
+async def fetch_part(
+    session: aiohttp.ClientSession, worker: str, request: Request, timeout: float
+) -> Part:
+    """A peer's part: the same view and filters with `scope=local&format=json`."""
+    query = {**request.query, "scope": "local", "format": "json"}
+    url = URL(worker).with_path(request.url.path).with_query(query)
+    try:
+        async with session.get(
+            url,
+            headers={"Accept": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as reply:
+            text = await reply.text()
+            status = reply.status
+    except TimeoutError:
+        raise PeerFailed(worker, f"no answer within {timeout:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise PeerFailed(worker, f"unreachable: {exc}") from None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if status != 200 or not isinstance(body, dict):
+        detail = body.get("error") if isinstance(body, dict) else text[:200]
+        raise PeerFailed(worker, f"answered {status}: {detail}")
+    return body
+
+
+async def whole_table(
+    app: faust.App,
+    table: Any,
+    request: Request,
+    local: Callable[[], Awaitable[Payload]],
+    merge_rows: MergeRows,
+) -> Payload:
+    """A list view's payload: over the whole table, or this worker's part (`?scope=local`).
+
+    `local()` computes the view's rows over this worker's partitions (with `filter`,
+    `limit` and `complete`); the scope, worker and partitions fields are added here.
+    """
+    me = worker_url(app)
+
+    async def own_part() -> Payload:
+        rows = await local()
+        partitions = owned_partitions(app, table)
+        return {
+            "scope": LOCAL_SCOPE,
+            "worker": me,
+            "workers": [me],
+            "partitions": partitions,
+            **rows,
+        }
+
+    if choice_param(request, "scope", SCOPES) == "local":
+        return await own_part()
+    topic = table.changelog_topic.get_topic_name()
+    owners = table_owners(app.router.table_metadata(table.name), topic)
+    check_coverage(owners, table.partitions)
+    session = cast(aiohttp.ClientSession, app.http_client)
+    parts = await gather_parts(
+        owners, me, own_part, lambda url: fetch_part(session, url, request, PEER_TIMEOUT)
+    )
+    check_parts(owners, parts)
+    return merge_parts(parts, me, merge_rows)

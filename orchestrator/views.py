@@ -1,7 +1,8 @@
 """The orchestrator's web views: `/sagas` and `/sagas/{saga_id}` (JSON or HTML).
 
 - `/sagas?state=ORDER_REJECTED&limit=50`: counts by state and the latest sagas (by
-  `updated_at`), over the partitions this worker owns.
+  `updated_at`) over the whole table: each orchestrator worker owning partitions gives
+  its part, merged here (`?scope=local`: only this worker's partitions).
 - `/sagas/{saga_id}`: the saga's row (state, order, current step, attempt, deadline,
   reason) and its timeline read from `saga.events`. Routed by Faust to the worker that
   owns the key (`table_route`), so any orchestrator worker answers for any saga.
@@ -13,7 +14,7 @@ import asyncio
 import heapq
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -157,20 +158,42 @@ def saga_detail(state: m.SagaState, timeline: Timeline, worker: str) -> dict[str
     }
 
 
+# ---- the whole table: the workers' parts merged ----
+
+
+def merge_lists(parts: Sequence[Mapping[str, Any]], limit: int) -> dict[str, Any]:
+    """The /sagas rows of several workers' parts: counts summed, the latest `limit` kept."""
+    counts: Counter[str] = Counter()
+    for part in parts:
+        counts.update(part["counts"])
+    return {
+        "total": sum(part["total"] for part in parts),
+        "counts": {state: counts.get(state, 0) for state in STATES},
+        # The saga id breaks ties: the same order whichever worker merges.
+        "sagas": w.top_rows(parts, "sagas", limit, key=_latest, largest=True),
+    }
+
+
+def _latest(summary: Mapping[str, Any]) -> tuple[datetime, str]:
+    return datetime.fromisoformat(summary["updated_at"]), summary["saga_id"]
+
+
 # ---- HTML ----
 
 
 def render_list(payload: Mapping[str, Any]) -> str:
     chosen = payload["filter"]["state"]
     counts: Mapping[str, int] = payload["counts"]
-    everything = w.path("sagas", limit=payload["limit"])
+    # The filter links keep a local scope; the whole table is the default.
+    scope = "local" if payload["scope"] == w.LOCAL_SCOPE else None
+    everything = w.path("sagas", limit=payload["limit"], scope=scope)
     links = [
         w.tag(
             "a", f"all ({payload['total']})", href=everything, class_=None if chosen else "current"
         )
     ]
     for state, count in counts.items():
-        href = w.path("sagas", state=state, limit=payload["limit"])
+        href = w.path("sagas", state=state, limit=payload["limit"], scope=scope)
         current = "current" if state == chosen else None
         links.append(w.tag("a", f"{state} ({count})", href=href, class_=current))
     rows = [
@@ -185,17 +208,13 @@ def render_list(payload: Mapping[str, Any]) -> str:
         for s in payload["sagas"]
     ]
     scanned = f"{payload['total']} saga(s) read" + (
-        "" if payload["complete"] else f" (stopped at the cap of {SCAN_CAP})"
+        "" if payload["complete"] else f" (a worker's scan stopped at the cap of {SCAN_CAP})"
     )
     title = f"Sagas in {chosen}" if chosen else "Sagas"
     return w.document(
         title,
         f"{SERVICE} · {payload['worker']}",
-        w.tag(
-            "p",
-            f"Scope: {payload['scope']} (partitions {payload['partitions']}); {scanned}.",
-            class_="note",
-        ),
+        w.scope_note(payload, scanned),
         w.tag("nav", w.join(*links), class_="filters"),
         w.section(
             f"Latest {len(rows)} by last update",
@@ -312,23 +331,26 @@ def register_views(service: OrchestratorService) -> None:
             w.wants_html(request)  # a bad ?format= is a 400 before any work
             state_filter = w.choice_param(request, "state", STATES)
             limit = w.int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
-            scan = await w.scan_table(sagas, SCAN_CAP)
-            counts = Counter(row.state for _key, row in scan.rows)
-            chosen = (
-                row for _key, row in scan.rows if state_filter is None or row.state == state_filter
-            )
-            latest = heapq.nlargest(limit, chosen, key=lambda row: row.updated_at)
-            payload = {
-                "scope": w.SCOPE,
-                "worker": w.worker_url(app),
-                "partitions": w.owned_partitions(app, sagas),
-                "total": len(scan.rows),
-                "complete": scan.complete,
-                "counts": {state: counts.get(state, 0) for state in STATES},
-                "filter": {"state": state_filter},
-                "limit": limit,
-                "sagas": [saga_summary(row) for row in latest],
-            }
+
+            async def local() -> dict[str, Any]:
+                scan = await w.scan_table(sagas, SCAN_CAP)
+                counts = Counter(row.state for _key, row in scan.rows)
+                chosen = (
+                    row
+                    for _key, row in scan.rows
+                    if state_filter is None or row.state == state_filter
+                )
+                latest = heapq.nlargest(limit, chosen, key=lambda row: row.updated_at)
+                return {
+                    "total": len(scan.rows),
+                    "complete": scan.complete,
+                    "counts": {state: counts.get(state, 0) for state in STATES},
+                    "filter": {"state": state_filter},
+                    "limit": limit,
+                    "sagas": [saga_summary(row) for row in latest],
+                }
+
+            payload = await w.whole_table(app, sagas, request, local, merge_lists)
             return self.respond(request, payload, render_list)
 
     class SagaDetail(w.NegotiatedView):

@@ -1,8 +1,9 @@
 """The Product Service's web views: `/stock` and `/stock/{product_id}` (JSON or HTML).
 
-- `/stock?prefix=t-&limit=100`: the products of the partitions this worker owns (by id,
-  optionally only ids starting with `prefix`), with available, reserved, sold, restocked
-  and price.
+- `/stock?prefix=t-&limit=100`: the products (by id, optionally only ids starting with
+  `prefix`), with available, reserved, sold, restocked and price, over the whole table:
+  each product worker owning partitions gives its part, merged here (`?scope=local`: only
+  this worker's partitions).
 - `/stock/{product_id}`: one product with the sagas holding a reservation and the latest
   settled ones. Routed by Faust to the worker that owns the product (`table_route`).
 """
@@ -10,7 +11,8 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response
@@ -52,6 +54,16 @@ def stock_detail(row: m.StockRow, worker: str) -> dict[str, Any]:
     }
 
 
+def merge_lists(parts: Sequence[Mapping[str, Any]], limit: int) -> dict[str, Any]:
+    """The /stock rows of several workers' parts: matches summed, the first `limit` by id."""
+    return {
+        "matching": sum(part["matching"] for part in parts),
+        "products": w.top_rows(
+            parts, "products", limit, key=itemgetter("product_id"), largest=False
+        ),
+    }
+
+
 def render_list(payload: Mapping[str, Any]) -> str:
     rows = [
         (
@@ -66,15 +78,11 @@ def render_list(payload: Mapping[str, Any]) -> str:
     ]
     shown = f"{len(rows)} of {payload['matching']} product(s)"
     if not payload["complete"]:
-        shown += f" (the scan stopped at {SCAN_CAP} rows)"
+        shown += f" (a worker's scan stopped at {SCAN_CAP} rows)"
     return w.document(
         "Stock",
         f"{SERVICE} · {payload['worker']}",
-        w.tag(
-            "p",
-            f"Scope: {payload['scope']} (partitions {payload['partitions']}); {shown}.",
-            class_="note",
-        ),
+        w.scope_note(payload, shown),
         w.table(
             ["product", "available", "reserved", "sold", "restocked", "unit price"],
             rows,
@@ -145,19 +153,20 @@ def register_views(service: ProductService) -> None:
             w.wants_html(request)
             limit = w.int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
             prefix = request.query.get("prefix") or ""
-            scan = await w.scan_table(stock, SCAN_CAP)
-            matching = [row for _key, row in scan.rows if row.product_id.startswith(prefix)]
-            first = heapq.nsmallest(limit, matching, key=lambda row: row.product_id)
-            payload = {
-                "scope": w.SCOPE,
-                "worker": w.worker_url(app),
-                "partitions": w.owned_partitions(app, stock),
-                "filter": {"prefix": prefix or None},
-                "limit": limit,
-                "matching": len(matching),
-                "complete": scan.complete,
-                "products": [stock_summary(row) for row in first],
-            }
+
+            async def local() -> dict[str, Any]:
+                scan = await w.scan_table(stock, SCAN_CAP)
+                matching = [row for _key, row in scan.rows if row.product_id.startswith(prefix)]
+                first = heapq.nsmallest(limit, matching, key=lambda row: row.product_id)
+                return {
+                    "filter": {"prefix": prefix or None},
+                    "limit": limit,
+                    "matching": len(matching),
+                    "complete": scan.complete,
+                    "products": [stock_summary(row) for row in first],
+                }
+
+            payload = await w.whole_table(app, stock, request, local, merge_lists)
             return self.respond(request, payload, render_list)
 
     class StockDetail(w.NegotiatedView):

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 
 from cli.processes import Workers
-from messaging import client, topics
+from messaging import topics
 from messaging.catalog import Catalog
 from tests.integration.order_helpers import (
     customer,
@@ -28,6 +28,7 @@ from tests.integration.order_helpers import (
 
 pytestmark = pytest.mark.integration
 
+ALL_SCOPE = "all partitions, from every worker owning some"
 APPROVED_PATH = [
     (None, "CREATING_ORDER", "OrderRequested"),
     ("CREATING_ORDER", "VERIFYING_PRODUCTS", "OrderCreated"),
@@ -182,15 +183,14 @@ def test_stock_views(placed: Placed) -> None:
     assert placed.rejected not in after["reservations"]
 
     listing = http_get(f"{placed.urls.product}/stock?prefix={quote(placed.widget)}&limit=10").json()
-    assert listing["scope"] == "partitions owned by this worker"
+    assert listing["scope"] == ALL_SCOPE
+    assert listing["partitions"] == list(range(topics.partitions("saga-product-stock-changelog")))
     assert listing["filter"] == {"prefix": placed.widget}
-    partition = client.partition_for(placed.widget.encode(), topics.partitions("product.stock"))
-    if partition in listing["partitions"]:  # another worker of the group may own it
-        (row,) = listing["products"]
-        assert row["product_id"] == placed.widget
-        assert {k: row[k] for k in ("available", "reserved", "sold")} == {
-            k: after[k] for k in ("available", "reserved", "sold")
-        }
+    (row,) = listing["products"]  # whichever worker owns it
+    assert row["product_id"] == placed.widget
+    assert {k: row[k] for k in ("available", "reserved", "sold")} == {
+        k: after[k] for k in ("available", "reserved", "sold")
+    }
     whole = http_get(f"{placed.urls.product}/stock?limit=1000").json()
     for row in whole["products"]:  # the stock invariant, for every product shown
         assert row["available"] + row["reserved"] + row["sold"] == row["restocked"], row
@@ -220,7 +220,8 @@ def test_account_view(placed: Placed) -> None:
 
 def test_saga_list_counts_and_filter(placed: Placed) -> None:
     listing = http_get(f"{placed.urls.orchestrator}/sagas?limit=1000").json()
-    assert listing["scope"] == "partitions owned by this worker"
+    assert listing["scope"] == ALL_SCOPE
+    assert listing["workers"] == [placed.urls.orchestrator]  # the session runs one
     counts = listing["counts"]
     assert "ORDER_APPROVED" in counts and "CREATING_ORDER" in counts
     assert sum(counts.values()) == listing["total"]
@@ -232,14 +233,18 @@ def test_saga_list_counts_and_filter(placed: Placed) -> None:
     assert approved["filter"] == {"state": "ORDER_APPROVED"}
     assert {s["state"] for s in approved["sagas"]} <= {"ORDER_APPROVED"}
     assert len(approved["sagas"]) == min(1000, approved["counts"]["ORDER_APPROVED"])
-    partition = client.partition_for(placed.approved.encode(), topics.partitions("saga.replies"))
-    if partition in approved["partitions"]:  # another worker of the group may own it
-        mine = next(s for s in approved["sagas"] if s["saga_id"] == placed.approved)
-        assert mine["url"] == f"/sagas/{placed.approved}"
-        assert mine["total"] == {"amount": "5.00", "currency": "EUR"}
+    mine = next(s for s in approved["sagas"] if s["saga_id"] == placed.approved)
+    assert mine["url"] == f"/sagas/{placed.approved}"
+    assert mine["total"] == {"amount": "5.00", "currency": "EUR"}
 
     one = http_get(f"{placed.urls.orchestrator}/sagas/?limit=1").json()
     assert len(one["sagas"]) <= 1
+
+    # One worker owns every partition: its own part is the whole table.
+    local = http_get(f"{placed.urls.orchestrator}/sagas?limit=1000&scope=local").json()
+    assert local["scope"] == "partitions owned by this worker"
+    assert local["partitions"] == listing["partitions"]
+    assert local["counts"]["ORDER_APPROVED"] >= approved["counts"]["ORDER_APPROVED"]
 
 
 def _pages(placed: Placed) -> list[tuple[str, str]]:
@@ -312,6 +317,7 @@ def test_html_escapes_what_the_url_carries(placed: Placed) -> None:
         ("/sagas?limit=many", "limit"),
         ("/sagas?limit=100000", "limit"),
         ("/sagas?format=xml", "format"),
+        ("/sagas?scope=mine", "scope"),
     ],
 )
 def test_bad_query_parameters_are_400(placed: Placed, path: str, parameter: str) -> None:
