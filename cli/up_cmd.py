@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import click
@@ -20,6 +21,7 @@ SAMPLE_ORDERS = [
     ("insufficient funds", "carol", [("widget", 1)]),
 ]
 MAX_RESTARTS = 3
+RESTART_WINDOW = 600.0  # seconds
 # The page each worker's web view starts at (README "Web views").
 VIEW_PATHS = {
     "orchestrator": "/sagas",
@@ -105,15 +107,23 @@ def prepare_system(seed: bool | None) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-def watch(workers: Workers) -> None:
-    """Report and restart workers that die, until Ctrl-C."""
+def watch(workers: Workers, clock: Callable[[], float] = time.monotonic) -> None:
+    """Report and restart workers that die, until Ctrl-C; give up on a worker that dies
+    more than MAX_RESTARTS times within RESTART_WINDOW seconds (it would only crash-loop)."""
     click.echo("running; Ctrl-C stops every worker")
+    deaths: dict[str, list[float]] = {}
     while True:
         for worker in workers.dead():
             code = worker.process.returncode if worker.process else None
             click.echo(f"worker {worker.name} died (exit code {code})", err=True)
-            if worker.restarts >= MAX_RESTARTS:
-                raise RuntimeError(f"worker {worker.name} keeps dying; giving up")
+            now = clock()
+            recent = [t for t in deaths.get(worker.name, []) if now - t < RESTART_WINDOW]
+            deaths[worker.name] = [*recent, now]
+            if len(recent) >= MAX_RESTARTS:
+                raise RuntimeError(
+                    f"worker {worker.name} died {len(recent) + 1} times in "
+                    f"{RESTART_WINDOW / 60:.0f} minutes; giving up"
+                )
             workers.restart(worker.name)
         time.sleep(0.5)
 
@@ -137,7 +147,7 @@ def up(demo: bool, exit_after: bool, seed: bool | None, loglevel: str, web_port_
     """Start the local broker if needed, apply topics, seed the example catalog, run the workers.
 
     Ctrl-C (or SIGTERM) stops every worker gracefully, also during start-up or the demo.
-    A worker that dies is reported and restarted (at most 3 times).
+    A worker that dies is reported and restarted (up to 3 times in 10 minutes).
     """
     if exit_after and not demo:
         raise click.UsageError("--exit stops after the demo orders: use it with --demo")
