@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -110,7 +112,11 @@ def offset_ranges(
 
 
 def consume(
-    consumer: Consumer, ends: dict[int, int], pending: set[int], follow: bool
+    consumer: Consumer,
+    ends: dict[int, int],
+    pending: set[int],
+    follow: bool,
+    stop: threading.Event | None = None,
 ) -> Iterator[Message | None]:
     """Yield records up to the `ends` offsets, then CAUGHT_UP; with `follow`, then the rest.
 
@@ -119,7 +125,7 @@ def consume(
     """
     later: list[Message] = []  # records past the end that arrive while others catch up
     idle_since = time.monotonic()
-    while pending:
+    while pending and not (stop is not None and stop.is_set()):
         record = consumer.poll(0.5)
         if record is None:
             if time.monotonic() - idle_since > IDLE_TIMEOUT:
@@ -146,7 +152,7 @@ def consume(
     if not follow:
         return
     yield from later
-    while True:
+    while stop is None or not stop.is_set():
         record = consumer.poll(0.5)
         if record is not None and record.error() is None:
             yield record
@@ -156,7 +162,9 @@ def _print(record: Message) -> None:
     click.echo(json.dumps(record_as_json(record)))
 
 
-def tail_topic(topic: str, key: str | None, last: int | None, follow: bool) -> None:
+def tail_topic(
+    topic: str, key: str | None, last: int | None, follow: bool, stop: threading.Event | None = None
+) -> None:
     # No group commits: partitions are assigned by hand, so tailing never moves anyone's offsets.
     consumer = client.consumer(None, **{"enable.partition.eof": True})
     try:
@@ -170,7 +178,7 @@ def tail_topic(topic: str, key: str | None, last: int | None, follow: bool) -> N
         pending = {p for p, (start, end) in ranges.items() if start < end}
         wanted_key = None if key is None else key.encode()
         backlog: deque[Message] | None = deque(maxlen=keep_last) if keep_last is not None else None
-        for record in consume(consumer, ends, pending, follow):
+        for record in consume(consumer, ends, pending, follow, stop):
             if record is CAUGHT_UP:
                 for kept in backlog or ():
                     _print(kept)
@@ -202,9 +210,14 @@ def tail(topic: str, from_beginning: bool, follow: bool, key: str | None, last: 
     if from_beginning and last is not None:
         raise click.UsageError("--from-beginning and --last exclude each other")
     per_partition = None if from_beginning else (DEFAULT_LAST if last is None else last)
+    stop = threading.Event()
+    if follow:
+        # Ctrl-C ends --follow between two polls, never inside librdkafka, then closes the
+        # consumer: an interrupt raised inside a poll once left the process unable to exit.
+        signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
     try:
         client.require_broker()
-        tail_topic(topic, key, per_partition, follow)
+        tail_topic(topic, key, per_partition, follow, stop)
     except (client.ClientError, KafkaException) as exc:
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
