@@ -8,7 +8,6 @@ are hard-linked in instead of running Maven again.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,23 +20,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from cli.chaos_cmd import share_jars
 from messaging import local_broker
+from tests.ports import broker_port
 
 pytestmark = pytest.mark.integration
-
-# Ports other tests and runs use: the shared broker, chaos brokers, worker web views.
-RESERVED = {9092, 9093, 19092, 19093, 19192, 19193, *range(6066, 6070), *range(6166, 6170)}
-
-
-def free_port_pair() -> int:
-    """A port that is free together with the next one (the controller's)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if {port, port + 1} & RESERVED or local_broker.port_open("127.0.0.1", port + 1):
-            continue
-        return port
-    raise RuntimeError("no two adjacent free ports")
 
 
 def saga(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -77,7 +62,7 @@ def read_back(bootstrap: str, topic: str, timeout: float = 30.0) -> list[tuple[A
 
 
 def test_start_stop_status_logs_and_data_survives_a_restart(tmp_path: Path) -> None:
-    port = free_port_pair()
+    port = broker_port()
     bootstrap = f"127.0.0.1:{port}"
     env = {**os.environ, "SAGA_HOME": str(tmp_path), "SAGA_KAFKA_PORT": str(port)}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import broker_port
+
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_until(process: subprocess.Popen[str], marker: str, timeout: float = 300) -> str:
@@ -39,7 +34,7 @@ ALL_STOPPED = "stopped: orchestrator (exit 0), order (exit 0), product (exit 0),
 
 def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     # Its own broker and consumer groups: the session's workers are not disturbed.
-    env = {**os.environ, "SAGA_HOME": str(tmp_path), "SAGA_KAFKA_PORT": str(free_port())}
+    env = {**os.environ, "SAGA_HOME": str(tmp_path), "SAGA_KAFKA_PORT": str(broker_port())}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     saga = [sys.executable, "-m", "cli.main"]
 
