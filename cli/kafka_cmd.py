@@ -83,14 +83,11 @@ def logs(lines: int, follow: bool) -> None:
 def _tool_needs_our_broker(name: str, args: tuple[str, ...]) -> bool:
     """Whether the tool will talk to the configured cluster (so it is probed first).
 
-    Not for kafka-storage (no broker), --help/--version, or an explicit
-    --bootstrap-server: that cluster may need a --command-config we cannot mirror.
+    Not for --help/--version, nor where the tool gets no --bootstrap-server from us
+    (kafka-storage; one given explicitly may need a --command-config we cannot mirror).
     """
-    if name == "kafka-storage":
-        return False
-    return not any(
-        a in ("--help", "-h", "--version") or a.startswith("--bootstrap-server") for a in args
-    )
+    asks_help = any(a in ("--help", "-h", "--version") for a in args)
+    return not asks_help and local_broker.tool_uses_configured_cluster(name, args)
 
 
 @kafka.command(
@@ -104,18 +101,13 @@ def tool(name: str, args: tuple[str, ...]) -> None:
     --bootstrap-server is added unless given. Tools: kafka-topics, kafka-console-consumer,
     kafka-console-producer, kafka-consumer-groups, kafka-configs, kafka-get-offsets.
     """
-    if name not in local_broker.TOOLS:
-        known = ", ".join(sorted(local_broker.TOOLS))
-        raise click.ClickException(f"unknown Kafka tool {name!r}; known tools: {known}")
-    if _tool_needs_our_broker(name, args):
-        # The Java tools retry an unreachable broker forever, printing WARN lines.
-        try:
-            client.require_broker()
-        except client.ClientError as exc:
-            raise _fail(exc) from exc
     try:
+        local_broker.check_tool(name)
+        if _tool_needs_our_broker(name, args):
+            # The Java tools retry an unreachable broker forever, printing WARN lines.
+            client.require_broker()
         command = local_broker.tool_command(name, args)
-    except local_broker.BrokerError as exc:
+    except (local_broker.BrokerError, client.ClientError) as exc:
         raise _fail(exc) from exc
     sys.stdout.flush()
     sys.exit(subprocess.call(command))

@@ -301,16 +301,22 @@ def tail_log(lines: int = 50) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def tool_command(name: str, args: Sequence[str]) -> list[str]:
-    """The java command line of a Kafka console tool, with --bootstrap-server filled in."""
+def check_tool(name: str) -> None:
     if name not in TOOLS:
         known = ", ".join(sorted(TOOLS))
         raise BrokerError(f"unknown Kafka tool {name!r}; known tools: {known}")
+
+
+def tool_uses_configured_cluster(name: str, args: Sequence[str]) -> bool:
+    """Whether the tool gets the configured --bootstrap-server (none given, not kafka-storage)."""
+    return name != "kafka-storage" and not any(a.startswith("--bootstrap-server") for a in args)
+
+
+def tool_command(name: str, args: Sequence[str]) -> list[str]:
+    """The java command line of a Kafka console tool, with --bootstrap-server filled in."""
+    check_tool(name)
     ensure_jars()
     args = list(args)
-    needs_bootstrap = name != "kafka-storage" and not any(
-        a.startswith("--bootstrap-server") for a in args
-    )
-    if needs_bootstrap:
+    if tool_uses_configured_cluster(name, args):
         args = ["--bootstrap-server", settings.bootstrap_servers(), *args]
     return _java_command(TOOLS[name], args, tool=True)
