@@ -40,6 +40,9 @@ POOR_SLOT = 14  # ... this one comes from a customer who cannot pay
 
 REGULAR, SOLD_OUT, POOR_CUSTOMER = "regular", "sold-out product", "poor customer"
 
+# The consumer groups of the four workers (their Faust app ids).
+WORKER_GROUPS = ("saga-orchestrator", "saga-order", "saga-product", "saga-payment")
+
 
 class BenchError(RuntimeError):
     """The saga side cannot be benchmarked as asked (the message says why)."""

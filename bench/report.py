@@ -33,6 +33,7 @@ def cpu_line(cpu: dict[str, float | None]) -> str:
 
 
 def table(title: str, runs: list[dict[str, Any]]) -> str:
+    unit = "saga" if title == "saga" else "chain"
     header = _COLUMNS.format(
         "rate", "offered/s", "shed", "done/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "unfinished"
     )
@@ -45,7 +46,27 @@ def table(title: str, runs: list[dict[str, Any]]) -> str:
         lines.append(_COLUMNS.format(*cells, run["unfinished"]))
         lines.append(f"      outcomes: {outcome_mix(run['outcomes'])}{_disturbed(run)}")
         lines.append(f"      cpu % of one core: {cpu_line(run.get('cpu_percent', {}))}")
+        if run.get("per_saga"):
+            lines.append(f"      per {unit}: {per_saga_line(run['per_saga'])}")
     return "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if abs(value) >= 1 or value == 0 else f"{value:.3f}"
+
+
+def per_saga_line(per: dict[str, float | None]) -> str:
+    """Worker CPU, records consumed and produced, bytes written, per completed request."""
+    written = per.get("bytes_written")
+    return (
+        f"worker CPU {_figure(per.get('worker_cpu_ms'))} ms (broker "
+        f"{_figure(per.get('broker_cpu_ms'))} ms), consumed {_figure(per.get('consumed'))}, "
+        f"produced {_figure(per.get('produced'))} records (changelogs "
+        f"{_figure(per.get('produced_changelog'))}), "
+        f"{'-' if written is None else f'{written / 1024:.2f} KiB'} written"
+    )
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 from bench import baseline, load, profiling, stats, system
 from bench.driver import Pipeline, RunSettings, drive
 from bench.progress import Progress
-from messaging import catalog, local_broker
+from bench.traffic import TrafficMeter
+from messaging import catalog, local_broker, topics
 
 Echo = Callable[[str], None]
 
@@ -55,16 +56,42 @@ def _common_pids() -> dict[str, int | None]:
 
 
 def measure(
-    pipeline: Pipeline, settings: RunSettings, pids: dict[str, int | None], echo: Echo
+    pipeline: Pipeline,
+    settings: RunSettings,
+    pids: dict[str, int | None],
+    echo: Echo,
+    traffic: TrafficMeter | None = None,
 ) -> dict[str, Any]:
-    """One run at one rate, with the CPU its processes used meanwhile."""
+    """One run at one rate, with the CPU its processes used meanwhile and, given a
+    meter, the records and bytes it moved."""
     meter = system.CpuMeter(pids)
+    if traffic is not None:
+        traffic.start()
     meter.start()
     run = drive(pipeline, settings, Progress(f"{pipeline.name} {stats.rate_label(settings.rate)}"))
     summary = run.summary()
     summary["cpu_percent"] = meter.stop()
+    summary["per_saga"] = cpu_per_completion(meter.seconds, summary["completed"])
+    if traffic is not None:
+        summary["traffic"] = traffic.stop(summary["completed"])
+        summary["per_saga"].update(summary["traffic"].pop("per_saga"))
     echo(one_line(pipeline.name, summary))
     return summary
+
+
+WORKERS = ("orchestrator", "order", "product", "payment")  # the saga's, or their relays
+
+
+def cpu_per_completion(seconds: dict[str, float | None], completed: int) -> dict[str, Any]:
+    """CPU milliseconds per completed request: the four workers together, and the broker."""
+
+    def ms(names: tuple[str, ...]) -> float | None:
+        values = [seconds.get(name) for name in names]
+        if not completed or any(v is None for v in values):
+            return None
+        return round(sum(v for v in values if v is not None) / completed * 1000, 4)
+
+    return {"worker_cpu_ms": ms(WORKERS), "broker_cpu_ms": ms(("broker",))}
 
 
 def one_line(name: str, run: dict[str, Any]) -> str:
@@ -91,12 +118,15 @@ def run_baseline(options: Options, echo: Echo) -> dict[str, Any]:
     try:
         pids: dict[str, int | None] = {**relays.start(), **_common_pids()}
         pipeline = baseline.BaselinePipeline()
+        traffic = TrafficMeter(baseline.TOPICS, consumed_topics=baseline.TOPICS[:-1])
         try:
             drive(pipeline, BASELINE_WARMUP, Progress("baseline warm-up"))
             runs = [
-                measure(pipeline, baseline_settings(options, r), pids, echo) for r in options.rates
+                measure(pipeline, baseline_settings(options, r), pids, echo, traffic)
+                for r in options.rates
             ]
         finally:
+            traffic.close()
             pipeline.close()
     finally:
         relays.stop()
@@ -139,11 +169,15 @@ def _measure_saga(
     pids: dict[str, int | None] = {**workers.pids, **_common_pids()}
     if not _warm_up(pipeline, workers, pids, result, echo):
         return
-    for rate in options.rates:
-        run = measure(pipeline, options.settings(rate), pids, echo)
-        result["runs"].append(run)
-        workers.check_alive()
-        _note_strangers(run, workers, echo)
+    traffic = TrafficMeter(topics.project_topics().topics, groups=load.WORKER_GROUPS)
+    try:
+        for rate in options.rates:
+            run = measure(pipeline, options.settings(rate), pids, echo, traffic)
+            result["runs"].append(run)
+            workers.check_alive()
+            _note_strangers(run, workers, echo)
+    finally:
+        traffic.close()
     if options.profile:
         result["profile"] = _profile(pipeline, workers, options, pids, echo)
 

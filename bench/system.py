@@ -106,6 +106,7 @@ class CpuMeter:
                 self.processes[name] = None
         self._begin: dict[str, float | None] = {}
         self._started = 0.0
+        self.seconds: dict[str, float | None] = {}  # CPU seconds used, after stop()
 
     def start(self) -> None:
         self._started = time.monotonic()
@@ -116,10 +117,9 @@ class CpuMeter:
         used = {}
         for name, process in self.processes.items():
             end, begin = _cpu(process), self._begin.get(name)
-            used[name] = (
-                None if end is None or begin is None or wall <= 0
-                else round((end - begin) / wall * 100, 1)
-            )  # fmt: skip
+            seconds = None if end is None or begin is None else end - begin
+            self.seconds[name] = seconds
+            used[name] = None if seconds is None or wall <= 0 else round(seconds / wall * 100, 1)
         return used
 
 
