@@ -69,35 +69,7 @@ def error_headers(error: BaseException, source_topic: str, partition: int, offse
     return dead_letter_headers(message, error_reason(error), source_topic, partition, offset)
 
 
-async def send_dead_letter_faust(
-    app: Any,
-    key: bytes | None,
-    value: bytes | None,
-    error: BaseException,
-    source_topic: str,
-    partition: int,
-    offset: int,
-) -> Any:
-    """Send the raw record to the dead-letter topic with the Faust app's producer.
-
-    Returns what Faust's ``Topic.send`` gives: an awaitable of the RecordMetadata, for a
-    caller that wants to wait for the broker's acknowledgement.
-    """
-    topic = app.topic(
-        DEAD_LETTER_TOPIC,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    return await topic.send(
-        key=key,
-        value=value,
-        headers=error_headers(error, source_topic, partition, offset),
-    )
-
-
-def send_dead_letter_confluent(
+def send_dead_letter(
     producer: Any,
     key: bytes | None,
     value: bytes | None,
@@ -105,15 +77,20 @@ def send_dead_letter_confluent(
     source_topic: str,
     partition: int,
     offset: int,
-) -> None:
-    """Produce the raw record to the dead-letter topic with a confluent_kafka Producer.
+) -> Any:
+    """Send the raw record to the dead-letter topic with the worker's producer
+    (`messaging.producer.KafkaProducer`).
 
-    Only queues it: the caller polls/flushes its producer as usual. (A producer of keyed
-    records in this project is created with ``partitioner="murmur2_random"``.)
+    Returns the delivery future; the producer's flush before each offset commit makes
+    sure the dead letter is in Kafka before the bad record's offset is committed. A record
+    that cannot be sent as it is (too large with the headers) goes without its value and
+    a `value.dropped` header giving its size: the operator still learns where it is.
     """
-    producer.produce(
-        DEAD_LETTER_TOPIC,
-        key=key,
-        value=value,
-        headers=error_headers(error, source_topic, partition, offset),
-    )
+    from messaging.producer import SendFailed
+
+    headers = error_headers(error, source_topic, partition, offset)
+    try:
+        return producer.send(DEAD_LETTER_TOPIC, key, value, headers=headers)
+    except SendFailed:
+        dropped = ("value.dropped", str(len(value or b"")).encode())
+        return producer.send(DEAD_LETTER_TOPIC, key, None, headers=[*headers, dropped])

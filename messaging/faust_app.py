@@ -29,7 +29,9 @@ import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
 from messaging import settings, topics
-from messaging.dead_letters import send_dead_letter_faust
+from messaging.dead_letters import send_dead_letter
+from messaging.producer import Delivered, KafkaProducer
+from messaging.tables import RowTable
 from schemas import codec
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,11 @@ def utc_now() -> datetime:
 def create_app(
     app_id: str, *, web_port: int, store: str = "rocksdb://", **overrides: Any
 ) -> faust.App:
-    """A Faust app wired to the configured cluster with the project's conventions."""
+    """A Faust app wired to the configured cluster with the project's conventions.
+
+    Its records are sent by one confluent-kafka producer (`producer_of(app)`), flushed
+    before every offset commit with the changelogs of its RowTables.
+    """
     codec.register_faust_codec()
     datadir = settings.local_home() / "workers" / f"{app_id}-{web_port}"
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -59,9 +65,6 @@ def create_app(
         "consumer_auto_offset_reset": "earliest",
         "processing_guarantee": "at_least_once",
         "producer_acks": -1,
-        # Batching: see batch_fetches. Together they cut the CPU per saga by about a fifth
-        # under load (README, Performance), at up to ~25 ms a hop when traffic is light.
-        "producer_linger": float(os.environ.get("SAGA_PRODUCER_LINGER_MS", "5")) / 1000,
         "topic_disable_leader": True,  # no leader topic: nothing here needs a leader
         "table_standby_replicas": 0,
         "stream_recovery_delay": 0.5,
@@ -76,6 +79,12 @@ def create_app(
     }
     conf.update(overrides)
     app = faust.App(app_id, **conf)
+    producer = KafkaProducer(
+        linger_ms=float(os.environ.get("SAGA_PRODUCER_LINGER_MS", "0")),
+        on_failure=lambda exc: asyncio.ensure_future(app.crash(exc)),
+    )
+    _PRODUCERS[app] = producer
+    flush_before_commit(app, producer)
     fence_stale_records(app)
     batch_fetches(
         app,
@@ -83,6 +92,47 @@ def create_app(
         int(os.environ.get("SAGA_FETCH_MAX_WAIT_MS", "20")),
     )
     return app
+
+
+_PRODUCERS: weakref.WeakKeyDictionary[faust.App, KafkaProducer] = weakref.WeakKeyDictionary()
+
+
+def producer_of(app: faust.App) -> KafkaProducer:
+    """The confluent-kafka producer every record of `app` is sent with."""
+    return _PRODUCERS[app]
+
+
+def flush_before_commit(app: faust.App, producer: KafkaProducer) -> None:
+    """Make every offset commit of `app` wait until the broker has what was sent before.
+
+    Faust flushes its own producer right before it commits offsets (and before it gives
+    partitions up in a rebalance); what goes out through `producer` is not Faust's, so
+    that flush is extended, in the crash-safe order: the outputs of the records processed
+    so far are acknowledged, then the RowTables' changelogs are sent and acknowledged,
+    then Faust commits. If a record was not delivered, the flush raises and nothing is
+    committed (the producer also stops the worker): the inputs are processed again after
+    the restart.
+    """
+    faust_producer: Any = app.producer
+    faust_flush = faust_producer.flush
+
+    async def flush() -> None:
+        # The rows changed so far; their records' outputs were sent before this call.
+        changes = [(t, t.take_changes()) for t in app.tables.values() if isinstance(t, RowTable)]
+        await producer.flush()  # outputs first: a durable row implies its outputs are
+        if sum([table.send_changes(rows, producer) for table, rows in changes if rows]):
+            await producer.flush()
+        await faust_flush()
+
+    faust_producer.flush = flush
+
+    async def forget_cached_rows(*_args: Any, **_kwargs: Any) -> None:
+        for table in app.tables.values():
+            if isinstance(table, RowTable):
+                table.forget_cached_rows()
+
+    app.on_partitions_revoked.connect(forget_cached_rows)
+    app.on_partitions_assigned.connect(forget_cached_rows)
 
 
 def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
@@ -97,8 +147,8 @@ def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
     )
 
 
-def typed_table(app: faust.App, name: str) -> faust.Table:
-    """A RocksDB (rocksdict) table of Avro-encoded rows keyed by raw bytes.
+def typed_table(app: faust.App, name: str) -> RowTable:
+    """A RocksDB (rocksdict) RowTable of Avro-encoded rows keyed by raw bytes.
 
     Its partition count comes from the changelog topic declared in topics.yaml.
     """
@@ -118,13 +168,17 @@ def typed_table(app: faust.App, name: str) -> faust.Table:
         acks=False,
         internal=True,
     )
-    table: Any = app.Table(
-        name,
-        key_type=bytes,
-        partitions=spec.partitions,
-        changelog_topic=changelog_topic,
-        options={"driver": "rocksdict"},
-        help=spec.doc,
+    table: Any = app.tables.add(
+        RowTable(
+            app,
+            name=name,
+            key_type=bytes,
+            beacon=app.tables.beacon,
+            partitions=spec.partitions,
+            changelog_topic=changelog_topic,
+            options={"driver": "rocksdict"},
+            help=spec.doc,
+        )
     )
     # Faust derives a table's own serializers from key/value types only (json unless
     # bytes); its store and changelog writes read these attributes lazily.
@@ -133,23 +187,19 @@ def typed_table(app: faust.App, name: str) -> faust.Table:
 
 
 class Sender:
-    """Encodes messages and sends them to topics of topics.yaml (raw key, Avro value)."""
+    """Encodes messages and sends them with the app's producer (raw key, Avro value)."""
 
     def __init__(self, app: faust.App) -> None:
-        self._app = app
-        self._topics: dict[str, faust.TopicT] = {}
+        self.producer = producer_of(app)
 
-    def topic(self, name: str) -> faust.TopicT:
-        if name not in self._topics:
-            self._topics[name] = raw_topic(self._app, name)
-        return self._topics[name]
-
-    async def send(self, topic: str, key: bytes, message: object) -> Awaitable[Any]:
-        """Queue the message; the result resolves when the broker has it."""
-        return await self.topic(topic).send(key=key, value=codec.encode(message))
+    def send(
+        self, topic: str, key: bytes, message: object, partition: int | None = None
+    ) -> asyncio.Future[Delivered]:
+        """Queue the message; the future resolves when the broker has it."""
+        return self.producer.send(topic, key, codec.encode(message), partition=partition)
 
 
-Row = tuple[faust.Table, bytes, Any]  # (table, key, row) to write
+Row = tuple[RowTable, bytes, Any]  # (table, key, row) to write
 _ABSENT = object()
 
 
@@ -170,13 +220,13 @@ class WriteAfterSend:
         self.app = app
         self.sender = sender
         self.staged: dict[tuple[int, bytes], Any] = {}  # (id(table), key) -> newest row
-        self.queue: asyncio.Queue[tuple[StreamT, EventT, list[Any], list[Row]]]
+        self.queue: asyncio.Queue[tuple[StreamT, EventT, list[Any], list[Row], Any]]
         self.queue = asyncio.Queue(maxsize=max_in_flight)
 
-    def read(self, table: faust.Table, key: bytes) -> Any:
+    def read(self, table: RowTable, key: bytes) -> Any:
         """The newest row of `key`: staged if a record in flight wrote it, else the table's."""
         staged = self.staged.get((id(table), key), _ABSENT)
-        return table.get(key) if staged is _ABSENT else staged
+        return table.row(key) if staged is _ABSENT else staged
 
     async def submit(
         self,
@@ -184,32 +234,39 @@ class WriteAfterSend:
         event: EventT,
         outputs: Iterable[tuple[str, bytes, object]] = (),
         rows: Iterable[Row] = (),
+        on_written: Callable[[], None] | None = None,
     ) -> None:
-        """Send `outputs` now; write `rows` and ack `event` once the broker has them."""
-        sent = [await self.sender.send(topic, key, message) for topic, key, message in outputs]
+        """Send `outputs` now; once the broker has them, write `rows`, call `on_written`
+        and ack `event`. Raises what the producer raises (SendFailed): a transport
+        failure, for the caller to stop the worker on."""
+        sent = [self.sender.send(topic, key, message) for topic, key, message in outputs]
         rows = list(rows)
         for table, key, row in rows:
             self.staged[(id(table), key)] = row
-        await self.queue.put((stream, event, sent, rows))
+        await self.queue.put((stream, event, sent, rows, on_written))
 
     async def run(self) -> None:
-        while True:
-            stream, event, sent, rows = await self.queue.get()
-            try:
+        try:
+            while True:
+                stream, event, sent, rows, on_written = await self.queue.get()
                 for acked in sent:
+                    # DeliveryFailed when the producer gave up: order is lost, so the
+                    # worker stops; what was not acked is processed again after the restart.
                     await acked
-            except Exception as exc:
-                # The producer gave up (after producer_request_timeout): order is lost, so
-                # stop the worker; what was not acked is processed again after the restart.
-                log.critical("the broker did not take a record's outputs: stopping", exc_info=exc)
-                await self.app.crash(exc)
-                return
-            with processing(event):
-                for table, key, row in rows:
-                    table[key] = row
-                    if self.staged.get((id(table), key), _ABSENT) is row:
-                        del self.staged[(id(table), key)]
-            await stream.ack(event)
+                with processing(event):
+                    for table, key, row in rows:
+                        table[key] = row
+                        if self.staged.get((id(table), key), _ABSENT) is row:
+                            del self.staged[(id(table), key)]
+                if on_written is not None:
+                    on_written()
+                await stream.ack(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Nothing after this record may be written or acked out of order: stop.
+            log.critical("writing a record's rows failed: stopping the worker", exc_info=exc)
+            await self.app.crash(exc)
 
 
 @contextmanager
@@ -447,13 +504,29 @@ async def decoded_events(
                 message.offset,
                 exc,
             )
-            await send_dead_letter_faust(
-                app, event.key, event.value, exc, message.topic, message.partition, message.offset
+            send_dead_letter(
+                producer_of(app),
+                event.key,
+                event.value,
+                exc,
+                message.topic,
+                message.partition,
+                message.offset,
             )
             if not stream.enable_acks:  # Faust commits past it once the records before are
                 await stream.ack(event)
             continue
         yield event, value
+
+
+async def stop_worker(app: faust.App, error: BaseException) -> None:
+    """Stop the worker on a failure of the transport (a record that could not be sent).
+
+    Such a failure is not the input's fault, so the input is not dead-lettered: it was
+    not acked, so it is processed again after the restart, and its outputs sent again.
+    """
+    log.critical("a record could not be sent: stopping the worker", exc_info=error)
+    await app.crash(error)
 
 
 async def dead_letter_event(app: faust.App, event: EventT, error: Exception) -> None:
@@ -466,6 +539,12 @@ async def dead_letter_event(app: faust.App, event: EventT, error: Exception) -> 
         message.offset,
         exc_info=error,
     )
-    await send_dead_letter_faust(
-        app, event.key, event.value, error, message.topic, message.partition, message.offset
+    send_dead_letter(
+        producer_of(app),
+        event.key,
+        event.value,
+        error,
+        message.topic,
+        message.partition,
+        message.offset,
     )

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Mapping
 from datetime import datetime
+from functools import partial
 from typing import Any, cast
 
 import faust
@@ -25,9 +26,11 @@ from messaging.faust_app import (
     dead_letter_event,
     decoded_events,
     raw_topic,
+    stop_worker,
     typed_table,
     utc_now,
 )
+from messaging.producer import TransportError
 from orchestrator.definition import EVENTS_TOPIC, REPLY_TOPIC, REQUEST_TOPIC, route
 from orchestrator.machine import decide, expired
 from orchestrator.views import register_views
@@ -143,6 +146,9 @@ class OrchestratorService:
             ):
                 try:
                     await self.handle(stream, event, message)
+                except TransportError as exc:  # not the record's fault: stop, replay later
+                    await stop_worker(self.app, exc)
+                    return
                 except Exception as exc:  # one bad record must not stop the saga engine
                     await dead_letter_event(self.app, event, exc)
                     await self.writer.submit(stream, event)
@@ -161,10 +167,14 @@ class OrchestratorService:
         outputs = [(*route(command), command) for command in decision.commands]
         outputs += [(EVENTS_TOPIC, key, saga_event) for saga_event in decision.events]
         rows: list[Row] = []
-        if decision.state is not None and decision.state is not state:
-            rows.append((self.sagas, key, decision.state))
-            self.watch.update(key, decision.state)
-        await self.writer.submit(stream, event, outputs, rows)
+        on_written = None
+        new_state = decision.state
+        if new_state is not None and new_state is not state:
+            rows.append((self.sagas, key, new_state))
+            # The deadline index follows written rows only: a send that fails leaves the
+            # row, and so the deadline of its real state, as they were.
+            on_written = partial(self.watch.update, key, new_state)
+        await self.writer.submit(stream, event, outputs, rows, on_written)
 
     async def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
         self.watch.needs_rescan = True
@@ -187,7 +197,7 @@ class OrchestratorService:
                     timeout.step,
                     timeout.attempt,
                 )
-                await self.sender.send(REPLY_TOPIC, key, timeout)
+                self.sender.send(REPLY_TOPIC, key, timeout)
         except Exception:
             # Timers outlive the table and the producer while the worker stops: failing
             # then would crash the app (exit 1). Unsent deadlines fire after the restart.

@@ -7,7 +7,15 @@ from typing import Any, cast
 
 import faust
 
-from messaging.faust_app import Sender, create_app, dead_letter_event, decoded_events, raw_topic
+from messaging.faust_app import (
+    Sender,
+    create_app,
+    dead_letter_event,
+    decoded_events,
+    raw_topic,
+    stop_worker,
+)
+from messaging.producer import TransportError
 
 REPLY_TOPIC = "saga.replies"
 
@@ -36,6 +44,9 @@ class ParticipantService:
             async for event, message in decoded_events(app, stream, expected, key_of=key_of):
                 try:
                     await handlers[type(message)](cast(bytes, event.key), message)
+                except TransportError as exc:  # not the record's fault: stop, replay later
+                    await stop_worker(app, exc)
+                    return
                 except Exception as exc:  # one bad record must not stop the service
                     await dead_letter_event(app, event, exc)
 
@@ -43,5 +54,5 @@ class ParticipantService:
         run.__qualname__ = name
         return app.agent(raw_topic(app, topic), name=name)(run)
 
-    async def reply(self, reply: Any) -> None:
-        await self.sender.send(REPLY_TOPIC, reply.saga_id.encode(), reply)
+    def reply(self, reply: Any) -> None:
+        self.sender.send(REPLY_TOPIC, reply.saga_id.encode(), reply)

@@ -35,11 +35,11 @@ class OrderService(ParticipantService):
 
     def _apply(self, decide: Callable[..., tuple[m.OrderRow | None, Any]]) -> Any:
         async def handle(key: bytes, command: Any) -> None:
-            row = self.orders.get(key)
+            row = self.orders.row(key)
             new_row, reply = decide(row, command, utc_now())
             if new_row is not None and new_row is not row:
                 self.orders[key] = new_row
-            await self.reply(reply)
+            self.reply(reply)
 
         return handle
 

@@ -37,19 +37,19 @@ class PaymentService(ParticipantService):
             self.accounts[key] = new
 
     async def _authorize(self, key: bytes, command: m.AuthorizePayment) -> None:
-        account = self.accounts.get(key)
+        account = self.accounts.row(key)
         new, reply = logic.authorize_payment(account, command, utc_now())
         self._store(key, account, new)
-        await self.reply(reply)
+        self.reply(reply)
 
     async def _cancel(self, key: bytes, command: m.CancelPayment) -> None:
-        account = self.accounts.get(key)
+        account = self.accounts.row(key)
         new, reply = logic.cancel_payment(account, command, utc_now())
         self._store(key, account, new)
-        await self.reply(reply)
+        self.reply(reply)
 
     async def _top_up(self, key: bytes, top_up: m.TopUp) -> None:
-        account = self.accounts.get(key)
+        account = self.accounts.row(key)
         self._store(key, account, logic.top_up(account, top_up))
 
 

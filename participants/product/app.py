@@ -72,27 +72,27 @@ class ProductService(ParticipantService):
         if new is not None and new is not old:
             self.reservations[key] = new
         for message in item_messages:
-            await self.sender.send(STOCK_TOPIC, message.product_id.encode(), message)
+            self.sender.send(STOCK_TOPIC, message.product_id.encode(), message)
         if reply is not None:
-            await self.reply(reply)
+            self.reply(reply)
 
     async def _reserve_products(self, key: bytes, command: m.ReserveProducts) -> None:
-        row = self.reservations.get(key)
+        row = self.reservations.row(key)
         await self._apply_reservation(key, logic.start_reservation(row, command, utc_now()), row)
 
     async def _release_products(self, key: bytes, command: m.ReleaseProducts) -> None:
-        row = self.reservations.get(key)
+        row = self.reservations.row(key)
         await self._apply_reservation(key, logic.release_reservation(row, command, utc_now()), row)
 
     async def _collect_result(self, key: bytes, result: m.ItemResult) -> None:
-        row = self.reservations.get(key)
+        row = self.reservations.row(key)
         # Even for an unknown saga: the logic hands back stock reserved for it.
         await self._apply_reservation(key, logic.collect_result(row, result, utc_now()), row)
 
     async def _on_saga_event(self, key: bytes, event: m.SagaEvent) -> None:
         if not (event.terminal and event.to_state == APPROVED):
             return
-        row = self.reservations.get(key)
+        row = self.reservations.row(key)
         if row is None:
             return
         new, sells = logic.sell_reservation(row, utc_now())
@@ -106,12 +106,12 @@ class ProductService(ParticipantService):
         if event is None:  # only the stock agent's stream calls this
             raise RuntimeError("a stock message handled outside its stream")
         offset = event.message.offset
-        row = self.stock.get(key)
+        row = self.stock.row(key)
         new, result = logic.apply_stock_message(row, message, offset)
         if new is not None and new is not row:
             self.stock[key] = new
         if result is not None:
-            await self.sender.send(RESULTS_TOPIC, result.saga_id.encode(), result)
+            self.sender.send(RESULTS_TOPIC, result.saga_id.encode(), result)
 
 
 def build(web_port: int | None = None, **app_options: Any) -> ProductService:

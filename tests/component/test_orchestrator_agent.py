@@ -28,13 +28,13 @@ class Recorder:
         self.sent: list[tuple[str, bytes, Any]] = []
         self.dead: list[tuple[bytes | None, bytes | None, str]] = []
 
-    async def send(self, topic: str, key: bytes, message: object) -> asyncio.Future[None]:
+    def send(self, topic: str, key: bytes, message: object) -> asyncio.Future[None]:
         self.sent.append((topic, key, message))
         acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         acked.set_result(None)  # Sender.send's result resolves once the broker has it
         return acked
 
-    async def dead_letter(self, app: Any, key: Any, value: Any, error: Any, *rest: Any) -> None:
+    def dead_letter(self, producer: Any, key: Any, value: Any, error: Any, *rest: Any) -> None:
         self.dead.append((key, value, getattr(error, "reason", type(error).__name__)))
 
 
@@ -45,7 +45,7 @@ async def running(
     service = OrchestratorService(web_port=6999, store="memory://")
     recorder = Recorder()
     monkeypatch.setattr(service.sender, "send", recorder.send)
-    monkeypatch.setattr("messaging.faust_app.send_dead_letter_faust", recorder.dead_letter)
+    monkeypatch.setattr("messaging.faust_app.send_dead_letter", recorder.dead_letter)
     async with service.agent.test_context() as agent:
         yield agent, service, recorder
 
@@ -148,18 +148,13 @@ async def test_deadline_timer_sends_step_timed_out_and_never_writes_the_table(
     saga = service.sagas[SAGA.encode()]
     assert saga.deadline is not None
     writes: list[bytes] = []
-    table_set, table_del = service.sagas.on_key_set, service.sagas.on_key_del
+    stage = service.sagas._stage  # every write and delete of a row passes here
 
-    def on_set(key: bytes, row: Any) -> None:
+    def staged(key: bytes, encoded: bytes | None) -> None:
         writes.append(key)
-        table_set(key, row)
+        stage(key, encoded)
 
-    def on_del(key: bytes) -> None:
-        writes.append(key)
-        table_del(key)
-
-    monkeypatch.setattr(service.sagas, "on_key_set", on_set)
-    monkeypatch.setattr(service.sagas, "on_key_del", on_del)
+    monkeypatch.setattr(service.sagas, "_stage", staged)
     # as after a start or rebalance: the timer finds the saga by scanning the table
     service.watch.open.clear()
     service.watch.needs_rescan = True

@@ -60,6 +60,24 @@ def eventually(check: Callable[[], None], timeout: float = 30.0) -> None:
             time.sleep(0.5)
 
 
+def rows_after(changelog: str, *consumed: tuple[str, str]) -> dict[bytes, object]:
+    """The rows of a table's changelog once each (group, topic) in `consumed` committed
+    what the topic holds now: a worker flushes its changelogs before it commits."""
+    for group, topic in consumed:
+        wait_consumed(group, topic)
+    return client.table_rows(changelog)
+
+
+ORDERS = ("saga-order-orders-changelog", ("saga-order", "order.commands"))
+STOCK = (
+    "saga-product-stock-changelog",
+    ("saga-product", "product.commands"),
+    ("saga-product", "product.stock"),
+    ("saga-product", "product.item-results"),
+)
+ACCOUNTS = ("saga-payment-accounts-changelog", ("saga-payment", "payment.commands"))
+
+
 def states(events: list[m.SagaEvent]) -> list[str]:
     return [e.to_state for e in sorted(events, key=lambda e: e.sequence)]
 
@@ -75,7 +93,7 @@ def test_happy_path_ends_approved(workers: Workers, test_catalog: Catalog) -> No
         "APPROVING_ORDER",
         APPROVED,
     ]
-    orders = client.table_rows("saga-order-orders-changelog")
+    orders = rows_after(*ORDERS)
     row = orders[order.order_id.encode()]
     assert isinstance(row, m.OrderRow) and row.status == "APPROVED"
 
@@ -86,7 +104,7 @@ def test_unavailable_products_end_rejected(workers: Workers, test_catalog: Catal
     [timeline] = run_orders([order]).values()
     assert states(timeline) == ["CREATING_ORDER", "VERIFYING_PRODUCTS", "REJECTING_ORDER", REJECTED]
     assert "no-such-product" in (timeline[-1].reason or "")
-    stock = client.table_rows("saga-product-stock-changelog")
+    stock = rows_after(*STOCK)
     widget = stock[n["widget"].encode()]
     assert isinstance(widget, m.StockRow)
     assert order.order_id not in widget.reservations  # what was taken went back
@@ -107,14 +125,14 @@ def test_failed_payment_releases_stock_and_ends_rejected(
         REJECTED,
     ]
     assert "insufficient funds" in (timeline[-1].reason or "")
-    stock = client.table_rows("saga-product-stock-changelog")[n["widget"].encode()]
+    stock = rows_after(*STOCK)[n["widget"].encode()]
     assert isinstance(stock, m.StockRow)
     assert order.order_id not in stock.reservations
     assert stock.settled.get(order.order_id) == "RELEASED"
-    account = client.table_rows("saga-payment-accounts-changelog")[n["poor"].encode()]
+    account = rows_after(*ACCOUNTS)[n["poor"].encode()]
     assert isinstance(account, m.Account)
     assert account.balance.amount == Decimal("1.00")
-    orders = client.table_rows("saga-order-orders-changelog")
+    orders = rows_after(*ORDERS)
     row = orders[order.order_id.encode()]
     assert isinstance(row, m.OrderRow) and row.status == "REJECTED"
 
@@ -140,7 +158,7 @@ def test_two_sagas_compete_for_the_last_unit(workers: Workers, test_catalog: Cat
     assert outcomes == Counter({APPROVED: 1, REJECTED: 1})
 
     def sold_once() -> None:
-        stock = client.table_rows("saga-product-stock-changelog")[n["scarce"].encode()]
+        stock = rows_after(*STOCK)[n["scarce"].encode()]
         assert isinstance(stock, m.StockRow)
         assert (stock.available, stock.reserved, stock.sold) == (0, 0, 1)
 
@@ -211,8 +229,8 @@ def settled_rows(
     result: list[tuple[dict[str, m.StockRow], dict[str, m.Account]]] = []
 
     def nothing_held() -> None:
-        stock_rows = client.table_rows("saga-product-stock-changelog")
-        account_rows = client.table_rows("saga-payment-accounts-changelog")
+        stock_rows = rows_after(*STOCK)
+        account_rows = rows_after(*ACCOUNTS)
         stock, accounts = {}, {}
         for product in products:
             row = stock_rows[product.encode()]
@@ -280,7 +298,7 @@ def test_invariants_hold_after_hundreds_of_mixed_orders(
         for order in orders:
             if order.customer_id == customer:
                 assert (order.order_id in authorized) == (order in approved)
-    order_rows = client.table_rows("saga-order-orders-changelog")
+    order_rows = rows_after(*ORDERS)
     for order in orders:
         row = order_rows[order.order_id.encode()]
         assert isinstance(row, m.OrderRow)

@@ -1,8 +1,7 @@
-"""messaging/dead_letters.py: headers and the two producers (stubs, no broker)."""
+"""messaging/dead_letters.py: headers and the send (a stub producer, no broker)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -11,8 +10,7 @@ from faust.exceptions import ValueDecodeError
 from messaging.dead_letters import (
     DEAD_LETTER_TOPIC,
     dead_letter_headers,
-    send_dead_letter_confluent,
-    send_dead_letter_faust,
+    send_dead_letter,
 )
 from schemas.codec import MessageDecodeError, decode
 
@@ -58,22 +56,23 @@ def test_headers_are_utf8_and_bounded() -> None:
 
 
 class RecordingProducer:
-    """Stands in for confluent_kafka.Producer: records produce() calls."""
+    """Stands in for messaging.producer.KafkaProducer: records send() calls."""
 
     def __init__(self) -> None:
         self.produced: list[tuple[str, dict[str, Any]]] = []
 
-    def produce(self, topic: str, **kwargs: Any) -> None:
-        self.produced.append((topic, kwargs))
+    def send(self, topic: str, key: Any, value: Any, **kwargs: Any) -> str:
+        self.produced.append((topic, {"key": key, "value": value, **kwargs}))
+        return "future"
 
 
-def test_confluent_sends_the_raw_record_with_headers() -> None:
+def test_sends_the_raw_record_with_headers() -> None:
     producer = RecordingProducer()
     value = b"\xc3\x01garbage"
     try:
         decode(value)
     except MessageDecodeError as error:
-        send_dead_letter_confluent(producer, b"saga-1", value, error, "saga.replies", 2, 77)
+        send_dead_letter(producer, b"saga-1", value, error, "saga.replies", 2, 77)
     [(topic, sent)] = producer.produced
     assert topic == DEAD_LETTER_TOPIC == "saga.dead-letters"
     assert sent["key"] == b"saga-1"
@@ -90,62 +89,17 @@ def test_confluent_sends_the_raw_record_with_headers() -> None:
 
 def test_reason_of_other_errors() -> None:
     producer = RecordingProducer()
-    send_dead_letter_confluent(producer, None, None, KeyError("x"), "t", 0, 1)
-    send_dead_letter_confluent(producer, None, None, RuntimeError(), "t", 0, 1)
+    send_dead_letter(producer, None, None, KeyError("x"), "t", 0, 1)
+    send_dead_letter(producer, None, None, RuntimeError(), "t", 0, 1)
     try:
         try:
             decode(b"nope")
         except MessageDecodeError as error:
             raise ValueDecodeError(str(error)) from error
     except ValueDecodeError as wrapped:
-        send_dead_letter_confluent(producer, None, None, wrapped, "t", 0, 1)
+        send_dead_letter(producer, None, None, wrapped, "t", 0, 1)
     reasons = [dict(sent["headers"])["error.reason"] for _, sent in producer.produced]
     errors = [dict(sent["headers"])["error"] for _, sent in producer.produced]
     assert reasons == [b"KeyError", b"RuntimeError", b"not-avro"]
     assert errors[:2] == [b"'x'", b"RuntimeError"]
     assert all(sent["key"] is None and sent["value"] is None for _, sent in producer.produced)
-
-
-class RecordingTopic:
-    def __init__(self, sent: list[dict[str, Any]]) -> None:
-        self.sent = sent
-
-    async def send(self, **kwargs: Any) -> str:
-        self.sent.append(kwargs)
-        return "future"
-
-
-class RecordingApp:
-    """Stands in for faust.App: records the topic asked for and what is sent to it."""
-
-    def __init__(self) -> None:
-        self.topics: list[tuple[tuple[str, ...], dict[str, Any]]] = []
-        self.sent: list[dict[str, Any]] = []
-
-    def topic(self, *names: str, **options: Any) -> RecordingTopic:
-        self.topics.append((names, options))
-        return RecordingTopic(self.sent)
-
-
-def test_faust_sends_the_raw_record_with_headers() -> None:
-    app = RecordingApp()
-    error = MessageDecodeError("unexpected-type", "got a CreateOrder, expected SagaEvent")
-    result = asyncio.run(
-        send_dead_letter_faust(app, b"k", b"\xc3\x01...", error, "saga.events", 1, 5)
-    )
-    assert result == "future"
-    [(names, options)] = app.topics
-    assert names == (DEAD_LETTER_TOPIC,)
-    assert options == {
-        "key_type": bytes,
-        "value_type": bytes,
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-    }
-    [sent] = app.sent
-    assert (sent["key"], sent["value"]) == (b"k", b"\xc3\x01...")
-    headers = dict(sent["headers"])
-    assert headers["error"] == b"got a CreateOrder, expected SagaEvent"
-    assert headers["error.reason"] == b"unexpected-type"
-    assert headers["source.topic"] == b"saga.events"
-    assert headers["source.offset"] == b"5"

@@ -27,6 +27,9 @@ class Table(dict[bytes, Any]):
         self.log.append(f"write {key.decode()}={value} in {getattr(event, 'name', None)}")
         super().__setitem__(key, value)
 
+    def row(self, key: bytes) -> Any:
+        return self.get(key)
+
 
 class Stream:
     def __init__(self, log: list[str]) -> None:
@@ -42,7 +45,7 @@ class Sender:
     def __init__(self) -> None:
         self.acks: dict[str, asyncio.Future[None]] = {}
 
-    async def send(self, topic: str, key: bytes, message: object) -> asyncio.Future[None]:
+    def send(self, topic: str, key: bytes, message: object) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.acks[str(message)] = future
         return future
