@@ -25,7 +25,7 @@ Offsets = dict[str, dict[int, int]]  # topic -> partition -> offset
 GROUP_TOPICS = {
     "saga-orchestrator": ("orders.requested", "saga.replies"),
     "saga-order": ("order.commands",),
-    "saga-product": ("product.commands", "product.stock", "product.item-results", "saga.events"),
+    "saga-product": ("product.commands",),
     "saga-payment": ("payment.commands",),
 }
 # librdkafka logs every refused connection while the broker restarts: the run reports
@@ -37,8 +37,6 @@ DUPLICATED_TOPICS = (
     "product.commands",
     "payment.commands",
     "saga.replies",
-    "product.stock",
-    "product.item-results",
 )
 
 

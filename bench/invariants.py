@@ -13,14 +13,17 @@ What must hold (DESIGN §2, §4, §5), each check named as it appears in the rep
   order-row          the Order Service's row says APPROVED / REJECTED like the saga
   intent             an order that cannot be approved (no stock, no money) is rejected;
                      an approvable one is approved unless a deadline rejected it
-  approved-stock     an approved order's reservation is SOLD
-  rejected-stock     a rejected order's reservation is RELEASED / UNAVAILABLE
-  stock              per product: row invariants, nothing reserved once every saga
-                     ended, restocked == seeded, sold == what approved orders bought
+  approved-stock     an approved order's hold of each product is SOLD, for the quantity
+                     ordered
+  rejected-stock     a rejected order holds nothing (no hold HELD or SOLD)
+  stock              per product: row invariants (its holds agree with its counters),
+                     nothing reserved once every saga ended, restocked == seeded,
+                     sold == what approved orders bought
   approved-money     an approved order's payment is AUTHORIZED for its total
   rejected-money     a rejected order holds no money (no AUTHORIZED payment)
-  money              per customer: row invariants (balance + captured == topped up),
-                     topped up == seeded, captured == totals of its approved orders
+  money              per customer: row invariants (balance + captured == topped up, its
+                     payments agree), topped up == seeded, captured == totals of its
+                     approved orders
   dead-letters       exactly the injected bad records, each with its error.reason
 """
 
@@ -35,14 +38,9 @@ from bench.chaos_plan import MUST_REJECT, BadRecord, Intent, Plan, PlannedOrder
 from orchestrator.definition import CREATE_ORDER_SAGA, DEADLINE, ORDER_APPROVED, ORDER_REJECTED
 from participants.order.logic import APPROVED, REJECTED
 from participants.payment.logic import AUTHORIZED, account_invariant_violations
-from participants.product.logic import (
-    RELEASED,
-    SOLD,
-    UNAVAILABLE,
-    requested_quantities,
-    stock_invariant_violations,
-)
+from participants.product.logic import HELD, SOLD, stock_invariant_violations
 from schemas import messages as m
+from schemas.limits import merged_items
 
 DEADLINE_REASONS = frozenset(
     t.reason for t in CREATE_ORDER_SAGA.transitions if t.trigger is DEADLINE and t.reason
@@ -63,10 +61,31 @@ class Observed:
     sagas: dict[str, m.SagaState]
     orders: dict[str, m.OrderRow]
     stock: dict[str, m.StockRow]
-    reservations: dict[str, m.Reservation]
     accounts: dict[str, m.Account]
     events: dict[str, list[m.SagaEvent]]  # as read: re-emitted events included
     dead_letters: list[DeadLetter]
+    holds: dict[str, dict[str, m.StockHold]] = field(default_factory=dict)  # product, saga
+    payments: dict[str, dict[str, m.Payment]] = field(default_factory=dict)  # customer, saga
+
+
+Owned = dict[str, dict[str, dict[str, object]]]  # kind -> owner -> id -> row
+
+
+def split_rows(rows: dict[str, object]) -> tuple[dict[str, object], Owned]:
+    """A table's rows read by key: (the rows of their own, {kind: {owner: {id: row}}}).
+
+    Owned rows (a product's holds, a customer's payments) have keys `owner NUL kind NUL
+    id` (schemas.limits.row_key)."""
+    own: dict[str, object] = {}
+    owned: Owned = defaultdict(lambda: defaultdict(dict))
+    for key, row in rows.items():
+        owner, sep, rest = key.partition("\x00")
+        if sep:
+            kind, _, item = rest.partition("\x00")
+            owned[kind][owner][item] = row
+        else:
+            own[key] = row
+    return own, {kind: dict(by_owner) for kind, by_owner in owned.items()}
 
 
 @dataclass(frozen=True)
@@ -219,39 +238,36 @@ def _check_stock(plan: Plan, observed: Observed, findings: Findings) -> None:
     violations = findings.violations
     sold: Counter[str] = Counter()
     for order in _approved(plan, findings):
-        sold.update(requested_quantities(order.request.items))
-        _expect_reservation(order, observed, (SOLD,), "approved-stock", violations)
+        items = merged_items(order.request.items)
+        sold.update({i.product_id: i.quantity for i in items})
+        for item in items:
+            hold = observed.holds.get(item.product_id, {}).get(order.request.order_id)
+            if hold is None or (hold.status, hold.quantity) != (SOLD, item.quantity):
+                have = "none" if hold is None else f"{hold.status} {hold.quantity}"
+                detail = f"{item.product_id}: hold {have}, want SOLD {item.quantity}"
+                violations.append(Violation("approved-stock", order.request.order_id, detail))
     for order in _rejected(plan, findings):
-        _expect_reservation(order, observed, (RELEASED, UNAVAILABLE), "rejected-stock", violations)
+        for item in order.request.items:
+            hold = observed.holds.get(item.product_id, {}).get(order.request.order_id)
+            if hold is not None and hold.status in (HELD, SOLD):
+                detail = f"{item.product_id}: hold {hold.status} {hold.quantity}"
+                violations.append(Violation("rejected-stock", order.request.order_id, detail))
     for restock in plan.catalog.restocks:
         product = restock.product_id
         row = observed.stock.get(product)
         if row is None:
             violations.append(Violation("stock", product, "no stock row"))
             continue
-        problems = stock_invariant_violations(row)
-        if row.reserved or row.reservations:
-            problems.append(f"still reserved {row.reserved} for {sorted(row.reservations)}")
+        holds = observed.holds.get(product, {})
+        problems = stock_invariant_violations(row, holds.values())
+        held = sorted(saga for saga, hold in holds.items() if hold.status == HELD)
+        if row.reserved or held:
+            problems.append(f"still reserved {row.reserved} for {held}")
         if row.restocked != restock.quantity:
             problems.append(f"restocked {row.restocked}, seeded {restock.quantity}")
         if row.sold != sold[product]:
             problems.append(f"sold {row.sold}, approved orders bought {sold[product]}")
         violations += [Violation("stock", product, p) for p in problems]
-
-
-def _expect_reservation(
-    order: PlannedOrder,
-    observed: Observed,
-    statuses: tuple[str, ...],
-    name: str,
-    violations: list[Violation],
-) -> None:
-    saga_id = order.request.order_id
-    row = observed.reservations.get(saga_id)
-    status = row.status if row is not None else "no reservation"
-    if status not in statuses:
-        want = " or ".join(statuses)
-        violations.append(Violation(name, saga_id, f"reservation {status}, want {want}"))
 
 
 # ---- money ----
@@ -279,21 +295,18 @@ def _check_money(plan: Plan, observed: Observed, findings: Findings) -> None:
         if account is None:
             violations.append(Violation("money", customer, "no account"))
             continue
-        problems = account_invariant_violations(account)
+        payments = list(observed.payments.get(customer, {}).values())
+        problems = account_invariant_violations(account, payments)
         if account.topped_up.amount != top_up.amount.amount:
             problems.append(f"topped up {account.topped_up.amount}, seeded {top_up.amount.amount}")
-        authorized = (p.amount.amount for p in account.payments if p.status == AUTHORIZED)
-        total = sum(authorized, Decimal(0)) + account.captured_archived.amount
+        total = account.captured_archived.amount
         if total != captured[customer]:
             problems.append(f"captured {total}, approved orders cost {captured[customer]}")
         violations += [Violation("money", customer, p) for p in problems]
 
 
 def _payment(observed: Observed, order: PlannedOrder) -> m.Payment | None:
-    account = observed.accounts.get(order.request.customer_id)
-    if account is None:
-        return None
-    return next((p for p in account.payments if p.saga_id == order.request.order_id), None)
+    return observed.payments.get(order.request.customer_id, {}).get(order.request.order_id)
 
 
 # ---- dead letters ----

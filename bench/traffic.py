@@ -6,16 +6,15 @@ Before and after each run the meter reads, for the pipeline's topics:
 - the committed offsets of the workers' consumer groups: records the workers consumed
   (the baseline relays commit nothing: what they consume is what the hop topics they read
   received);
-- the size of every partition's log, from Kafka's own `kafka-log-dirs` tool: bytes
-  written (record batches as stored, headers and batch overhead included).
+- bytes written: each topic's records times their mean size (key, value and headers),
+  measured on up to SAMPLE_RECORDS of the run's records per topic. (Log sizes on disk
+  would include batch overhead, but compaction and retention shrink them at any moment.)
 
 Divided by the sagas completed in the run, they tell where a change moved the cost.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -25,16 +24,16 @@ from typing import Any
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from messaging import client, local_broker, settings
+from messaging import client, settings
 
 COMMIT_WAIT_SECONDS = 15.0  # workers commit every ~3 s; their offsets must catch up first
+SAMPLE_RECORDS = 1000  # per topic, to measure the mean record size
 
 
 @dataclass
 class Snapshot:
     end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     committed: dict[tuple[str, str, int], int] = field(default_factory=dict)  # group, topic, p
-    log_bytes: dict[str, int] | None = None  # topic -> bytes; None if unknown
 
 
 class TrafficMeter:
@@ -64,7 +63,35 @@ class TrafficMeter:
     def stop(self, completed: int) -> dict[str, Any]:
         """The run's traffic: totals, per saga (per completed request) and per topic."""
         after = self._snapshot(wait_for_commits=True)
-        return summarize(self._before, after, completed, bool(self.groups), self.consumed_topics)
+        sizes = self._mean_record_sizes(self._before.end_offsets, after.end_offsets)
+        return summarize(
+            self._before, after, sizes, completed, bool(self.groups), self.consumed_topics
+        )
+
+    def _mean_record_sizes(
+        self, before: dict[tuple[str, int], int], after: dict[tuple[str, int], int]
+    ) -> dict[str, float]:
+        """Mean bytes (key + value + headers) of the records each topic got in between."""
+        sizes: dict[str, float] = {}
+        for topic in self.topics:
+            ranges = [
+                (p, before.get((t, p), 0), end)
+                for (t, p), end in after.items()
+                if t == topic and end > before.get((t, p), 0)
+            ]
+            if not ranges:
+                continue
+            per_partition = max(1, SAMPLE_RECORDS // len(ranges))
+            total, count = 0, 0
+            for partition, start, end in ranges:
+                stop = min(end, start + per_partition)
+                for record in _read(self._consumer, topic, partition, start, stop):
+                    total += len(record.key() or b"") + len(record.value() or b"")
+                    total += sum(len(k) + len(v or b"") for k, v in record.headers() or [])
+                    count += 1
+            if count:
+                sizes[topic] = total / count
+        return sizes
 
     # ---- reading the cluster ----
 
@@ -80,7 +107,7 @@ class TrafficMeter:
             while not _caught_up(committed, ends) and time.monotonic() < deadline:
                 time.sleep(0.5)
                 ends, committed = self._end_offsets(), self._committed()
-        return Snapshot(ends, committed, log_sizes(self.topics))
+        return Snapshot(ends, committed)
 
     def _end_offsets(self) -> dict[tuple[str, int], int]:
         return {
@@ -114,33 +141,26 @@ def _caught_up(
     return all(offset >= ends.get((t, p), 0) for (_g, t, p), offset in committed.items())
 
 
-def log_sizes(topics: list[str]) -> dict[str, int] | None:
-    """Bytes of every topic's log (all partitions), from `kafka-log-dirs`; None if the
-    tool cannot tell (no jars, no answer)."""
-    try:
-        command = local_broker.tool_command(
-            "kafka-log-dirs", ["--describe", "--topic-list", ",".join(topics)]
-        )
-        output = subprocess.run(
-            command, capture_output=True, text=True, timeout=60, check=True
-        ).stdout
-    except (local_broker.BrokerError, subprocess.SubprocessError, OSError):
-        return None
-    line = next((x for x in output.splitlines() if x.startswith("{")), None)
-    if line is None:
-        return None
-    sizes: dict[str, int] = defaultdict(int)
-    for broker in json.loads(line).get("brokers", []):
-        for log_dir in broker.get("logDirs", []):
-            for partition in log_dir.get("partitions", []):
-                topic = partition["partition"].rpartition("-")[0]
-                sizes[topic] += int(partition["size"])
-    return dict(sizes)
+def _read(consumer: Any, topic: str, partition: int, start: int, stop: int) -> list[Any]:
+    """Records [start, stop) of a partition (fewer if some were compacted away)."""
+    consumer.assign([TopicPartition(topic, partition, start)])
+    records: list[Any] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        batch = consumer.consume(min(500, stop - start), timeout=1.0)
+        for record in batch:
+            if record.error() is None and record.offset() < stop:
+                records.append(record)
+        if not batch or batch[-1].offset() >= stop - 1:
+            break
+    consumer.unassign()
+    return records
 
 
 def summarize(
     before: Snapshot,
     after: Snapshot,
+    mean_sizes: dict[str, float],
     completed: int,
     by_groups: bool,
     consumed_topics: set[str],
@@ -157,15 +177,13 @@ def summarize(
     else:
         for topic in consumed_topics:
             consumed[topic] += produced.get(topic, 0)
-    written: dict[str, int] | None = None
-    if before.log_bytes is not None and after.log_bytes is not None:
-        written = {t: after.log_bytes.get(t, 0) - before.log_bytes.get(t, 0) for t in produced}
+    written = {t: round(n * mean_sizes.get(t, 0.0)) for t, n in produced.items() if n}
     changelogs = sum(n for t, n in produced.items() if t.endswith("-changelog"))
 
     def per(value: float | None) -> float | None:
         return None if value is None or not completed else round(value / completed, 2)
 
-    total_written = None if written is None else sum(written.values())
+    total_written = sum(written.values())
     return {
         "produced": dict(produced),
         "consumed": dict(consumed),

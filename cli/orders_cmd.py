@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def order(
         raise click.BadParameter("must not be empty", param_hint="--customer")
     if order_id is not None and not order_id.strip():
         raise click.BadParameter("must not be empty", param_hint="--order-id")
+    deadline = time.monotonic() + timeout  # --timeout counts from the request on
     try:
         client.require_broker()
         # A second request for an order id starts no saga: follow the first one instead.
@@ -92,12 +94,12 @@ def order(
         click.echo(f"order {request.order_id} already has a saga; a second request starts none")
     started = since.timestamp()
     final = None
-    for event in client.follow_sagas([request.order_id], since, timeout):
+    for event in client.follow_sagas([request.order_id], since, deadline - time.monotonic()):
         click.echo(describe(event, started))
         if event.terminal:
             final = event
     if final is None:
-        click.echo(f"saga {request.order_id} not finished after {timeout:.0f}s", err=True)
+        click.echo(f"saga {request.order_id} not finished after {timeout:g}s", err=True)
         sys.exit(EXIT_TIMED_OUT)
     click.echo(f"{final.to_state}" + (f": {final.reason}" if final.reason else ""))
     if final.to_state != "ORDER_APPROVED":

@@ -10,10 +10,12 @@ from typing import Any
 
 import yaml
 
+from schemas import limits
 from schemas import messages as m
+from schemas.limits import MAX_STOCK
 
 EXAMPLE_CATALOG = Path(__file__).resolve().parents[1] / "examples" / "catalog.yaml"
-STOCK_TOPIC = "product.stock"  # Restock, key product id
+STOCK_TOPIC = "product.commands"  # Restock, key product id
 PAYMENT_TOPIC = "payment.commands"  # TopUp, key customer id
 
 
@@ -27,14 +29,18 @@ class Catalog:
     top_ups: list[m.TopUp]
 
 
-def _money(value: Any, currency: str, where: str) -> m.Money:
+def _money(value: Any, currency: str, where: str, maximum: Decimal) -> m.Money:
     try:
         amount = Decimal(str(value))
     except InvalidOperation as exc:
         raise CatalogError(f"{where}: {value!r} is not a decimal amount") from exc
     if not amount.is_finite() or amount < 0 or amount != amount.quantize(Decimal("0.01")):
         raise CatalogError(f"{where}: {value!r} must be >= 0 with at most 2 decimal places")
-    return m.Money(amount=amount.quantize(Decimal("0.01")), currency=currency)
+    money = m.Money(amount=amount.quantize(Decimal("0.01")), currency=currency)
+    problem = limits.amount_problem(where, money, maximum)
+    if problem is not None:
+        raise CatalogError(problem)
+    return money
 
 
 def _entries(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -48,6 +54,9 @@ def _id(entry: dict[str, Any], where: str) -> str:
     value = entry.get("id")
     if not isinstance(value, str) or not value.strip():
         raise CatalogError(f"{where}: 'id' must be a non-empty string")
+    problem = limits.id_problem("'id'", value)
+    if problem is not None:
+        raise CatalogError(f"{where}: {problem}")
     return value
 
 
@@ -59,8 +68,8 @@ def parse(text: str) -> Catalog:
     if not isinstance(data, dict):
         raise CatalogError("the seed file must be a mapping with 'products' and/or 'customers'")
     currency = data.get("currency", "EUR")
-    if not (isinstance(currency, str) and len(currency) == 3 and currency.isupper()):
-        raise CatalogError(f"'currency' must be an ISO code like EUR, got {currency!r}")
+    if limits.currency_problem(currency) is not None:
+        raise CatalogError(f"'currency' must be an ISO 4217 code like EUR, got {currency!r}")
     # Ids derive from the file's content: seeding the same file twice changes nothing.
     batch = hashlib.sha256(text.encode()).hexdigest()[:16]
     restocks = []
@@ -68,14 +77,18 @@ def parse(text: str) -> Catalog:
         product_id = _id(entry, f"products[{i}]")
         where = f"product {product_id!r}"
         stock = entry.get("stock")
-        if isinstance(stock, bool) or not isinstance(stock, int) or stock < 0:
-            raise CatalogError(f"{where}: 'stock' must be an integer >= 0, got {stock!r}")
+        if isinstance(stock, bool) or not isinstance(stock, int) or not 0 <= stock <= MAX_STOCK:
+            raise CatalogError(
+                f"{where}: 'stock' must be an integer from 0 to {MAX_STOCK}, got {stock!r}"
+            )
         restocks.append(
             m.Restock(
                 restock_id=f"seed:{batch}:{product_id}",
                 product_id=product_id,
                 quantity=stock,
-                unit_price=_money(entry.get("price"), currency, f"{where}: 'price'"),
+                unit_price=_money(
+                    entry.get("price"), currency, f"{where}: 'price'", limits.MAX_UNIT_PRICE
+                ),
             )
         )
     top_ups = []
@@ -86,7 +99,10 @@ def parse(text: str) -> Catalog:
                 top_up_id=f"seed:{batch}:{customer_id}",
                 customer_id=customer_id,
                 amount=_money(
-                    entry.get("balance"), currency, f"customer {customer_id!r}: 'balance'"
+                    entry.get("balance"),
+                    currency,
+                    f"customer {customer_id!r}: 'balance'",
+                    limits.MAX_AMOUNT,
                 ),
             )
         )
@@ -105,7 +121,7 @@ def load(path: Path) -> Catalog:
 
 
 def publish(catalog: Catalog) -> None:
-    """Send Restock to product.stock (key product id) and TopUp to payment.commands."""
+    """Send Restock to product.commands (key product id) and TopUp to payment.commands."""
     from messaging import client
 
     producer = client.producer()

@@ -136,10 +136,10 @@ def follow_sagas(saga_ids: Iterable[str], since: datetime, timeout: float) -> It
     waiting = set(saga_ids)
     count = topics.partitions(EVENTS_TOPIC)
     partitions = {partition_for(s.encode(), count) for s in waiting}
+    deadline = time.monotonic() + timeout
     consumer_ = consumer()
     try:
         assign_from_time(consumer_, EVENTS_TOPIC, since - timedelta(seconds=5), partitions)
-        deadline = time.monotonic() + timeout
         while waiting and time.monotonic() < deadline:
             record = consumer_.poll(0.2)
             if record is None or record.error() is not None:

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +80,24 @@ TransportError = (SendFailed, DeliveryFailed, ProducerFailed)
 
 Delivered = tuple[int, int]  # (partition, offset)
 
+# Adaptive linger: records wait for more only when many are sent (light traffic never
+# waits); then 1 ms per LINGER_RATE_PER_MS records/s, at most the producer's maximum.
+LINGER_FROM_RATE = 1000.0
+LINGER_RATE_PER_MS = 1000.0
+
+
+class _Unsent:
+    """Stands for the message of a record librdkafka refused outright."""
+
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return -1
+
 
 class KafkaProducer:
     """An idempotent confluent-kafka producer (acks=all, per-partition order kept across
@@ -88,7 +107,7 @@ class KafkaProducer:
     def __init__(
         self,
         *,
-        linger_ms: float = 0.0,
+        max_linger_ms: float = 0.0,
         on_failure: Callable[[BaseException], Any] | None = None,
         **config: settings.ConfigValue,
     ) -> None:
@@ -102,7 +121,9 @@ class KafkaProducer:
                 # flushes rely on (RowTable).
                 "message.timeout.ms": 0,
                 "enable.gapless.guarantee": True,
-                "linger.ms": linger_ms,
+                # Records are held back here instead (see _hand_off): a burst handed
+                # over at once still goes out in one request.
+                "linger.ms": 0.5,
                 "message.max.bytes": MAX_RECORD_BYTES,
                 **config,
             }
@@ -121,7 +142,14 @@ class KafkaProducer:
         self.failure: BaseException | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
-        self.sent = 0  # records handed to librdkafka (for tests and figures)
+        self.sent = 0  # records sent (for tests and figures)
+        # Held back until the end of the event loop's turn, or `linger_s` under load.
+        self._held: list[tuple[str, dict[str, Any], Any]] = []
+        self._handoff_scheduled = False
+        self.max_linger_s = max_linger_ms / 1000
+        self.linger_s = 0.0
+        self._sent_before = 0
+        self._adjusted_at = time.monotonic()
 
     # ---- sending (event loop thread) ----
 
@@ -138,9 +166,13 @@ class KafkaProducer:
         """Queue a record; the future resolves to (partition, offset) once the broker has it.
 
         `on_delivery` runs on the event loop for a delivered record (before the future's
-        waiters). Raises SendFailed if librdkafka refuses the record outright.
+        waiters). Raises SendFailed for a record larger than MAX_RECORD_BYTES; one that
+        librdkafka refuses for another reason fails its future (and the producer).
         """
         loop = self._bind_loop()
+        size = len(value or b"") + len(key or b"")
+        if size > MAX_RECORD_BYTES:
+            raise SendFailed(topic, f"a record of {size} bytes, more than {MAX_RECORD_BYTES}")
         future: asyncio.Future[Delivered] = loop.create_future()
         epoch = self._epoch
         report = (future, on_delivery, epoch)
@@ -149,25 +181,54 @@ class KafkaProducer:
             kwargs["partition"] = partition
         if headers:
             kwargs["headers"] = headers
-        while True:
-            try:
-                self._producer.produce(topic, **kwargs)
-                break
-            except BufferError:
-                # librdkafka's queue is full (100,000 records): let deliveries catch up.
-                self._producer.poll(0.05)
-                self._drain()
-            except confluent_kafka.KafkaException as exc:
-                raise SendFailed(topic, exc.args[0] if exc.args else exc) from exc
+        self._held.append((topic, kwargs, report))
+        if not self._handoff_scheduled:
+            self._handoff_scheduled = True
+            if self.linger_s > 0:
+                loop.call_later(self.linger_s, self._hand_off)
+            else:
+                loop.call_soon(self._hand_off)
         self._undelivered[epoch] = self._undelivered.get(epoch, 0) + 1
         self.sent += 1
         return future
+
+    def _hand_off(self) -> None:
+        """Give the records held back to librdkafka, in order: held for the rest of the
+        event loop's turn, or for `linger_s` under load, they go out in fewer requests."""
+        self._handoff_scheduled = False
+        held, self._held = self._held, []
+        produce = self._producer.produce
+        for topic, kwargs, report in held:
+            while True:
+                try:
+                    produce(topic, **kwargs)
+                    break
+                except BufferError:
+                    # librdkafka's queue is full (100,000 records): let deliveries catch up.
+                    self._producer.poll(0.05)
+                    self._drain()
+                except confluent_kafka.KafkaException as exc:
+                    error = exc.args[0] if exc.args else exc
+                    self._reports.append((report, error, _Unsent(topic)))
+                    self._drain()
+                    break
+
+    def adjust_linger(self, now: float) -> float:
+        """Hold records longer the more are sent (see LINGER_*); called periodically."""
+        rate = (self.sent - self._sent_before) / max(now - self._adjusted_at, 1e-3)
+        self._sent_before, self._adjusted_at = self.sent, now
+        if self.max_linger_s <= 0 or rate < LINGER_FROM_RATE:
+            self.linger_s = 0.0
+        else:
+            self.linger_s = min(self.max_linger_s, rate / LINGER_RATE_PER_MS / 1000)
+        return self.linger_s
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every record sent before the call is acknowledged; raise if one was
         not (or if any earlier one was not). Records are never given up on while the
         broker is away, so without a timeout this waits for it to come back."""
         self._bind_loop()
+        self._hand_off()
         assert self._epoch_done is not None
         last = self._epoch
         self._epoch += 1
@@ -186,6 +247,7 @@ class KafkaProducer:
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (up to `timeout` seconds) and stop the report thread."""
         self._closing = True
+        self._hand_off()
         remaining = self._producer.flush(timeout)
         if remaining:
             log.warning("%d records still undelivered after %.0f s", remaining, timeout)

@@ -411,14 +411,15 @@ class Scan:
 
 
 async def scan_table(table: Any, cap: int) -> Scan:
-    """At most `cap` (key, row) pairs of the partitions this worker owns.
+    """At most `cap` (key, row) pairs of the partitions this worker owns (RowTable.scan:
+    rows that belong to another row, like a product's holds, are not listed).
 
     Hands the event loop back every SCAN_CHUNK rows. If the partitions change meanwhile
     (a rebalance), answers 503: the client may simply retry.
     """
     rows: list[tuple[bytes, Any]] = []
     try:
-        for seen, (key, row) in enumerate(table.items(), start=1):
+        for seen, (key, row) in enumerate(table.scan(), start=1):
             if len(rows) >= cap:
                 return Scan(rows, complete=False)
             if row is not None:

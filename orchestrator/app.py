@@ -35,6 +35,7 @@ from orchestrator.definition import EVENTS_TOPIC, REPLY_TOPIC, REQUEST_TOPIC, ro
 from orchestrator.machine import decide, expired
 from orchestrator.views import register_views
 from schemas import messages as m
+from schemas.limits import id_problem
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,14 @@ INPUTS_BY_TOPIC: Mapping[str, tuple[type, ...]] = {
     REPLY_TOPIC: REPLIES,
 }
 INPUTS: tuple[type, ...] = (m.OrderRequested, *REPLIES)  # accepted on one topic or the other
+
+
+def saga_id_problem(message: object) -> str | None:
+    """Why a request's order id cannot be a saga id (any other limit it breaks ends its
+    saga at once, with the reason: see `decide`)."""
+    if isinstance(message, m.OrderRequested):
+        return id_problem("order id", message.order_id)
+    return None
 
 
 def saga_key(message: object) -> str:
@@ -142,7 +151,7 @@ class OrchestratorService:
         writer = asyncio.ensure_future(self.writer.run())
         try:
             async for event, message in decoded_events(
-                self.app, stream, INPUTS_BY_TOPIC, key_of=saga_key
+                self.app, stream, INPUTS_BY_TOPIC, key_of=saga_key, problem_of=saga_id_problem
             ):
                 try:
                     await self.handle(stream, event, message)

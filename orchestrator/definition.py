@@ -14,19 +14,26 @@ Conventions:
   deadline whose transition starts compensation.
 - A step's `compensation` is the retriable step of the same participant that undoes it;
   every way back taken once the step may have had its effect runs it (`validate` checks).
+- A `Notification` is a one-way command sent when a state is entered: the participant
+  applies it (idempotently) and replies nothing. It is as reliable as any command: the
+  saga's row is written only once the broker has it, so a crash sends it again.
+- A request that breaks the input limits (schemas/limits.py) goes straight to
+  `invalid_request`, a terminal state, with the reason: no participant is asked anything.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
+from operator import attrgetter
 from types import MappingProxyType
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
+from schemas.limits import merged_items
 from schemas.messages import (
     ApproveOrder,
     AuthorizePayment,
@@ -44,6 +51,7 @@ from schemas.messages import (
     RejectOrder,
     ReleaseProducts,
     ReserveProducts,
+    SellProducts,
     StepTimedOut,
 )
 
@@ -61,6 +69,7 @@ Command: TypeAlias = (
     | RejectOrder
     | ReleaseProducts
     | CancelPayment
+    | SellProducts
 )
 Reply: TypeAlias = (
     OrderCreated
@@ -93,14 +102,22 @@ COMMAND_TOPICS: Mapping[Participant, str] = MappingProxyType(
 )
 """Command topic of each participant."""
 
-COMMAND_KEYS: Mapping[Participant, str] = MappingProxyType(
+
+def first_product(command: Any) -> str:
+    """The product a Product Service command goes to first: the order's first product
+    (repeated lines merged). The command travels on from there, product by product."""
+    return merged_items(command.items)[0].product_id
+
+
+COMMAND_KEYS: Mapping[Participant, Callable[[object], str]] = MappingProxyType(
     {
-        Participant.ORDER: "order_id",
-        Participant.PRODUCT: "saga_id",
-        Participant.PAYMENT: "customer_id",
+        Participant.ORDER: attrgetter("order_id"),
+        Participant.PRODUCT: first_product,
+        Participant.PAYMENT: attrgetter("customer_id"),
     }
 )
-"""Field of a command whose value (UTF-8) is the Kafka key on the participant's topic."""
+"""The Kafka key (as text) of a command on its participant's topic: where the row it
+changes lives (an order, a product, a customer's account)."""
 
 
 # ---- building blocks ----
@@ -176,6 +193,16 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class Notification:
+    """A one-way command sent to `participant` when the saga enters `state`."""
+
+    name: str  # also the suffix of the command id: "{saga_id}:{name}"
+    state: str
+    participant: Participant
+    command: type
+
+
+@dataclass(frozen=True)
 class SagaDefinition:
     name: str
     steps: tuple[Step, ...]
@@ -183,6 +210,8 @@ class SagaDefinition:
     transitions: tuple[Transition, ...]
     initial: str
     terminal: frozenset[str]
+    notifications: tuple[Notification, ...] = ()
+    invalid_request: str | None = None  # where a request breaking the input limits goes
 
     @cached_property
     def _steps(self) -> Mapping[str, Step]:
@@ -200,6 +229,13 @@ class SagaDefinition:
     def _by_command(self) -> Mapping[type, Step]:
         return {step.command: step for step in self.steps}
 
+    @cached_property
+    def _participants(self) -> Mapping[type, Participant]:
+        return {
+            **{n.command: n.participant for n in self.notifications},
+            **{step.command: step.participant for step in self.steps},
+        }
+
     def step(self, name: str) -> Step | None:
         return self._steps.get(name)
 
@@ -213,6 +249,13 @@ class SagaDefinition:
 
     def step_for_command(self, command: type) -> Step | None:
         return self._by_command.get(command)
+
+    def participant_of(self, command: type) -> Participant | None:
+        """Who receives `command`: a step's or a notification's participant."""
+        return self._participants.get(command)
+
+    def notifications_on(self, state: str) -> tuple[Notification, ...]:
+        return tuple(n for n in self.notifications if n.state == state)
 
     def is_terminal(self, state: str) -> bool:
         return state in self.terminal
@@ -245,6 +288,7 @@ APPROVE_ORDER = "approve_order"
 CANCEL_PAYMENT = "cancel_payment"
 RELEASE_PRODUCTS = "release_products"
 REJECT_ORDER = "reject_order"
+SELL_PRODUCTS = "sell_products"
 
 RETRY = backoff(base_seconds=5, cap_seconds=60)
 RESEND = single_deadline(seconds=10)  # x3 attempts: 30 s before compensating
@@ -358,6 +402,11 @@ CREATE_ORDER_SAGA = SagaDefinition(
     ),
     initial=CREATING_ORDER,
     terminal=frozenset({ORDER_APPROVED, ORDER_REJECTED}),
+    notifications=(
+        # the approved order's reserved stock becomes sold
+        Notification(SELL_PRODUCTS, ORDER_APPROVED, Participant.PRODUCT, SellProducts),
+    ),
+    invalid_request=ORDER_REJECTED,
 )
 
 
@@ -366,11 +415,10 @@ CREATE_ORDER_SAGA = SagaDefinition(
 
 def route(command: Command) -> tuple[str, bytes]:
     """(topic, key) of a command: its participant's command topic, keyed per participant."""
-    step = CREATE_ORDER_SAGA.step_for_command(type(command))
-    if step is None:
+    participant = CREATE_ORDER_SAGA.participant_of(type(command))
+    if participant is None:
         raise TypeError(f"{type(command).__name__} is not a command of CreateOrderSaga")
-    key = getattr(command, COMMAND_KEYS[step.participant])
-    return COMMAND_TOPICS[step.participant], str(key).encode("utf-8")
+    return COMMAND_TOPICS[participant], COMMAND_KEYS[participant](command).encode("utf-8")
 
 
 # ---- validation ----
@@ -389,6 +437,7 @@ def validate(definition: SagaDefinition) -> None:
         *_unreachable_states(definition),
         *_misordered_steps(definition),
         *_skipped_compensations(definition),
+        *_bad_notifications(definition),
     ]
     if problems:
         lines = "\n".join(f"- {problem}" for problem in problems)
@@ -593,6 +642,27 @@ def _skipped_compensations(d: SagaDefinition) -> Iterator[str]:
                     f"{source} --{trigger.__name__}--> {turn.target} can reach {end} without"
                     f" {step.compensation}, which undoes {step.name}"
                 )
+
+
+def _bad_notifications(d: SagaDefinition) -> Iterator[str]:
+    """Notifications: of a known state, each its own command, none a step's command (a
+    step's command waits for a reply; a notification's does not). The state of invalid
+    requests is terminal."""
+    names = {state.name for state in d.states}
+    for n in d.notifications:
+        if n.state not in names:
+            yield f"notification {n.name} is sent on unknown state {n.state}"
+        if d.step_for_command(n.command) is not None:
+            yield f"notification {n.name}: {n.command.__name__} is a step's command"
+    for name in _duplicates(n.name for n in d.notifications):
+        yield f"notification {name} is declared twice"
+    for name in _duplicates(n.command.__name__ for n in d.notifications):
+        yield f"command {name} is sent by several notifications"
+    for name in _duplicates([*(s.name for s in d.steps), *(n.name for n in d.notifications)]):
+        if name not in _duplicates(s.name for s in d.steps):
+            yield f"notification {name} has the name of a step (command ids would clash)"
+    if d.invalid_request is not None and d.invalid_request not in d.terminal:
+        yield f"invalid requests go to {d.invalid_request}, which is not a terminal state"
 
 
 def _states_of(d: SagaDefinition, step: str) -> list[str]:

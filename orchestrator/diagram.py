@@ -24,6 +24,8 @@ def mermaid(definition: SagaDefinition = CREATE_ORDER_SAGA) -> str:
 
 def _lines(d: SagaDefinition) -> Iterator[str]:
     yield f"[*] --> {d.initial} : {_label(d, OrderRequested.__name__, d.initial)}"
+    if d.invalid_request is not None:
+        yield f"[*] --> {d.invalid_request} : {OrderRequested.__name__} breaking the limits"
     for state in d.states:
         step = d.waiting_step(state.name)
         if step is not None and step.kind is StepKind.RETRIABLE:
@@ -50,8 +52,11 @@ def _edge(d: SagaDefinition, transition: Transition) -> str:
 
 
 def _label(d: SagaDefinition, trigger: str, target: str) -> str:
+    """`trigger / commands sent on entering target` (a step's, then notifications')."""
     step = d.waiting_step(target)
-    return trigger if step is None else f"{trigger} / {step.command.__name__}"
+    sent = [] if step is None else [step.command.__name__]
+    sent += [n.command.__name__ for n in d.notifications_on(target)]
+    return f"{trigger} / {', '.join(sent)}" if sent else trigger
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ from orchestrator.definition import (
     CREATE_ORDER_SAGA,
     DEADLINE,
     Command,
+    Notification,
     SagaDefinition,
     Step,
     StepKind,
     Transition,
     command_id,
 )
+from schemas.limits import id_problem, reason, request_problems
 from schemas.messages import (
     ApproveOrder,
     AuthorizePayment,
@@ -40,6 +42,7 @@ from schemas.messages import (
     ReserveProducts,
     SagaEvent,
     SagaState,
+    SellProducts,
     StepTimedOut,
 )
 
@@ -84,7 +87,11 @@ def expired(state: SagaState, now: datetime) -> StepTimedOut | None:
 
 
 def start(request: OrderRequested, now: datetime, definition: SagaDefinition) -> Decision:
-    """A new saga in the initial state, sending the first step's command."""
+    """A new saga in the initial state, sending the first step's command; or, for a
+    request that breaks the input limits, a saga ended at once with the reason."""
+    problems = request_problems(request)
+    if problems and definition.invalid_request is not None:
+        return reject_request(request, problems, now, definition.invalid_request, definition)
     step = definition.waiting_step(definition.initial)
     if step is None:  # impossible for a validated definition
         return Decision(None)
@@ -105,6 +112,36 @@ def start(request: OrderRequested, now: datetime, definition: SagaDefinition) ->
     )
     commands = (build_command(step, saga, now),)
     return Decision(saga, commands, (event(None, saga, request, commands, definition),))
+
+
+def reject_request(
+    request: OrderRequested,
+    problems: list[str],
+    now: datetime,
+    target: str,
+    definition: SagaDefinition,
+) -> Decision:
+    """The saga of an invalid request: terminal at once, nothing sent to participants.
+
+    Its row keeps none of the request's lines and no invalid customer id, so even the
+    largest request makes a small row.
+    """
+    saga = SagaState(
+        saga_id=request.order_id,
+        order_id=request.order_id,
+        customer_id="" if id_problem("customer id", request.customer_id) else request.customer_id,
+        items=[],
+        state=target,
+        step=None,
+        attempt=0,
+        deadline=None,
+        total=None,
+        reason=reason("invalid request: " + "; ".join(problems)),
+        sequence=1,
+        created_at=now,
+        updated_at=now,
+    )
+    return Decision(saga, (), (event(None, saga, request, (), definition),))
 
 
 def on_reply(
@@ -186,7 +223,8 @@ def take(
         sequence=state.sequence + 1,
         updated_at=now,
     )
-    commands = () if step is None else (build_command(step, saga, now),)
+    commands: tuple[Command, ...] = () if step is None else (build_command(step, saga, now),)
+    commands += tuple(notify(n, saga, now) for n in definition.notifications_on(saga.state))
     return Decision(saga, commands, (event(state.state, saga, trigger, commands, definition),))
 
 
@@ -215,9 +253,9 @@ def reason_after(state: SagaState, transition: Transition, trigger: object) -> s
     if transition.reason is not None:
         return transition.reason
     if isinstance(trigger, ProductsUnavailable):
-        return unavailable_reason(trigger)
+        return reason(unavailable_reason(trigger))
     if isinstance(trigger, PaymentFailed):
-        return f"payment failed: {trigger.reason}" if trigger.reason else "payment failed"
+        return reason(f"payment failed: {trigger.reason}" if trigger.reason else "payment failed")
     return state.reason
 
 
@@ -257,6 +295,14 @@ def event(
 def build_command(step: Step, saga: SagaState, now: datetime) -> Command:
     """The command of `step` for `saga`'s current attempt, stamped `now`."""
     return _BUILDERS[step.command](saga, command_id(saga.saga_id, step.name), now)
+
+
+def notify(notification: Notification, saga: SagaState, now: datetime) -> Command:
+    """The notification's one-way command for `saga` (attempt 1: it is never re-sent,
+    only sent again when a crash replays the transition)."""
+    return _BUILDERS[notification.command](
+        replace(saga, attempt=1), command_id(saga.saga_id, notification.name), now
+    )
 
 
 def _create_order(saga: SagaState, cid: str, now: datetime) -> CreateOrder:
@@ -324,6 +370,18 @@ def _release_products(saga: SagaState, cid: str, now: datetime) -> ReleaseProduc
         attempt=saga.attempt,
         sent_at=now,
         order_id=saga.order_id,
+        items=list(saga.items),
+    )
+
+
+def _sell_products(saga: SagaState, cid: str, now: datetime) -> SellProducts:
+    return SellProducts(
+        saga_id=saga.saga_id,
+        command_id=cid,
+        attempt=saga.attempt,
+        sent_at=now,
+        order_id=saga.order_id,
+        items=list(saga.items),
     )
 
 
@@ -346,8 +404,12 @@ _BUILDERS: dict[type, Callable[[SagaState, str, datetime], Command]] = {
     RejectOrder: _reject_order,
     ReleaseProducts: _release_products,
     CancelPayment: _cancel_payment,
+    SellProducts: _sell_products,
 }
 
-_UNBUILDABLE = {step.command for step in CREATE_ORDER_SAGA.steps} - _BUILDERS.keys()
+_UNBUILDABLE = {
+    *(step.command for step in CREATE_ORDER_SAGA.steps),
+    *(n.command for n in CREATE_ORDER_SAGA.notifications),
+} - _BUILDERS.keys()
 if _UNBUILDABLE:
     raise TypeError(f"no builder for commands {sorted(c.__name__ for c in _UNBUILDABLE)}")

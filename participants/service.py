@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, cast
 
 import faust
@@ -19,7 +19,9 @@ from messaging.producer import TransportError
 
 REPLY_TOPIC = "saga.replies"
 
-Handler = Callable[[bytes, Any], Awaitable[None]]
+# A handler gets the record's key, its decoded message and its offset (replays after a
+# crash are recognised by it: see the participants' logic).
+Handler = Callable[[bytes, Any, int], None]
 
 
 class ParticipantService:
@@ -43,7 +45,8 @@ class ParticipantService:
         async def run(stream: faust.StreamT) -> None:
             async for event, message in decoded_events(app, stream, expected, key_of=key_of):
                 try:
-                    await handlers[type(message)](cast(bytes, event.key), message)
+                    key, offset = cast(bytes, event.key), event.message.offset
+                    handlers[type(message)](key, message, offset)
                 except TransportError as exc:  # not the record's fault: stop, replay later
                     await stop_worker(app, exc)
                     return

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import io
 import json
 import types
@@ -87,7 +86,9 @@ class MessageDecodeError(MessageCodecError):
 
     reason: ``not-avro`` (no single-object marker), ``truncated``, ``unknown-fingerprint``,
     ``invalid-body`` (the body does not match the schema), ``trailing-bytes``,
-    ``unexpected-type`` (a valid message of a type the caller does not accept).
+    ``unexpected-type`` (a valid message of a type the caller does not accept),
+    ``invalid-message`` (a valid message its reader refuses, e.g. an order id that breaks
+    the input limits of schemas/limits.py).
     """
 
 
@@ -646,19 +647,7 @@ class AvroMessageCodec(faust_codecs.Codec):
         return encode(obj)
 
     def _loads(self, s: bytes) -> Any:
-        return decode(s) if len(s) < LARGE_ROW_BYTES else _decode_large_row(s)
-
-
-# A hot table row (a product's stock row remembers up to 1,000 settled sagas: ~40 KB) is
-# read back for every record that touches it; decoding it each time took a quarter of a
-# loaded Product Service's CPU. Rows are immutable (frozen dataclasses whose dicts and
-# lists are never changed in place: updates build new ones), so a decoded row is shared.
-LARGE_ROW_BYTES = 4096
-
-
-@functools.lru_cache(maxsize=64)
-def _decode_large_row(s: bytes) -> Any:
-    return decode(s)
+        return decode(s)
 
 
 def register_faust_codec() -> None:

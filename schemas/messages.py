@@ -85,21 +85,30 @@ class RejectOrder:
 
 @dataclass(frozen=True)
 class ReserveProducts:
+    """Travels from product to product of the order (its `hop`, repeated lines merged),
+    each adding its result; the last product replies (participants/product/logic.py)."""
+
     saga_id: str
     command_id: str
     attempt: int
     sent_at: datetime
     order_id: str
     items: list[OrderItem]
+    hop: int = 0  # index of the product this record is for: 0 from the orchestrator
+    results: list[ItemResult] = field(default_factory=list)  # of the products before
 
 
 @dataclass(frozen=True)
 class ReleaseProducts:
+    """Travels from product to product like ReserveProducts; the last one replies."""
+
     saga_id: str
     command_id: str
     attempt: int
     sent_at: datetime
     order_id: str
+    items: list[OrderItem] = field(default_factory=list)
+    hop: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,20 @@ class CancelPayment:
     sent_at: datetime
     order_id: str
     customer_id: str
+
+
+@dataclass(frozen=True)
+class SellProducts:
+    """Notification: the saga was approved, what it holds becomes sold (no reply). Travels
+    from product to product like ReserveProducts."""
+
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+    items: list[OrderItem]
+    hop: int = 0
 
 
 # ---- replies (participants -> saga.replies, key = saga id) ----
@@ -247,12 +270,13 @@ class SagaEvent:
     terminal: bool
 
 
-# ---- Product Service internal: per-item messages on product.stock (key product id)
-# and per-item results on product.item-results (key saga id) ----
+# ---- Product Service internal (product.commands, key product id) ----
 
 
 @dataclass(frozen=True)
 class ReserveItem:
+    """No longer sent; kept to read older records."""
+
     saga_id: str
     product_id: str
     quantity: int
@@ -260,13 +284,15 @@ class ReserveItem:
 
 @dataclass(frozen=True)
 class ReleaseItem:
+    """Give back what the saga holds of this product (a reservation not completed)."""
+
     saga_id: str
     product_id: str
 
 
 @dataclass(frozen=True)
 class SellItem:
-    """The saga was approved: its reservation of this product becomes sold."""
+    """No longer sent; kept to read older records."""
 
     saga_id: str
     product_id: str
@@ -274,6 +300,8 @@ class SellItem:
 
 @dataclass(frozen=True)
 class ItemResult:
+    """The result of reserving one product, carried by ReserveProducts.results."""
+
     saga_id: str
     product_id: str
     requested: int
@@ -287,7 +315,7 @@ class ItemResult:
 
 @dataclass(frozen=True)
 class Restock:
-    """Adds stock (and sets the price) of a product; on product.stock, key product id."""
+    """Adds stock (and sets the price) of a product; on product.commands, key product id."""
 
     restock_id: str
     product_id: str
@@ -344,7 +372,7 @@ class OrderRow:
 
 @dataclass(frozen=True)
 class StockRow:
-    """Product Service `stock` table (key product id)."""
+    """Product Service `stock` table (key product id): the product's counters only."""
 
     product_id: str
     available: int
@@ -352,54 +380,72 @@ class StockRow:
     sold: int
     restocked: int  # total ever added by Restock
     unit_price: Money
-    reservations: dict[str, int] = field(default_factory=dict)  # saga id -> quantity held
-    # saga id -> RELEASED | SOLD | REFUSED; the latest MAX_SETTLED sagas, oldest first
-    settled: dict[str, str] = field(default_factory=dict)
-    restock_ids: list[str] = field(default_factory=list)  # the latest MAX_RESTOCK_IDS
-    applied_offset: int = -1  # product.stock offset of the last change; replays skip
+    applied_offset: int = -1  # product.commands offset of the last change; replays skip
+
+
+@dataclass(frozen=True)
+class StockHold:
+    """Product Service `stock` table (key product id, "hold", saga id): what one saga
+    holds of one product, or how that ended."""
+
+    saga_id: str
+    product_id: str
+    quantity: int  # held, released or sold; requested if REFUSED
+    status: str  # HELD | RELEASED | SOLD | REFUSED
+    reserve_offset: int  # product.commands offset of the reserve deciding it; -1: none
+    settle_offset: int  # ... of the release or sale settling it; -1: not settled
+
+
+@dataclass(frozen=True)
+class CommandApplied:
+    """An admin command (Restock, TopUp) already applied; key: owner id, kind, its id."""
+
+    command_id: str
+    applied_offset: int  # offset of the message that applied it
 
 
 @dataclass(frozen=True)
 class Reservation:
-    """Product Service `reservations` table (key saga id): collects per-item results.
-
-    No recorded replies: the replies follow from `status`, `results` and the command ids
-    kept here (participants/product/logic.py rebuilds them for duplicates).
-    """
+    """No longer written (ReserveProducts travels from product to product, carrying the
+    results); kept to read older records. Was: the Product Service's reservations table
+    (key saga id), collecting a saga's per-item results."""
 
     saga_id: str
     order_id: str
-    items: list[OrderItem]  # as requested (a product may appear on several lines)
-    results: list[ItemResult]  # the first result per product, in arrival order
+    items: list[OrderItem]
+    results: list[ItemResult]
     status: str  # COLLECTING | RESERVED | UNAVAILABLE | RELEASED | SOLD
-    release_requested: bool  # a ReleaseProducts came while results were still coming in
-    reserve_command_id: str | None  # the ReserveProducts; None if a release came first
-    reserve_attempt: int  # latest attempt seen (0 if none); the deferred reply echoes it
-    release_command_id: str | None  # the ReleaseProducts, once one came
-    release_attempt: int  # latest attempt seen (0 if none)
+    release_requested: bool
+    reserve_command_id: str | None
+    reserve_attempt: int
+    release_command_id: str | None
+    release_attempt: int
     updated_at: datetime
 
 
 @dataclass(frozen=True)
 class Payment:
-    """One payment of an account (inside `Account`), one per saga."""
+    """Payment Service `accounts` table (key customer id, "payment", saga id): the saga's
+    payment, kept so that a duplicate or late command never charges twice."""
 
     saga_id: str
     amount: Money  # zero for CANCELLED (nothing was ever asked for)
     status: str  # AUTHORIZED | REFUNDED | CANCELLED (cancelled before any authorize) | FAILED
     reason: str | None = None  # why a FAILED payment was refused
+    decided_offset: int = -1  # payment.commands offset of the command that decided it
+    refunded_offset: int = -1  # ... of the CancelPayment that refunded it; -1: not refunded
 
 
 @dataclass(frozen=True)
 class Account:
-    """Payment Service `accounts` table (key customer id).
+    """Payment Service `accounts` table (key customer id): balance and totals only.
 
-    Money is conserved: balance + sum(AUTHORIZED payments) + captured_archived == topped_up.
+    Money is conserved: balance + captured_archived == topped_up, where captured_archived
+    is what the AUTHORIZED payments took (refunds give it back to the balance).
     """
 
     customer_id: str
     balance: Money
     topped_up: Money  # total ever credited by TopUp
-    captured_archived: Money  # AUTHORIZED payments pruned from `payments` (kept: MAX_PAYMENTS)
-    payments: list[Payment] = field(default_factory=list)  # one per saga, oldest first
-    top_up_ids: list[str] = field(default_factory=list)  # the latest MAX_TOP_UP_IDS
+    captured_archived: Money  # captured, refunds deducted (the name is historical)
+    applied_offset: int = -1  # payment.commands offset of the last change; replays skip

@@ -34,7 +34,7 @@ class OrderService(ParticipantService):
         register_views(self)
 
     def _apply(self, decide: Callable[..., tuple[m.OrderRow | None, Any]]) -> Any:
-        async def handle(key: bytes, command: Any) -> None:
+        def handle(key: bytes, command: Any, _offset: int) -> None:
             row = self.orders.row(key)
             new_row, reply = decide(row, command, utc_now())
             if new_row is not None and new_row is not row:

@@ -32,25 +32,27 @@ class PaymentService(ParticipantService):
         )
         register_views(self)
 
-    def _store(self, key: bytes, old: m.Account | None, new: m.Account | None) -> None:
-        if new is not None and new is not old:
-            self.accounts[key] = new
+    def _payment(self, customer_id: str, saga_id: str) -> m.Payment | None:
+        return self.accounts.row(logic.payment_key(customer_id, saga_id))
 
-    async def _authorize(self, key: bytes, command: m.AuthorizePayment) -> None:
-        account = self.accounts.row(key)
-        new, reply = logic.authorize_payment(account, command, utc_now())
-        self._store(key, account, new)
-        self.reply(reply)
+    def _authorize(self, key: bytes, command: m.AuthorizePayment, offset: int) -> None:
+        account, payment = self.accounts.row(key), self._payment(key.decode(), command.saga_id)
+        self._apply(logic.authorize_payment(account, payment, command, utc_now(), offset))
 
-    async def _cancel(self, key: bytes, command: m.CancelPayment) -> None:
-        account = self.accounts.row(key)
-        new, reply = logic.cancel_payment(account, command, utc_now())
-        self._store(key, account, new)
-        self.reply(reply)
+    def _cancel(self, key: bytes, command: m.CancelPayment, offset: int) -> None:
+        account, payment = self.accounts.row(key), self._payment(key.decode(), command.saga_id)
+        self._apply(logic.cancel_payment(account, payment, command, utc_now(), offset))
 
-    async def _top_up(self, key: bytes, top_up: m.TopUp) -> None:
-        account = self.accounts.row(key)
-        self._store(key, account, logic.top_up(account, top_up))
+    def _top_up(self, key: bytes, command: m.TopUp, offset: int) -> None:
+        applied = self.accounts.row(logic.top_up_key(command.customer_id, command.top_up_id))
+        self._apply(logic.top_up(self.accounts.row(key), applied, command, offset))
+
+    def _apply(self, effect: logic.Effect) -> None:
+        """Write the rows (in order, the account last), then send the reply."""
+        for row_key, row in effect.rows:
+            self.accounts[row_key] = row
+        if effect.reply is not None:
+            self.reply(effect.reply)
 
 
 def build(web_port: int | None = None, **app_options: Any) -> PaymentService:

@@ -1,36 +1,41 @@
-"""Payment Service business logic: pure functions over one `accounts` row (key customer id).
+"""Payment Service business logic: pure functions over a customer's rows. No I/O, no clock.
 
-The agent reads the account (or None), calls a handler, assigns the returned account back
-(when it is a new object) and sends the reply to saga.replies. No I/O, no clock.
+The `accounts` table (key customer id) holds, per customer:
+- one `Account`: balance and totals, a fixed size however many payments were made;
+- one `Payment` per saga (key: customer id, "payment", saga id): the business record
+  of what the saga was charged, and what makes the handlers idempotent: a duplicate or
+  late AuthorizePayment or CancelPayment finds it and gets the same reply (its own
+  attempt echoed, replied_at=now), the account unchanged. Refusals are recorded too
+  (FAILED with the reason), so a duplicate after a top-up is still refused; a cancel
+  that comes first is recorded (CANCELLED), so a late authorize is refused. Payment rows
+  are never pruned: one per saga, like the orchestrator's saga rows.
+- one `CommandApplied` per TopUp (key: customer id, "top-up", top-up id).
 
-An account holds at most one `Payment` per saga; it is both the business record and what
-makes the handlers idempotent: a duplicate AuthorizePayment or CancelPayment finds the
-saga's payment and gets the same reply again (its own attempt echoed, replied_at=now),
-the account unchanged. Refusals are recorded too (status FAILED with the reason), so a
-duplicate arriving after a top-up is still refused rather than charged.
+Money is conserved per account: balance + captured == topped_up, where captured
+(`captured_archived`) is the sum of the AUTHORIZED payments; a refund (REFUNDED) gives
+the amount back to the balance.
 
-Bounded: `payments` keeps the latest MAX_PAYMENTS. A pruned AUTHORIZED payment moves its
-amount into `captured_archived`, so money stays accounted for:
-
-    balance + sum(AUTHORIZED payments) + captured_archived == topped_up
-
-(DESIGN §5 "balances + captured - refunds == top-ups": a refund turns AUTHORIZED into
-REFUNDED and gives the amount back to the balance.) Commands for one customer arrive in
-order on one partition, so a duplicate or a CancelPayment lags its AuthorizePayment by
-far fewer than MAX_PAYMENTS payments of the same customer.
+Exact replays, as in the Product Service: a handler writes the saga's Payment (or the
+top-up's marker) first and the Account last with the record's offset. A record at or
+below the account's offset was applied whole. Otherwise the Payment may have been written
+back after this record's move and maybe a later one: it records the offsets of its two
+moves (decided, then refunded), so the replay finds its own and applies that decision to
+the account as it was.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import TypeAlias
 
+from schemas.limits import MAX_AMOUNT, amount_problem, id_problem, reason, row_key
 from schemas.messages import (
     Account,
     AuthorizePayment,
     CancelPayment,
+    CommandApplied,
     Money,
     Outcome,
     Payment,
@@ -47,57 +52,96 @@ CANCELLED = "CANCELLED"
 FAILED = "FAILED"
 PAYMENT_STATUSES = (AUTHORIZED, REFUNDED, CANCELLED, FAILED)
 
-MAX_PAYMENTS = 1000
-MAX_TOP_UP_IDS = 1000
 DEFAULT_CURRENCY = "EUR"  # of an account that never received money
 
 CANCELLED_REASON = "payment cancelled"
 
 AuthorizeReply: TypeAlias = PaymentAuthorized | PaymentFailed
+Reply: TypeAlias = PaymentAuthorized | PaymentFailed | PaymentCancelled
+Row: TypeAlias = Account | Payment | CommandApplied
 
 
 class InvalidTopUp(ValueError):
     """A TopUp that cannot be applied; the agent dead-letters it (it has no reply)."""
 
 
+@dataclass(frozen=True)
+class Effect:
+    """Rows to write, in this order (the account last), and the reply to send."""
+
+    rows: tuple[tuple[bytes, Row], ...] = ()
+    reply: Reply | None = None
+
+
+def payment_key(customer_id: str, saga_id: str) -> bytes:
+    return row_key(customer_id, "payment", saga_id)
+
+
+def top_up_key(customer_id: str, top_up_id: str) -> bytes:
+    return row_key(customer_id, "top-up", top_up_id)
+
+
 def authorize_payment(
-    account: Account | None, command: AuthorizePayment, now: datetime
-) -> tuple[Account, AuthorizeReply]:
+    account: Account | None,
+    payment: Payment | None,
+    command: AuthorizePayment,
+    now: datetime,
+    offset: int,
+) -> Effect:
     """Debit `command.amount` and reply PaymentAuthorized, or record why not (FAILED)
-    and reply PaymentFailed: non-positive amount, unknown customer, currency mismatch,
-    insufficient funds, or the saga's payment was cancelled before (CancelPayment came
-    first). An unknown customer gets an empty account holding that refusal, so a
-    duplicate after a later top-up is refused the same way."""
-    if account is None:
-        account = _empty_account(command.customer_id, command.amount.currency)
-    payment = _payment_of(account, command.saga_id)
+    and reply PaymentFailed: non-positive or too large amount, unknown customer, currency
+    mismatch, insufficient funds, or the saga's payment was cancelled before
+    (CancelPayment came first). A saga's payment is decided once; a duplicate is answered
+    from it."""
+    if _replayed(account, offset):
+        return Effect()
+    recorded = payment is not None and payment.decided_offset == offset  # a replay
+    if payment is not None and not recorded:
+        return Effect((), _authorize_reply(payment, command, now))
     if payment is None:
-        payment, account = _decide_authorization(account, command)
-    return account, _authorize_reply(payment, command, now)
+        refusal = _refusal(account, command.customer_id, command.amount)
+        status = FAILED if refusal is not None else AUTHORIZED
+        payment = Payment(command.saga_id, command.amount, status, refusal, offset)
+    rows: list[tuple[bytes, Row]] = [(payment_key(command.customer_id, command.saga_id), payment)]
+    if account is not None:  # an unknown customer gets no account, only the refusal
+        if payment.status in (AUTHORIZED, REFUNDED):  # authorized by this command
+            account = _moved(account, -payment.amount.amount)
+        rows.append((command.customer_id.encode(), replace(account, applied_offset=offset)))
+    return Effect(tuple(rows), _authorize_reply(payment, command, now))
 
 
 def cancel_payment(
-    account: Account | None, command: CancelPayment, now: datetime
-) -> tuple[Account, PaymentCancelled]:
+    account: Account | None,
+    payment: Payment | None,
+    command: CancelPayment,
+    now: datetime,
+    offset: int,
+) -> Effect:
     """Refund the saga's AUTHORIZED payment (REFUNDED, amount back to the balance); if
     there is none yet, record it CANCELLED so a later authorize is refused. A FAILED or
     already refunded/cancelled payment stays as it is. The reply says what was refunded
     (zero when nothing had been charged)."""
-    if account is None:
-        account = _empty_account(command.customer_id, DEFAULT_CURRENCY)
-    payment = _payment_of(account, command.saga_id)
+    if _replayed(account, offset):
+        return Effect()
+    rows: tuple[tuple[bytes, Row], ...] = ()
+    refund = Decimal(0)
+    changed = True
     if payment is None:
-        payment = Payment(command.saga_id, _zero(account), CANCELLED)
-        account = _add_payment(account, payment)
+        currency = account.balance.currency if account is not None else DEFAULT_CURRENCY
+        payment = Payment(command.saga_id, _zero(currency), CANCELLED, None, offset)
+    elif payment.refunded_offset == offset:  # a replay: this command refunded it
+        refund = payment.amount.amount
     elif payment.status == AUTHORIZED:
-        payment = replace(payment, status=REFUNDED)
-        account = replace(
-            account,
-            balance=_plus(account.balance, payment.amount.amount),
-            payments=[payment if p.saga_id == payment.saga_id else p for p in account.payments],
-        )
-    # the payment's own currency: the account's may change (see top_up), the reply must not
-    refunded = payment.amount if payment.status == REFUNDED else _zero_like(payment.amount)
+        payment = replace(payment, status=REFUNDED, refunded_offset=offset)
+        refund = payment.amount.amount
+    elif payment.decided_offset != offset:  # else a replay: this command cancelled it
+        changed = False
+    if changed:
+        rows = ((payment_key(command.customer_id, command.saga_id), payment),)
+        if account is not None:
+            account = replace(_moved(account, refund), applied_offset=offset)
+            rows += ((command.customer_id.encode(), account),)
+    refunded = payment.amount if payment.status == REFUNDED else _zero(payment.amount.currency)
     reply = PaymentCancelled(
         saga_id=command.saga_id,
         command_id=command.command_id,
@@ -106,88 +150,113 @@ def cancel_payment(
         replied_at=now,
         refunded=refunded,
     )
-    return account, reply
+    return Effect(rows, reply)
 
 
-def top_up(account: Account | None, command: TopUp) -> Account:
-    """Credit the account (creating it). Idempotent on top_up_id (the latest
-    MAX_TOP_UP_IDS are remembered). An account that never received money takes the
-    top-up's currency.
+def top_up(
+    account: Account | None, applied: CommandApplied | None, command: TopUp, offset: int
+) -> Effect:
+    """Credit the account (creating it), once per top_up_id. An account that never
+    received money takes the top-up's currency.
 
-    Raises InvalidTopUp for a non-positive amount or a currency other than the account's:
-    an admin message has no reply, so the agent dead-letters it.
+    Raises InvalidTopUp for an amount that is not positive or too large, a currency that
+    is not an ISO 4217 code or is not the account's, or a bad id: an admin message has no
+    reply, so the agent dead-letters it.
     """
-    if account is not None and command.top_up_id in account.top_up_ids:
-        return account
-    if command.amount.amount <= 0:
-        raise InvalidTopUp(f"top-up {command.top_up_id}: amount {command.amount.amount} <= 0")
+    if _replayed(account, offset) or (applied is not None and applied.applied_offset != offset):
+        return Effect()
+    problem = top_up_problem(account, command)
+    if problem is not None:
+        raise InvalidTopUp(f"top-up {command.top_up_id} of {command.customer_id}: {problem}")
     if account is None or account.topped_up.amount == 0:
         account = _in_currency(
             account or _empty_account(command.customer_id, command.amount.currency),
             command.amount.currency,
         )
-    if command.amount.currency != account.balance.currency:
-        raise InvalidTopUp(
-            f"top-up {command.top_up_id}: currency {command.amount.currency},"
-            f" account {command.customer_id} holds {account.balance.currency}"
-        )
-    return replace(
+    account = replace(
         account,
         balance=_plus(account.balance, command.amount.amount),
         topped_up=_plus(account.topped_up, command.amount.amount),
-        top_up_ids=[*account.top_up_ids, command.top_up_id][-MAX_TOP_UP_IDS:],
+        applied_offset=offset,
+    )
+    marker = CommandApplied(command.top_up_id, offset)
+    return Effect(
+        (
+            (top_up_key(command.customer_id, command.top_up_id), marker),
+            (command.customer_id.encode(), account),
+        )
     )
 
 
-def account_invariant_violations(account: Account) -> list[str]:
+def top_up_problem(account: Account | None, command: TopUp) -> str | None:
+    """Why a TopUp cannot be applied (None if it can)."""
+    for what, value in (("customer id", command.customer_id), ("top-up id", command.top_up_id)):
+        problem = id_problem(what, value)
+        if problem is not None:
+            return problem
+    problem = amount_problem("amount", command.amount)
+    if problem is not None:
+        return problem
+    if command.amount.amount <= 0:
+        return f"amount {command.amount.amount} is not positive"
+    if account is None or account.topped_up.amount == 0:
+        return None
+    if command.amount.currency != account.balance.currency:
+        return f"currency {command.amount.currency}, the account holds {account.balance.currency}"
+    if account.topped_up.amount + command.amount.amount > MAX_AMOUNT:
+        return f"the account would have received more than {MAX_AMOUNT} in all"
+    return None
+
+
+def account_invariant_violations(
+    account: Account, payments: list[Payment] | None = None
+) -> list[str]:
     """Broken money invariants of one account (empty when sound): never overdrawn, one
-    currency, at most one payment per saga, and conservation:
-    balance + sum(AUTHORIZED) + captured_archived == topped_up."""
+    currency, conservation (balance + captured == topped_up), and, given its payments,
+    that captured is what its AUTHORIZED payments took."""
     currency = account.balance.currency
     problems: list[str] = []
     if account.balance.amount < 0:
         problems.append(f"balance is negative: {account.balance.amount}")
-    for name, money in (
-        ("topped_up", account.topped_up),
-        ("captured_archived", account.captured_archived),
-    ):
+    for name, money in (("topped_up", account.topped_up), ("captured", account.captured_archived)):
         if money.currency != currency:
             problems.append(f"{name} is in {money.currency}, the balance in {currency}")
         if money.amount < 0:
             problems.append(f"{name} is negative: {money.amount}")
-    problems += _payment_violations(account)
-    held = sum((p.amount.amount for p in account.payments if p.status == AUTHORIZED), Decimal(0))
-    total = account.balance.amount + held + account.captured_archived.amount
+    total = account.balance.amount + account.captured_archived.amount
     if total != account.topped_up.amount:
         problems.append(
-            f"money not conserved: balance {account.balance.amount} + authorized {held}"
-            f" + archived {account.captured_archived.amount} != topped up"
-            f" {account.topped_up.amount}"
+            f"money not conserved: balance {account.balance.amount} + captured"
+            f" {account.captured_archived.amount} != topped up {account.topped_up.amount}"
         )
+    if payments is not None:
+        authorized = sum((p.amount.amount for p in payments if p.status == AUTHORIZED), Decimal(0))
+        if authorized != account.captured_archived.amount:
+            problems.append(
+                f"captured {account.captured_archived.amount} != AUTHORIZED payments {authorized}"
+            )
+        problems += _payment_violations(payments, currency)
     return problems
 
 
 # ---- helpers ----
 
 
-def _decide_authorization(account: Account, command: AuthorizePayment) -> tuple[Payment, Account]:
-    """The saga's first AuthorizePayment: debit, or record the refusal."""
-    reason = _refusal(account, command.amount)
-    if reason is not None:
-        payment = Payment(command.saga_id, command.amount, FAILED, reason)
-        return payment, _add_payment(account, payment)
-    payment = Payment(command.saga_id, command.amount, AUTHORIZED)
-    debited = replace(account, balance=_plus(account.balance, -command.amount.amount))
-    return payment, _add_payment(debited, payment)
+def _replayed(account: Account | None, offset: int) -> bool:
+    """Was the record at `offset` applied whole already (a replay after a crash)?"""
+    return account is not None and offset <= account.applied_offset
 
 
-def _refusal(account: Account, amount: Money) -> str | None:
-    """Why `amount` cannot be debited from `account` (None: it can)."""
-    balance = account.balance
+def _refusal(account: Account | None, customer_id: str, amount: Money) -> str | None:
+    """Why `amount` cannot be debited from the customer's `account` (None: it can)."""
+    problem = amount_problem("amount", amount)
+    if problem is not None:
+        return reason(problem)
     if amount.amount <= 0:
         return f"non-positive amount: {amount.amount} {amount.currency}"
-    if account.topped_up.amount == 0:  # no account, or one that never received money
-        return f"unknown customer: {account.customer_id}"
+    if account is None or account.topped_up.amount == 0:  # none, or never received money
+        return f"unknown customer: {customer_id}"
+    balance = account.balance
     if amount.currency != balance.currency:
         return f"currency mismatch: account in {balance.currency}, payment in {amount.currency}"
     if balance.amount < amount.amount:
@@ -209,41 +278,29 @@ def _authorize_reply(payment: Payment, command: AuthorizePayment, now: datetime)
             replied_at=now,
             amount=payment.amount,
         )
-    reason = CANCELLED_REASON if payment.status == CANCELLED else payment.reason
+    why = CANCELLED_REASON if payment.status == CANCELLED else payment.reason
     return PaymentFailed(
         saga_id=command.saga_id,
         command_id=command.command_id,
         attempt=command.attempt,
         outcome=Outcome.FAILURE,
         replied_at=now,
-        reason=reason or "payment failed",
+        reason=why or "payment failed",
     )
 
 
-def _payment_of(account: Account, saga_id: str) -> Payment | None:
-    return next((p for p in account.payments if p.saga_id == saga_id), None)
-
-
-def _add_payment(account: Account, payment: Payment) -> Account:
-    """Append; beyond MAX_PAYMENTS drop the oldest, archiving captured money."""
-    payments = [*account.payments, payment]
-    pruned, kept = payments[:-MAX_PAYMENTS], payments[-MAX_PAYMENTS:]
-    archived = sum((p.amount.amount for p in pruned if p.status == AUTHORIZED), Decimal(0))
+def _moved(account: Account, to_balance: Decimal) -> Account:
+    """`to_balance` moved from captured to the balance (negative: a debit)."""
     return replace(
         account,
-        payments=kept,
-        captured_archived=_plus(account.captured_archived, archived),
+        balance=_plus(account.balance, to_balance),
+        captured_archived=_plus(account.captured_archived, -to_balance),
     )
 
 
-def _payment_violations(account: Account) -> list[str]:
-    currency = account.balance.currency
+def _payment_violations(payments: list[Payment], currency: str) -> list[str]:
     problems: list[str] = []
-    seen: set[str] = set()
-    for p in account.payments:
-        if p.saga_id in seen:
-            problems.append(f"saga {p.saga_id} has several payments")
-        seen.add(p.saga_id)
+    for p in payments:
         if p.status not in PAYMENT_STATUSES:
             problems.append(f"saga {p.saga_id}: unknown payment status {p.status}")
         if p.status in (AUTHORIZED, REFUNDED):
@@ -255,7 +312,7 @@ def _payment_violations(account: Account) -> list[str]:
 
 
 def _empty_account(customer_id: str, currency: str) -> Account:
-    zero = Money(Decimal("0.00"), currency)
+    zero = _zero(currency)
     return Account(customer_id=customer_id, balance=zero, topped_up=zero, captured_archived=zero)
 
 
@@ -269,12 +326,8 @@ def _in_currency(account: Account, currency: str) -> Account:
     )
 
 
-def _zero(account: Account) -> Money:
-    return Money(Decimal("0.00"), account.balance.currency)
-
-
-def _zero_like(money: Money) -> Money:
-    return Money(Decimal("0.00"), money.currency)
+def _zero(currency: str) -> Money:
+    return Money(Decimal("0.00"), currency)
 
 
 def _plus(money: Money, amount: Decimal) -> Money:

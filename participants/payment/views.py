@@ -1,8 +1,8 @@
 """The Payment Service's web view: `/accounts/{customer_id}` (JSON or HTML).
 
-Balance, total topped up, captured money pruned from the payment list, and the latest
-payments (newest first, `?limit=`). Routed by Faust to the worker that owns the customer
-(`table_route`).
+Balance, total topped up, captured, and the customer's payments, one per saga (up to
+`?limit=` of them, by saga id; `?saga=ID` shows that saga's). Routed by Faust to the
+worker that owns the customer (`table_route`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from faust.web import Request, Response
 
 from messaging import web as w
+from participants.payment.logic import payment_key
 from schemas import messages as m
 
 if TYPE_CHECKING:
@@ -23,14 +24,12 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
 
-def account_json(account: m.Account, limit: int, worker: str) -> dict[str, Any]:
-    latest = account.payments[::-1][:limit]
+def account_json(account: m.Account, payments: list[m.Payment], worker: str) -> dict[str, Any]:
     return {
         "customer_id": account.customer_id,
         "balance": w.money(account.balance),
         "topped_up": w.money(account.topped_up),
-        "captured_archived": w.money(account.captured_archived),
-        "payments_count": len(account.payments),
+        "captured": w.money(account.captured_archived),
         "payments": [
             {
                 "saga_id": p.saga_id,
@@ -38,7 +37,7 @@ def account_json(account: m.Account, limit: int, worker: str) -> dict[str, Any]:
                 "status": p.status,
                 "reason": p.reason,
             }
-            for p in latest
+            for p in payments
         ],
         "worker": worker,  # the worker owning the customer's partition (requests are routed)
     }
@@ -53,13 +52,12 @@ def render_account(payload: Mapping[str, Any]) -> str:
             [
                 ("balance", w.money_text(payload["balance"])),
                 ("topped up", w.money_text(payload["topped_up"])),
-                ("captured (archived)", w.money_text(payload["captured_archived"])),
-                ("payments", payload["payments_count"]),
+                ("captured", w.money_text(payload["captured"])),
             ],
             id="account",
         ),
         w.section(
-            f"Latest {len(payments)} payment(s), newest first",
+            f"Payments ({len(payments)} shown)",
             w.table(
                 ["saga", "amount", "status", "reason"],
                 [
@@ -91,10 +89,16 @@ def register_views(service: PaymentService) -> None:
         async def get(self, request: Request, customer_id: str) -> Response:
             w.wants_html(request)
             limit = w.int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
-            account: m.Account | None = accounts.get(customer_id.encode())
-            if account is None:
+            account = accounts.get(customer_id.encode())
+            if not isinstance(account, m.Account):
                 raise w.not_found(f"no account {customer_id!r}", customer_id=customer_id)
-            payload = account_json(account, limit, w.worker_url(app))
+            saga = request.query.get("saga")
+            if saga:
+                payment = accounts.get(payment_key(customer_id, saga))
+                payments = [payment] if isinstance(payment, m.Payment) else []
+            else:
+                payments = [p for _k, p in accounts.owned(customer_id.encode(), "payment", limit)]
+            payload = account_json(account, payments, w.worker_url(app))
             return self.respond(request, payload, render_account)
 
     w.add_page(app, "/accounts/{customer_id}", AccountDetail)

@@ -4,8 +4,9 @@
   `prefix`), with available, reserved, sold, restocked and price, over the whole table:
   each product worker owning partitions gives its part, merged here (`?scope=local`: only
   this worker's partitions).
-- `/stock/{product_id}`: one product with the sagas holding a reservation and the latest
-  settled ones. Routed by Faust to the worker that owns the product (`table_route`).
+- `/stock/{product_id}`: one product and, per saga, what it holds or how that ended (up
+  to `?holds=` of them, by saga id; `?saga=ID` shows that saga's). Routed by Faust to
+  the worker that owns the product (`table_route`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from faust.web import Request, Response
 
 from messaging import web as w
+from participants.product.logic import hold_key
 from schemas import messages as m
 
 if TYPE_CHECKING:
@@ -26,8 +28,8 @@ if TYPE_CHECKING:
 SERVICE = "product service"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-SCAN_CAP = 100_000  # rows of the stock table one /stock request reads at most
-SETTLED_SHOWN = 20
+SCAN_CAP = 100_000  # products one /stock request reads at most
+HOLDS_SHOWN = 50
 
 
 def stock_summary(row: m.StockRow) -> dict[str, Any]:
@@ -42,13 +44,11 @@ def stock_summary(row: m.StockRow) -> dict[str, Any]:
     }
 
 
-def stock_detail(row: m.StockRow, worker: str) -> dict[str, Any]:
-    settled = list(row.settled.items())[-SETTLED_SHOWN:]
+def stock_detail(row: m.StockRow, holds: list[m.StockHold], worker: str) -> dict[str, Any]:
     return {
         **stock_summary(row),
-        "reservations": dict(row.reservations),  # saga id -> quantity held
-        "recent_settled": [
-            {"saga_id": saga_id, "outcome": outcome} for saga_id, outcome in reversed(settled)
+        "holds": [
+            {"saga_id": h.saga_id, "quantity": h.quantity, "status": h.status} for h in holds
         ],
         "worker": worker,  # the worker owning the product's partition (requests are routed)
     }
@@ -108,31 +108,19 @@ def render_product(payload: Mapping[str, Any]) -> str:
             id="product",
         ),
         w.section(
-            "Held by open sagas",
+            f"Sagas ({len(payload['holds'])} shown)",
             w.table(
-                ["saga", "quantity"],
-                [
-                    (w.tag("span", saga, class_="mono"), q)
-                    for saga, q in payload["reservations"].items()
-                ],
-                numeric={1},
-                id="reservations",
-                class_="compact",
-                empty="no reservation",
-            ),
-        ),
-        w.section(
-            "Recently settled",
-            w.table(
-                ["saga", "outcome"],
+                ["saga", "quantity", "status"],
                 [
                     (
-                        w.tag("span", s["saga_id"], class_="mono"),
-                        w.state_badge(s["outcome"], class_="status"),
+                        w.tag("span", h["saga_id"], class_="mono"),
+                        h["quantity"],
+                        w.state_badge(h["status"], class_="status"),
                     )
-                    for s in payload["recent_settled"]
+                    for h in payload["holds"]
                 ],
-                id="settled",
+                numeric={1},
+                id="holds",
                 class_="compact",
                 empty="none",
             ),
@@ -156,7 +144,11 @@ def register_views(service: ProductService) -> None:
 
             async def local() -> dict[str, Any]:
                 scan = await w.scan_table(stock, SCAN_CAP)
-                matching = [row for _key, row in scan.rows if row.product_id.startswith(prefix)]
+                matching = [
+                    row
+                    for _key, row in scan.rows
+                    if isinstance(row, m.StockRow) and row.product_id.startswith(prefix)
+                ]
                 first = heapq.nsmallest(limit, matching, key=lambda row: row.product_id)
                 return {
                     "filter": {"prefix": prefix or None},
@@ -175,10 +167,18 @@ def register_views(service: ProductService) -> None:
         @w.table_route(app, stock, "product_id")
         async def get(self, request: Request, product_id: str) -> Response:
             w.wants_html(request)
-            row: m.StockRow | None = stock.get(product_id.encode())
-            if row is None:
+            row = stock.get(product_id.encode())
+            if not isinstance(row, m.StockRow):
                 raise w.not_found(f"no product {product_id!r}", product_id=product_id)
-            return self.respond(request, stock_detail(row, w.worker_url(app)), render_product)
+            limit = w.int_param(request, "holds", HOLDS_SHOWN, minimum=0, maximum=MAX_LIMIT)
+            saga = request.query.get("saga")
+            if saga:
+                hold = stock.get(hold_key(product_id, saga))
+                holds = [hold] if isinstance(hold, m.StockHold) else []
+            else:
+                holds = [h for _k, h in stock.owned(product_id.encode(), "hold", limit)]
+            payload = stock_detail(row, holds, w.worker_url(app))
+            return self.respond(request, payload, render_product)
 
     w.add_page(app, "/stock", StockList)
     w.add_page(app, "/stock/{product_id}", StockDetail)

@@ -87,7 +87,8 @@ async def test_request_then_reply_moves_the_saga_and_sends_commands(running: Any
     await put(agent, SAGA, reply(m.OrderCreated, saga_id=SAGA))
     assert service.sagas[SAGA.encode()].state == "VERIFYING_PRODUCTS"
     topic, key, command = recorder.sent[-2]
-    assert (topic, key, type(command)) == ("product.commands", SAGA.encode(), m.ReserveProducts)
+    first_product = command.items[0].product_id.encode()  # where the command starts
+    assert (topic, key, type(command)) == ("product.commands", first_product, m.ReserveProducts)
 
 
 async def test_duplicate_request_changes_nothing(running: Any) -> None:
@@ -148,13 +149,13 @@ async def test_deadline_timer_sends_step_timed_out_and_never_writes_the_table(
     saga = service.sagas[SAGA.encode()]
     assert saga.deadline is not None
     writes: list[bytes] = []
-    stage = service.sagas._stage  # every write and delete of a row passes here
+    stage = service.sagas._change  # every write and delete of a row passes here
 
-    def staged(key: bytes, encoded: bytes | None) -> None:
+    def staged(key: bytes, row: Any) -> None:
         writes.append(key)
-        stage(key, encoded)
+        stage(key, row)
 
-    monkeypatch.setattr(service.sagas, "_stage", staged)
+    monkeypatch.setattr(service.sagas, "_change", staged)
     # as after a start or rebalance: the timer finds the saga by scanning the table
     service.watch.open.clear()
     service.watch.needs_rescan = True

@@ -271,7 +271,7 @@ def test_seed_publishes_stock_and_balances_once(workers: Workers, tmp_path: Path
     )
 
     def seeded_rows() -> tuple[m.StockRow, m.Account]:
-        wait_consumed("saga-product", "product.stock")  # commits follow changelog flushes
+        wait_consumed("saga-product", "product.commands")  # commits follow changelog flushes
         wait_consumed("saga-payment", "payment.commands")
         stock = client.table_rows("saga-product-stock-changelog")[product_id.encode()]
         account = client.table_rows("saga-payment-accounts-changelog")[customer_id.encode()]

@@ -39,7 +39,8 @@ async def test_sends_resolve_with_partition_and_offset_by_murmur2(kafka: str) ->
 
 async def test_flush_waits_for_what_was_sent_before_it(kafka: str) -> None:
     topic = create_topic(1)
-    producer = KafkaProducer(linger_ms=50)
+    producer = KafkaProducer(max_linger_ms=50)
+    producer.linger_s = 0.05  # held back: the flush hands them over
     sent = [producer.send(topic, b"k", str(i).encode()) for i in range(100)]
     await producer.flush()
     assert all(future.done() and not future.exception() for future in sent)
@@ -70,3 +71,25 @@ async def test_a_record_the_broker_refuses_fails_delivery_and_stops_the_producer
     with pytest.raises((DeliveryFailed, ProducerFailed)):
         await producer.flush(timeout=30)  # and for good
     producer.close(timeout=1)
+
+
+async def test_records_sent_together_are_handed_over_together(kafka: str) -> None:
+    topic = create_topic(1)
+    producer = KafkaProducer()
+    first = producer.send(topic, b"k", b"1")
+    second = producer.send(topic, b"k", b"2")
+    assert producer._held and not first.done()  # held for the rest of the loop's turn
+    await asyncio.sleep(0)
+    assert not producer._held  # handed over
+    assert [(await first)[1] + 1, (await second)[1]] == [(await second)[1]] * 2  # in order
+    producer.close()
+
+
+def test_linger_grows_with_the_rate_only_under_load() -> None:
+    producer = KafkaProducer(max_linger_ms=5)
+    producer.sent = 500
+    assert producer.adjust_linger(producer._adjusted_at + 1.0) == 0.0  # 500/s: none
+    producer.sent += 3000
+    assert producer.adjust_linger(producer._adjusted_at + 1.0) == pytest.approx(0.003)
+    producer.sent += 50_000
+    assert producer.adjust_linger(producer._adjusted_at + 1.0) == 0.005  # the maximum

@@ -6,15 +6,17 @@ import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
 
+from bench.invariants import split_rows
 from cli.processes import Workers
 from messaging import client
 from messaging.catalog import Catalog
-from participants.payment.logic import account_invariant_violations
-from participants.product.logic import stock_invariant_violations
+from participants.payment.logic import account_invariant_violations, payment_key
+from participants.product.logic import hold_key, stock_invariant_violations
 from schemas import messages as m
 from tests.integration.order_helpers import wait_consumed
 
@@ -72,8 +74,6 @@ ORDERS = ("saga-order-orders-changelog", ("saga-order", "order.commands"))
 STOCK = (
     "saga-product-stock-changelog",
     ("saga-product", "product.commands"),
-    ("saga-product", "product.stock"),
-    ("saga-product", "product.item-results"),
 )
 ACCOUNTS = ("saga-payment-accounts-changelog", ("saga-payment", "payment.commands"))
 
@@ -105,9 +105,8 @@ def test_unavailable_products_end_rejected(workers: Workers, test_catalog: Catal
     assert states(timeline) == ["CREATING_ORDER", "VERIFYING_PRODUCTS", "REJECTING_ORDER", REJECTED]
     assert "no-such-product" in (timeline[-1].reason or "")
     stock = rows_after(*STOCK)
-    widget = stock[n["widget"].encode()]
-    assert isinstance(widget, m.StockRow)
-    assert order.order_id not in widget.reservations  # what was taken went back
+    hold = stock.get(hold_key(n["widget"], order.order_id))
+    assert isinstance(hold, m.StockHold) and hold.status == "RELEASED"  # taken, given back
 
 
 def test_failed_payment_releases_stock_and_ends_rejected(
@@ -125,13 +124,14 @@ def test_failed_payment_releases_stock_and_ends_rejected(
         REJECTED,
     ]
     assert "insufficient funds" in (timeline[-1].reason or "")
-    stock = rows_after(*STOCK)[n["widget"].encode()]
-    assert isinstance(stock, m.StockRow)
-    assert order.order_id not in stock.reservations
-    assert stock.settled.get(order.order_id) == "RELEASED"
-    account = rows_after(*ACCOUNTS)[n["poor"].encode()]
+    hold = rows_after(*STOCK)[hold_key(n["widget"], order.order_id)]
+    assert isinstance(hold, m.StockHold) and (hold.status, hold.quantity) == ("RELEASED", 3)
+    accounts = rows_after(*ACCOUNTS)
+    account = accounts[n["poor"].encode()]
     assert isinstance(account, m.Account)
     assert account.balance.amount == Decimal("1.00")
+    payment = accounts[payment_key(n["poor"], order.order_id)]
+    assert isinstance(payment, m.Payment) and payment.status == "FAILED"
     orders = rows_after(*ORDERS)
     row = orders[order.order_id.encode()]
     assert isinstance(row, m.OrderRow) and row.status == "REJECTED"
@@ -221,29 +221,42 @@ def test_killed_orchestrator_recovers_its_table_and_finishes_every_saga(
         assert_one_history(events)
 
 
-def settled_rows(
-    products: list[str], customers: list[str]
-) -> tuple[dict[str, m.StockRow], dict[str, m.Account]]:
+@dataclass
+class Settled:
+    """Stock and money once no stock is held any more, read from the changelogs."""
+
+    stock: dict[str, m.StockRow]
+    holds: dict[str, dict[str, m.StockHold]]  # product -> saga -> hold
+    accounts: dict[str, m.Account]
+    payments: dict[str, dict[str, m.Payment]]  # customer -> saga -> payment
+
+
+def settled_rows(products: list[str], customers: list[str]) -> Settled:
     """Stock and account rows once no stock is held any more (approved sagas' sales are
-    applied shortly after they end), each row checked against its own invariants."""
-    result: list[tuple[dict[str, m.StockRow], dict[str, m.Account]]] = []
+    applied shortly after they end), each checked against its invariants."""
+    result: list[Settled] = []
 
     def nothing_held() -> None:
-        stock_rows = rows_after(*STOCK)
-        account_rows = rows_after(*ACCOUNTS)
-        stock, accounts = {}, {}
+        stock_own, stock_owned = split_rows({k.decode(): r for k, r in rows_after(*STOCK).items()})
+        account_own, account_owned = split_rows(
+            {k.decode(): r for k, r in rows_after(*ACCOUNTS).items()}
+        )
+        holds, payments = stock_owned.get("hold", {}), account_owned.get("payment", {})
+        settled = Settled({}, {}, {}, {})
         for product in products:
-            row = stock_rows[product.encode()]
+            row = stock_own[product]
             assert isinstance(row, m.StockRow)
-            assert stock_invariant_violations(row) == []
+            mine = holds.get(product, {})
+            assert stock_invariant_violations(row, mine.values()) == []  # type: ignore[arg-type]
             assert row.reserved == 0, row
-            stock[product] = row
+            settled.stock[product], settled.holds[product] = row, mine  # type: ignore[assignment]
         for customer in customers:
-            account = account_rows[customer.encode()]
+            account = account_own[customer]
             assert isinstance(account, m.Account)
-            assert account_invariant_violations(account) == []
-            accounts[customer] = account
-        result[:] = [(stock, accounts)]
+            theirs = payments.get(customer, {})
+            assert account_invariant_violations(account, list(theirs.values())) == []  # type: ignore[arg-type]
+            settled.accounts[customer], settled.payments[customer] = account, theirs  # type: ignore[assignment]
+        result[:] = [settled]
 
     eventually(nothing_held, timeout=120)
     return result[0]
@@ -256,7 +269,8 @@ def test_invariants_hold_after_hundreds_of_mixed_orders(
     prices = {r.product_id: r.unit_price.amount for r in test_catalog.restocks}
     products = [n["widget"], n["pricey"], n["scarce"]]
     customers = [n["rich"], n["poor"]]
-    stock_before, accounts_before = settled_rows(products, customers)
+    at_start = settled_rows(products, customers)
+    stock_before, accounts_before = at_start.stock, at_start.accounts
     rng = random.Random(7)
     orders = []
     for _ in range(300):
@@ -273,7 +287,8 @@ def test_invariants_hold_after_hundreds_of_mixed_orders(
     assert APPROVED in outcomes.values() and REJECTED in outcomes.values()
     approved = [o for o in orders if outcomes[o.order_id] == APPROVED]
 
-    stock_after, accounts_after = settled_rows(products, customers)
+    after_all = settled_rows(products, customers)
+    stock_after, accounts_after = after_all.stock, after_all.accounts
     for product in products:
         before, after = stock_before[product], stock_after[product]
         sold = sum(i.quantity for o in approved for i in o.items if i.product_id == product)
@@ -281,10 +296,11 @@ def test_invariants_hold_after_hundreds_of_mixed_orders(
         assert after.sold - before.sold == sold  # exactly the approved quantities, once
         assert before.available - after.available == sold  # the rest went back
         for order in orders:
-            ordered = any(i.product_id == product for i in order.items)
+            ordered = sum(i.quantity for i in order.items if i.product_id == product)
+            hold = after_all.holds[product].get(order.order_id)
             if order in approved and ordered:
-                assert after.settled.get(order.order_id) == "SOLD"
-            assert order.order_id not in after.reservations  # nothing held once terminal
+                assert hold is not None and (hold.status, hold.quantity) == ("SOLD", ordered)
+            assert hold is None or hold.status != "HELD"  # nothing held once terminal
     for customer in customers:
         before_account, account = accounts_before[customer], accounts_after[customer]
         charged = sum(
@@ -294,7 +310,9 @@ def test_invariants_hold_after_hundreds_of_mixed_orders(
         )  # fmt: skip
         assert account.topped_up == before_account.topped_up  # no top-up applied twice
         assert before_account.balance.amount - account.balance.amount == charged
-        authorized = {p.saga_id for p in account.payments if p.status == "AUTHORIZED"}
+        authorized = {
+            saga for saga, p in after_all.payments[customer].items() if p.status == "AUTHORIZED"
+        }
         for order in orders:
             if order.customer_id == customer:
                 assert (order.order_id in authorized) == (order in approved)

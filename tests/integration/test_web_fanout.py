@@ -26,7 +26,7 @@ PER_PARTITION = 3  # seeded products in each partition, at least
 
 def seed_products(prefix: str) -> dict[str, int]:
     """Products `prefix-N` with stock N + 1, at least PER_PARTITION in every partition."""
-    count = topics.partitions("product.stock")
+    count = topics.partitions("product.commands")
     by_partition: dict[int, list[str]] = defaultdict(list)
     n = 0
     while len(by_partition) < count or min(map(len, by_partition.values())) < PER_PARTITION:
@@ -40,7 +40,7 @@ def seed_products(prefix: str) -> dict[str, int]:
 
 
 def partition_of(product_id: str) -> int:
-    return client.partition_for(product_id.encode(), topics.partitions("product.stock"))
+    return client.partition_for(product_id.encode(), topics.partitions("product.commands"))
 
 
 def test_stock_lists_the_whole_table_from_either_of_two_workers(workers: Workers) -> None:

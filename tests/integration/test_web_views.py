@@ -80,13 +80,10 @@ def _row(url: str) -> dict[str, Any]:
 
 
 def _settled(stock_url: str, saga_id: str, outcome: str) -> dict[str, Any]:
-    """The product's row once the saga's reservation is settled with `outcome`."""
+    """The product's row once the saga's hold of it is settled with `outcome`."""
     reply = poll(
-        lambda: http_get(stock_url),
-        lambda r: any(
-            s == {"saga_id": saga_id, "outcome": outcome}
-            for s in r.json().get("recent_settled", [])
-        ),
+        lambda: http_get(f"{stock_url}?saga={quote(saga_id)}"),
+        lambda r: [h["status"] for h in r.json().get("holds", [])] == [outcome],
         f"{saga_id} settled as {outcome} in {stock_url}",
     )
     body: dict[str, Any] = reply.json()
@@ -136,7 +133,7 @@ def test_saga_view_shows_state_order_and_timeline(placed: Placed) -> None:
     assert [e["terminal"] for e in timeline] == [False, False, False, False, True]
     assert [e["at"] for e in timeline] == sorted(e["at"] for e in timeline)
     assert timeline[0]["commands"] == ["CreateOrder"]
-    assert timeline[-1]["commands"] == []
+    assert timeline[-1]["commands"] == ["SellProducts"]  # the sale is final
 
 
 def test_saga_view_with_trailing_slash_is_the_same(placed: Placed) -> None:
@@ -168,7 +165,7 @@ def test_order_views(placed: Placed) -> None:
 
 def test_stock_views(placed: Placed) -> None:
     url = f"{placed.urls.product}/stock/{placed.widget}"
-    # The sale is recorded when the Product Service sees the terminal SagaEvent.
+    # The sale is recorded when the Product Service gets SellProducts (the saga approved).
     after = _settled(url, placed.approved, "SOLD")
     _settled(url, placed.rejected, "RELEASED")
     before = placed.stock_before
@@ -179,8 +176,10 @@ def test_stock_views(placed: Placed) -> None:
     assert after["sold"] == before["sold"] + QUANTITY
     assert after["restocked"] == before["restocked"] == 100_000
     assert after["available"] + after["reserved"] + after["sold"] == after["restocked"]
-    assert placed.approved not in after["reservations"]
-    assert placed.rejected not in after["reservations"]
+    assert after["holds"] == [{"saga_id": placed.approved, "quantity": QUANTITY, "status": "SOLD"}]
+    listed = http_get(f"{url}?holds=1000").json()["holds"]  # every saga that touched it
+    assert {"saga_id": placed.rejected, "quantity": QUANTITY, "status": "RELEASED"} in listed
+    assert {"saga_id": placed.approved, "quantity": QUANTITY, "status": "SOLD"} in listed
 
     listing = http_get(f"{placed.urls.product}/stock?prefix={quote(placed.widget)}&limit=10").json()
     assert listing["scope"] == ALL_SCOPE
@@ -204,13 +203,20 @@ def test_account_view(placed: Placed) -> None:
     assert account["customer_id"] == placed.rich
     assert account["topped_up"] == {"amount": "1000000.00", "currency": "EUR"}
     assert Decimal(account["balance"]["amount"]) == Decimal(before["balance"]["amount"]) - total
-    assert account["payments_count"] == before["payments_count"] + 1
-    assert account["payments"][0] == {
+    captured = Decimal(account["captured"]["amount"])
+    assert captured == Decimal(before["captured"]["amount"]) + total
+    payment = {
         "saga_id": placed.approved,
         "amount": {"amount": "5.00", "currency": "EUR"},
         "status": "AUTHORIZED",
         "reason": None,
     }
+    one = http_get(f"{placed.urls.payment}/accounts/{placed.rich}?saga={placed.approved}").json()
+    assert one["payments"] == [payment]
+    listed = account["payments"]  # by saga id, at most ?limit= (other tests pay too)
+    assert 1 <= len(listed) <= 100 and [p["saga_id"] for p in listed] == sorted(
+        p["saga_id"] for p in listed
+    )
     poor = http_get(f"{placed.urls.payment}/accounts/{placed.poor}").json()
     assert poor["balance"] == {"amount": "1.00", "currency": "EUR"}
     refused = next(p for p in poor["payments"] if p["saga_id"] == placed.rejected)

@@ -123,8 +123,10 @@ def timed_out(saga: SagaState, at: datetime | None = None, **changes: Any) -> St
     return StepTimedOut(**(fields | changes))
 
 
-def requested(order_id: str = SAGA, items: list[OrderItem] | None = None) -> OrderRequested:
-    return OrderRequested(order_id, CUSTOMER, list(ITEMS if items is None else items), T0)
+def requested(
+    order_id: str = SAGA, items: list[OrderItem] | None = None, customer: str = CUSTOMER
+) -> OrderRequested:
+    return OrderRequested(order_id, customer, list(ITEMS if items is None else items), T0)
 
 
 def saga_in(state: str, attempt: int = 1, reason: str | None = None) -> SagaState:

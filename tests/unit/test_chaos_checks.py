@@ -15,11 +15,11 @@ import pytest
 
 from bench.chaos_plan import INPUT_TOPICS, BadKind, Intent, Plan, make_plan
 from bench.chaos_workers import Scheduler
-from bench.invariants import DeadLetter, Observed, check, distinct_events
+from bench.invariants import DeadLetter, Observed, check, distinct_events, split_rows
 from orchestrator.app import INPUTS as ORCHESTRATOR_INPUTS
-from participants.product.logic import requested_quantities
 from schemas import codec
 from schemas import messages as m
+from schemas.limits import merged_items
 
 T = datetime(2024, 1, 1, tzinfo=UTC)
 WORKERS = ["orchestrator", "order", "product", "payment"]
@@ -102,9 +102,8 @@ def saga_events(saga_id: str, outcome: str) -> list[m.SagaEvent]:
 
 def consistent(p: Plan) -> Observed:
     """What a correct run leaves behind: APPROVE orders approved, all others rejected."""
-    observed = Observed({}, {}, {}, {}, {}, {}, [])
+    observed = Observed({}, {}, {}, {}, {}, [])
     sold: Counter[str] = Counter()
-    payments: dict[str, list[m.Payment]] = {}
     for order in p.orders:
         r = order.request
         outcome = outcome_of(order.intent)
@@ -118,28 +117,27 @@ def consistent(p: Plan) -> Observed:
         observed.orders[r.order_id] = m.OrderRow(
             r.order_id, r.customer_id, r.items, status, None, T
         )
-        observed.reservations[r.order_id] = m.Reservation(
-            r.order_id, r.order_id, r.items, [], "SOLD" if approved else "RELEASED",
-            False, f"{r.order_id}:verify_products", 1, None, 0, T,
-        )  # fmt: skip
+        for item in merged_items(r.items):
+            status = "SOLD" if approved else "RELEASED"
+            hold = m.StockHold(r.order_id, item.product_id, item.quantity, status, 0, 1)
+            observed.holds.setdefault(item.product_id, {})[r.order_id] = hold
         if approved:
-            sold.update(requested_quantities(r.items))
+            sold.update({i.product_id: i.quantity for i in merged_items(r.items)})
             payment = m.Payment(r.order_id, m.Money(order.total, "EUR"), "AUTHORIZED")
-            payments.setdefault(r.customer_id, []).append(payment)
+            observed.payments.setdefault(r.customer_id, {})[r.order_id] = payment
     for restock in p.catalog.restocks:
         product, quantity = restock.product_id, restock.quantity
         observed.stock[product] = m.StockRow(
             product, quantity - sold[product], 0, sold[product], quantity, restock.unit_price
         )
     for top_up in p.catalog.top_ups:
-        mine = payments.get(top_up.customer_id, [])
+        mine = observed.payments.get(top_up.customer_id, {}).values()
         spent = sum((x.amount.amount for x in mine), Decimal("0.00"))
         observed.accounts[top_up.customer_id] = m.Account(
             top_up.customer_id,
             m.Money(top_up.amount.amount - spent, "EUR"),
             top_up.amount,
-            m.Money(Decimal("0.00"), "EUR"),
-            mine,
+            m.Money(spent, "EUR"),
         )
     observed.dead_letters = [
         DeadLetter(b.key, b.value, {"error.reason": b.reason, "source.topic": b.topic})
@@ -220,19 +218,21 @@ def test_an_approvable_order_rejected_by_a_deadline_is_counted_not_failed() -> N
     observed.events[saga] = rejected
     observed.sagas[saga] = replace(observed.sagas[saga], state="ORDER_REJECTED")
     observed.orders[saga] = replace(observed.orders[saga], status="REJECTED")
-    observed.reservations[saga] = replace(observed.reservations[saga], status="RELEASED")
     customer = order.request.customer_id
     account = observed.accounts[customer]
     observed.accounts[customer] = replace(
         account,
         balance=m.Money(account.balance.amount + order.total, "EUR"),
-        payments=[x for x in account.payments if x.saga_id != saga],
+        captured_archived=m.Money(account.captured_archived.amount - order.total, "EUR"),
     )
-    for product, quantity in requested_quantities(order.request.items).items():
-        row = observed.stock[product]
-        observed.stock[product] = replace(
-            row, available=row.available + quantity, sold=row.sold - quantity
+    del observed.payments[customer][saga]
+    for item in merged_items(order.request.items):
+        row = observed.stock[item.product_id]
+        observed.stock[item.product_id] = replace(
+            row, available=row.available + item.quantity, sold=row.sold - item.quantity
         )
+        hold = observed.holds[item.product_id][saga]
+        observed.holds[item.product_id][saga] = replace(hold, status="RELEASED")
     findings = check(p, observed)
     assert findings.passed, findings.violations
     assert findings.deadline_rejections == 1
@@ -245,17 +245,36 @@ def test_stock_still_reserved_or_money_held_by_a_rejected_order_is_found() -> No
     order = p.by_id()[saga]
     product = order.request.items[0].product_id
     row = observed.stock[product]
-    observed.stock[product] = replace(
-        row, available=row.available - 1, reserved=1, reservations={saga: 1}
-    )
-    account = observed.accounts[order.request.customer_id]
+    observed.stock[product] = replace(row, available=row.available - 1, reserved=1)
+    observed.holds[product][saga] = m.StockHold(saga, product, 1, "HELD", 0, -1)
+    customer = order.request.customer_id
+    account = observed.accounts[customer]
     held = m.Payment(saga, m.Money(order.total, "EUR"), "AUTHORIZED")
-    observed.accounts[order.request.customer_id] = replace(
+    observed.payments.setdefault(customer, {})[saga] = held
+    observed.accounts[customer] = replace(
         account,
         balance=m.Money(account.balance.amount - order.total, "EUR"),
-        payments=[*account.payments, held],
+        captured_archived=m.Money(account.captured_archived.amount + order.total, "EUR"),
     )
-    assert {"stock", "rejected-money", "money"} <= checks_failed(p, observed)
+    assert {"stock", "rejected-stock", "rejected-money", "money"} <= checks_failed(p, observed)
+
+
+def test_a_sale_recorded_twice_or_a_hold_that_disagrees_is_found() -> None:
+    p = plan()
+    observed = consistent(p)
+    saga = first(p, Intent.APPROVE)
+    item = merged_items(p.by_id()[saga].request.items)[0]
+    hold = observed.holds[item.product_id][saga]
+    observed.holds[item.product_id][saga] = replace(hold, quantity=hold.quantity + 1)
+    assert checks_failed(p, observed) == {"approved-stock", "stock"}
+
+
+def test_owned_rows_are_told_apart_by_their_keys() -> None:
+    own, owned = split_rows(
+        {"p1": "row", "p1\x00hold\x00s1": "hold", "c1\x00payment\x00s2": "payment"}
+    )
+    assert own == {"p1": "row"}
+    assert owned == {"hold": {"p1": {"s1": "hold"}}, "payment": {"c1": {"s2": "payment"}}}
 
 
 def test_a_duplicate_request_that_changed_the_saga_is_found() -> None:

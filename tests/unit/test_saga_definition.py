@@ -39,6 +39,7 @@ from schemas.messages import (
     RejectOrder,
     ReleaseProducts,
     ReserveProducts,
+    SellProducts,
     TopUp,
 )
 
@@ -374,8 +375,10 @@ HEAD: dict[str, Any] = {"saga_id": "saga-1", "command_id": "saga-1:x", "attempt"
          "order.commands", b"ord-1"),
         (ApproveOrder(**HEAD, order_id="ord-1"), "order.commands", b"ord-1"),
         (RejectOrder(**HEAD, order_id="ord-1", reason="r"), "order.commands", b"ord-1"),
-        (ReserveProducts(**HEAD, order_id="ord-1", items=ITEMS), "product.commands", b"saga-1"),
-        (ReleaseProducts(**HEAD, order_id="ord-1"), "product.commands", b"saga-1"),
+        (ReserveProducts(**HEAD, order_id="ord-1", items=ITEMS), "product.commands", b"p-1"),
+        (ReleaseProducts(**HEAD, order_id="ord-1", items=[OrderItem("p-2", 1), *ITEMS]),
+         "product.commands", b"p-2"),
+        (SellProducts(**HEAD, order_id="ord-1", items=ITEMS), "product.commands", b"p-1"),
         (AuthorizePayment(**HEAD, order_id="ord-1", customer_id="cüs-1", amount=EUR10),
          "payment.commands", "cüs-1".encode()),
         (CancelPayment(**HEAD, order_id="ord-1", customer_id="cus-1"),
@@ -409,11 +412,15 @@ def test_diagram_mentions_every_state_and_transition() -> None:
     assert "[*] --> CREATING_ORDER : OrderRequested / CreateOrder" in lines
     for state in CREATE_ORDER_SAGA.states:
         assert state.name in text
+    assert "[*] --> ORDER_REJECTED : OrderRequested breaking the limits" in lines
     for t in CREATE_ORDER_SAGA.transitions:
         trigger = "deadline" if t.trigger is DEADLINE else t.trigger.__name__
         step = CREATE_ORDER_SAGA.waiting_step(t.target)
-        label = trigger if step is None else f"{trigger} / {step.command.__name__}"
+        sent = [] if step is None else [step.command.__name__]
+        sent += [n.command.__name__ for n in CREATE_ORDER_SAGA.notifications_on(t.target)]
+        label = f"{trigger} / {', '.join(sent)}" if sent else trigger
         assert f"{t.source} --> {t.target} : {label}" in lines
+    assert "APPROVING_ORDER --> ORDER_APPROVED : OrderApproved / SellProducts" in lines
     for state in CREATE_ORDER_SAGA.states:
         step = CREATE_ORDER_SAGA.waiting_step(state.name)
         if step is not None and step.kind is StepKind.RETRIABLE:
@@ -445,5 +452,6 @@ def test_diagram_edge_count_matches_definition() -> None:
         if (step := CREATE_ORDER_SAGA.waiting_step(s.name))
         and (step.kind is StepKind.RETRIABLE or step.attempts > 1)
     ]
-    expected = 1 + len(CREATE_ORDER_SAGA.transitions) + len(retries) + 2
+    invalid = 1 if CREATE_ORDER_SAGA.invalid_request is not None else 0
+    expected = 1 + invalid + len(CREATE_ORDER_SAGA.transitions) + len(retries) + 2
     assert len(edges) == expected

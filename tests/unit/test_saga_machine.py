@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.definition import CREATE_ORDER_SAGA, Command, route
 from orchestrator.machine import Decision, decide, expired
+from schemas import codec
 from schemas.messages import (
     ApproveOrder,
     AuthorizePayment,
@@ -17,6 +18,7 @@ from schemas.messages import (
     CreateOrder,
     OrderApproved,
     OrderCreated,
+    OrderItem,
     OrderRejected,
     OrderRequested,
     Outcome,
@@ -32,6 +34,7 @@ from schemas.messages import (
     ReserveProducts,
     SagaEvent,
     SagaState,
+    SellProducts,
     StepTimedOut,
 )
 from tests.unit.saga_factories import (
@@ -60,8 +63,10 @@ ROUTES: dict[type, tuple[str, bytes]] = {
     CreateOrder: ("order.commands", SAGA.encode()),
     ApproveOrder: ("order.commands", SAGA.encode()),
     RejectOrder: ("order.commands", SAGA.encode()),
-    ReserveProducts: ("product.commands", SAGA.encode()),
-    ReleaseProducts: ("product.commands", SAGA.encode()),
+    # the order's first product: the command travels on from there
+    ReserveProducts: ("product.commands", ITEMS[0].product_id.encode()),
+    ReleaseProducts: ("product.commands", ITEMS[0].product_id.encode()),
+    SellProducts: ("product.commands", ITEMS[0].product_id.encode()),
     AuthorizePayment: ("payment.commands", CUSTOMER.encode()),
     CancelPayment: ("payment.commands", CUSTOMER.encode()),
 }
@@ -180,10 +185,16 @@ def test_every_state_and_message_type(state: str, message_type: type) -> None:
     assert (new.sequence, new.updated_at, new.created_at) == (5, NOW, saga.created_at)
     assert (new.saga_id, new.order_id, new.customer_id, new.items) == (SAGA, SAGA, CUSTOMER, ITEMS)
     assert new.total == saga.total or message_type is ProductsReserved
+    notifications = tuple(
+        type(c) for c in decision.commands if CREATE_ORDER_SAGA.step_for_command(type(c)) is None
+    )
+    expected_notices = tuple(n.command for n in CREATE_ORDER_SAGA.notifications_on(new.state))
+    assert notifications == expected_notices
+    steps = [c for c in decision.commands if type(c) not in notifications]
     if expect.command is None:
-        assert decision.commands == ()
+        assert steps == []
     else:
-        (command,) = decision.commands
+        (command,) = steps
         assert type(command) is expect.command
         assert expect.step is not None
         assert_command(command, expect.step, expect.attempt)
@@ -199,7 +210,7 @@ def test_every_state_and_message_type(state: str, message_type: type) -> None:
             step=expect.step,
             attempt=expect.attempt,
             reason=expect.reason,
-            commands=[] if expect.command is None else [expect.command.__name__],
+            commands=[c.__name__ for c in (expect.command, *expected_notices) if c is not None],
             terminal=terminal,
         ),
     )
@@ -292,12 +303,36 @@ def test_cancel_payment_goes_to_the_customer_partition() -> None:
     )
 
 
-def test_empty_order_is_treated_like_any_other() -> None:
+def test_a_request_breaking_the_limits_ends_its_saga_at_once_with_the_reason() -> None:
     decision = decide(None, requested(items=[]), NOW)
-    assert decision.state is not None and decision.state.state == "CREATING_ORDER"
-    assert decision.commands[0] == CreateOrder(
-        SAGA, f"{SAGA}:create_order", 1, NOW, SAGA, CUSTOMER, []
-    )
+    saga = decision.state
+    assert saga is not None and decision.commands == ()
+    assert (saga.state, saga.step, saga.deadline) == ("ORDER_REJECTED", None, None)
+    assert saga.reason == "invalid request: the order has no lines"
+    (event,) = decision.events
+    assert (event.from_state, event.to_state, event.terminal) == (None, "ORDER_REJECTED", True)
+    assert event.reason == saga.reason
+
+
+def test_the_row_of_the_largest_invalid_request_stays_small() -> None:
+    lines = [OrderItem(f"product-{i:06d}" + "x" * 100, 1) for i in range(20_000)]
+    decision = decide(None, requested(items=lines, customer="c" * 500), NOW)
+    saga = decision.state
+    assert saga is not None and saga.state == "ORDER_REJECTED" and saga.items == []
+    assert saga.customer_id == ""  # not a valid id: not kept
+    assert saga.reason is not None and "20000 lines, at most 200" in saga.reason
+    assert len(codec.encode(saga)) < 2_000
+    assert all(len(codec.encode(e)) < 2_000 for e in decision.events)
+
+
+def test_approval_tells_the_product_service_the_sale_is_final() -> None:
+    saga = saga_in("APPROVING_ORDER")
+    decision = decide(saga, reply_for(saga), NOW)
+    assert decision.state is not None and decision.state.state == "ORDER_APPROVED"
+    items = list(ITEMS)
+    assert decision.commands == (SellProducts(SAGA, f"{SAGA}:sell_products", 1, NOW, SAGA, items),)
+    assert route(decision.commands[0]) == ("product.commands", ITEMS[0].product_id.encode())
+    assert decision.events[0].commands == ["SellProducts"]
 
 
 # ---- duplicates, stale and foreign messages ----
@@ -592,11 +627,17 @@ def test_retry_keeps_reason_and_total() -> None:
 def test_participants_answering_every_command_drive_the_saga_to_the_end() -> None:
     decision = decide(None, requested(), NOW)
     saga, outbox = decision.state, list(decision.commands)
+    notified = []
     while outbox:
-        decision = decide(saga, answer(outbox.pop(0)), NOW)
+        command = outbox.pop(0)
+        if CREATE_ORDER_SAGA.step_for_command(type(command)) is None:  # a notification
+            notified.append(type(command))
+            continue
+        decision = decide(saga, answer(command), NOW)
         saga = decision.state
         outbox.extend(decision.commands)
     assert saga is not None and saga.state == "ORDER_APPROVED" and saga.sequence == 5
+    assert notified == [SellProducts]
 
 
 # ---- expired() ----

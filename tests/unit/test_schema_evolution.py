@@ -229,9 +229,9 @@ def test_codec_decodes_records_written_with_released_schema(released: Path) -> N
 
 
 def _older_stock_row() -> dict[str, Any]:
-    """StockRow as it would have been before restock_ids was added (with a default)."""
+    """StockRow as it would have been before applied_offset was added (with a default)."""
     raw = _raw(CURRENT["StockRow"])
-    raw["fields"] = [f for f in raw["fields"] if f["name"] != "restock_ids"]
+    raw["fields"] = [f for f in raw["fields"] if f["name"] != "applied_offset"]
     return raw
 
 
@@ -311,7 +311,7 @@ def test_making_a_field_optional_keeps_its_logical_type_comparable() -> None:
 
 
 def test_codec_resolves_an_older_writer_schema(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A record written before restock_ids existed decodes with its default."""
+    """A record written before applied_offset existed decodes with its default."""
     older = _parse(_older_stock_row())
     fingerprint = _fingerprint(older)
     current = codec._BY_CLASS[StockRow]
@@ -325,10 +325,8 @@ def test_codec_resolves_an_older_writer_schema(monkeypatch: pytest.MonkeyPatch) 
         "sold": 2,
         "restocked": 8,
         "unit_price": {"amount": Decimal("0.99"), "currency": "EUR"},
-        "reservations": {"s1": 1},
-        "settled": {},
     }
     row = codec.decode(codec.MAGIC + fingerprint + _write(older, datum))
     assert isinstance(row, StockRow)
-    assert row.restock_ids == []
+    assert row.applied_offset == -1
     assert row.unit_price.amount == Decimal("0.99")

@@ -24,7 +24,7 @@ def test_every_topic_of_the_design_is_declared() -> None:
     declared = set(topics.load().topics)
     design = {
         "orders.requested", "saga.replies", "saga.events", "order.commands",
-        "product.commands", "product.stock", "product.item-results",
+        "product.commands",
         "payment.commands", "saga.dead-letters",
     }  # fmt: skip
     assert design <= declared

@@ -1,0 +1,45 @@
+"""Adaptive fetch batching (messaging.fetching): no wait when light, batches when heavy."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from messaging.fetching import (
+    BATCH_FROM_RATE,
+    IDLE_WAIT_MS,
+    FetchBatching,
+    FetchLimits,
+    fetch_limits,
+)
+
+
+def test_light_traffic_is_answered_at_once_and_an_idle_fetch_waits_long() -> None:
+    for rate in (0.0, 20.0, BATCH_FROM_RATE - 1):
+        assert fetch_limits(rate, rate * 200, 20) == FetchLimits(1, IDLE_WAIT_MS)
+
+
+def test_heavy_traffic_waits_longer_the_heavier_up_to_the_cap() -> None:
+    waits = [fetch_limits(rate, rate * 200, 20).max_wait_ms for rate in (300, 600, 1000, 5000)]
+    assert waits == sorted(waits) and waits[0] >= 1 and waits[-1] == 20
+    limits = fetch_limits(1000, 200_000, 20)
+    assert limits == FetchLimits(2000, 10)  # 10 ms of 200 KB/s
+
+
+def test_batching_off_never_waits() -> None:
+    assert fetch_limits(10_000, 2_000_000, 0) == FetchLimits(1, IDLE_WAIT_MS)
+
+
+def test_the_rate_follows_what_agents_take_and_sets_the_fetcher() -> None:
+    fetcher = SimpleNamespace(_fetch_min_bytes=1, _fetch_max_wait_ms=500)
+    app: Any = SimpleNamespace(consumer=SimpleNamespace(_thread=SimpleNamespace(
+        _consumer=SimpleNamespace(_fetcher=fetcher))))  # fmt: skip
+    batching = FetchBatching(app, max_wait_ms=20)
+    batching._since = 0.0
+    for _ in range(2000):
+        batching.took(b"x" * 100)
+    assert batching.adjust(now=1.0) == fetch_limits(1000, 100_000, 20)  # smoothed from 0
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1000, 10)
+    for second in range(2, 8):  # quiet again: back to answering at once
+        batching.adjust(now=float(second))
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, IDLE_WAIT_MS)
