@@ -31,7 +31,7 @@ from faust.types import EventT, StreamT
 from messaging import settings, topics
 from messaging.dead_letters import send_dead_letter
 from messaging.fetching import FetchBatching, adapt_fetches
-from messaging.producer import Delivered, KafkaProducer
+from messaging.producer import KafkaProducer
 from messaging.tables import RowTable
 from schemas import codec
 
@@ -92,7 +92,7 @@ def create_app(
     app.timer(interval=0.5)(adjust_linger)
     flush_before_commit(app, producer)
     fence_stale_records(app)
-    _FETCHES[app] = adapt_fetches(app, int(os.environ.get("SAGA_FETCH_MAX_WAIT_MS", "20")))
+    _FETCHES[app] = adapt_fetches(app, int(os.environ.get("SAGA_FETCH_MAX_WAIT_MS", "10")))
     without_sensors(app)
     return app
 
@@ -207,10 +207,8 @@ class Sender:
     def __init__(self, app: faust.App) -> None:
         self.producer = producer_of(app)
 
-    def send(
-        self, topic: str, key: bytes, message: object, partition: int | None = None
-    ) -> asyncio.Future[Delivered]:
-        """Queue the message; the future resolves when the broker has it."""
+    def send(self, topic: str, key: bytes, message: object, partition: int | None = None) -> int:
+        """Queue the message; returns its epoch (KafkaProducer.wait_delivered)."""
         return self.producer.send(topic, key, codec.encode(message), partition=partition)
 
 
@@ -226,16 +224,16 @@ class WriteAfterSend:
     broker's acknowledgement before the next record, though, bounds an agent to one round
     trip per record. So the agent `submit`s each record with its outputs and rows and goes
     on; the rows are staged (`read` sees them) while `run`, a task of the agent, takes the
-    records strictly in submitted order, waits for their outputs, writes their rows and
-    only then acks them, so their offsets can be committed. The agent's stream must not
-    ack by itself (`stream.noack()`).
+    records strictly in submitted order, waits for their outputs (the producer's epoch
+    they were sent in), writes their rows and only then acks them, so their offsets can be
+    committed. The agent's stream must not ack by itself (`stream.noack()`).
     """
 
     def __init__(self, app: faust.App, sender: Sender, max_in_flight: int = 1000) -> None:
         self.app = app
         self.sender = sender
         self.staged: dict[tuple[int, bytes], Any] = {}  # (id(table), key) -> newest row
-        self.queue: asyncio.Queue[tuple[StreamT, EventT, list[Any], list[Row], Any]]
+        self.queue: asyncio.Queue[tuple[StreamT, EventT, int, list[Row], Any]]
         self.queue = asyncio.Queue(maxsize=max_in_flight)
 
     def read(self, table: RowTable, key: bytes) -> Any:
@@ -254,20 +252,21 @@ class WriteAfterSend:
         """Send `outputs` now; once the broker has them, write `rows`, call `on_written`
         and ack `event`. Raises what the producer raises (SendFailed): a transport
         failure, for the caller to stop the worker on."""
-        sent = [self.sender.send(topic, key, message) for topic, key, message in outputs]
+        for topic, key, message in outputs:
+            self.sender.send(topic, key, message)
         rows = list(rows)
         for table, key, row in rows:
             self.staged[(id(table), key)] = row
-        await self.queue.put((stream, event, sent, rows, on_written))
+        epoch = self.sender.producer.current_epoch  # all its outputs are in it, or before
+        await self.queue.put((stream, event, epoch, rows, on_written))
 
     async def run(self) -> None:
         try:
             while True:
-                stream, event, sent, rows, on_written = await self.queue.get()
-                for acked in sent:
-                    # DeliveryFailed when the producer gave up: order is lost, so the
-                    # worker stops; what was not acked is processed again after the restart.
-                    await acked
+                stream, event, epoch, rows, on_written = await self.queue.get()
+                # DeliveryFailed when the producer gave up: order is lost, so the worker
+                # stops; what was not acked is processed again after the restart.
+                await self.sender.producer.wait_delivered(epoch)
                 with processing(event):
                     for table, key, row in rows:
                         table[key] = row

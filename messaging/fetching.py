@@ -9,9 +9,10 @@ times a second for nothing.
 
 So the wait follows the rate at which the worker's agents take records (measured every
 half second, smoothed): below BATCH_FROM_RATE records/s the broker answers as soon as a
-record is there (min 1 byte; an idle fetch waits 500 ms); above, it may wait up to one
-millisecond per MS_PER_RATE records/s, at most `max_wait_ms`, or until that long's worth
-of bytes has come. `SAGA_FETCH_MAX_WAIT_MS=0` turns batching off.
+record is there (min 1 byte; an idle fetch waits 500 ms); above, it may wait about as long
+as BATCH_RECORDS records take to come at that rate (a shorter wait would add latency and
+still bring one record a fetch), at most `max_wait_ms`, or until that long's worth of
+bytes has come. `SAGA_FETCH_MAX_WAIT_MS=0` turns batching off.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 
 import faust
 
-BATCH_FROM_RATE = 300.0  # records/s below which fetches never wait for more
-MS_PER_RATE = 100.0  # ... above it, 1 ms of wait per this many records/s
+BATCH_FROM_RATE = 200.0  # records/s below which fetches never wait for more
+BATCH_RECORDS = 4  # above it, wait for about this many records
 IDLE_WAIT_MS = 500  # how long an empty fetch waits at the broker (min bytes 1)
 MAX_MIN_BYTES = 1 << 20
 SMOOTHING = 0.5  # weight of the newest measurement
@@ -39,7 +40,7 @@ def fetch_limits(records_per_s: float, bytes_per_s: float, max_wait_ms: int) -> 
     """What to ask the broker for at this rate (see the module doc)."""
     if max_wait_ms <= 0 or records_per_s < BATCH_FROM_RATE:
         return FetchLimits(1, IDLE_WAIT_MS)
-    wait_ms = max(1, min(max_wait_ms, round(records_per_s / MS_PER_RATE)))
+    wait_ms = max(1, min(max_wait_ms, round(1000 * BATCH_RECORDS / records_per_s)))
     min_bytes = int(bytes_per_s * wait_ms / 1000)
     return FetchLimits(max(1, min(MAX_MIN_BYTES, min_bytes)), wait_ms)
 

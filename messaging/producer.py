@@ -1,16 +1,22 @@
-"""The one confluent-kafka producer of a worker, with delivery reports as asyncio futures.
+"""The one confluent-kafka producer of a worker, with deliveries counted per epoch.
 
-Every record a worker sends goes through it: commands, replies, SagaEvents, per-item
-messages, dead letters and table changelogs. Faust's own (aiokafka) producer costs an
-agent ~0.25 ms of CPU per record; librdkafka batches and writes in its own threads for
-a few microseconds (DESIGN §9).
+Every record a worker sends goes through it: commands, replies, SagaEvents, forwarded
+hops, dead letters and table changelogs. Faust's own (aiokafka) producer costs an agent
+~0.25 ms of CPU per record; librdkafka batches and writes in its own threads for a few
+microseconds (DESIGN §9).
 
-Delivery reports come from a thread that waits in `poll()` with the GIL released; it
-hands them to the event loop in batches (one wake-up however many reports are waiting).
-`send` returns a future that resolves once the broker has the record (acks=all) and
-fails with `DeliveryFailed` if librdkafka gave up on it. Sends outside Faust's producer
-are not covered by Faust's commits: `flush` waits until every record sent so far is
-acknowledged and is called before each offset commit (`messaging.faust_app`).
+Nothing waits for a single record: a saga's next hop does not depend on the broker's
+acknowledgement, only what may be committed does (rows written back, offsets committed).
+So records are counted in epochs, a new one every tick (POLL_SECONDS) that sent
+something; an event-loop timer polls librdkafka for delivery reports, and `delivered`
+tells up to which epoch everything is in Kafka. `flush` (before each offset commit, see
+`messaging.faust_app`) ends the epoch and waits for it. A record the broker does not take
+stops the producer for good (`failure`, and the worker is crashed by `on_failure`): its
+inputs are processed again after the restart.
+
+Records are handed to librdkafka at the end of the event loop's turn, or, when many are
+sent, after a short linger that grows with the rate (LINGER_*): a burst goes out in one
+request.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +33,19 @@ import confluent_kafka
 from messaging import settings
 
 log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+# Records bigger than this are refused by the producer (and by a default broker, whose
+# limit is 1 MiB + 12). Input limits keep every record of the saga far below it.
+MAX_RECORD_BYTES = 1_000_000
+
+POLL_SECONDS = 0.002  # how often delivery reports are fetched while records are out
+
+# Adaptive linger: records wait for more only when many are sent (light traffic never
+# waits); then 1 ms per LINGER_RATE_PER_MS records/s, at most the producer's maximum.
+LINGER_FROM_RATE = 1000.0
+LINGER_RATE_PER_MS = 1000.0
 
 
 class _KnownWarnings(logging.Filter):
@@ -41,15 +59,9 @@ class _KnownWarnings(logging.Filter):
 _librdkafka_log = logging.getLogger("librdkafka")
 _librdkafka_log.addFilter(_KnownWarnings())
 
-Headers = list[tuple[str, bytes]]
-
-# Records bigger than this are refused by the producer (and by a default broker, whose
-# limit is 1 MiB + 12). Input limits keep every record of the saga far below it.
-MAX_RECORD_BYTES = 1_000_000
-
 
 class SendFailed(Exception):
-    """A record could not be handed to the producer (too large, unknown topic...)."""
+    """A record could not be sent at all (larger than MAX_RECORD_BYTES)."""
 
     def __init__(self, topic: str, error: object) -> None:
         super().__init__(f"cannot send to {topic}: {error}")
@@ -80,23 +92,24 @@ TransportError = (SendFailed, DeliveryFailed, ProducerFailed)
 
 Delivered = tuple[int, int]  # (partition, offset)
 
-# Adaptive linger: records wait for more only when many are sent (light traffic never
-# waits); then 1 ms per LINGER_RATE_PER_MS records/s, at most the producer's maximum.
-LINGER_FROM_RATE = 1000.0
-LINGER_RATE_PER_MS = 1000.0
 
+class _Epoch:
+    """The records sent during one tick: how many are not yet reported."""
 
-class _Unsent:
-    """Stands for the message of a record librdkafka refused outright."""
+    __slots__ = ("closed", "number", "producer", "undelivered")
 
-    def __init__(self, topic: str) -> None:
-        self._topic = topic
+    def __init__(self, number: int, producer: KafkaProducer) -> None:
+        self.number = number
+        self.undelivered = 0
+        self.closed = False
+        self.producer = producer
 
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return -1
+    def report(self, error: Any, message: Any) -> None:  # a delivery report, on the loop
+        self.undelivered -= 1
+        if error is not None:
+            self.producer._fail(DeliveryFailed(message.topic(), message.partition(), error))
+        if self.closed and self.undelivered == 0:
+            self.producer._settle()
 
 
 class KafkaProducer:
@@ -118,7 +131,7 @@ class KafkaProducer:
                 # Never give up on a record while the broker is away (no timeout), and
                 # stop the producer on any error that would leave a gap: each
                 # partition's records arrive in order without holes, which changelog
-                # flushes rely on (RowTable).
+                # write-backs rely on (RowTable).
                 "message.timeout.ms": 0,
                 "enable.gapless.guarantee": True,
                 # Records are held back here instead (see _hand_off): a burst handed
@@ -131,20 +144,16 @@ class KafkaProducer:
         producer_config["error_cb"] = self._on_error
         self._producer = confluent_kafka.Producer(producer_config, logger=_librdkafka_log)
         self._on_failure = on_failure
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._reports: collections.deque[tuple[Any, Any, Any]] = collections.deque()
-        self._wakeup_pending = False
-        # Records are counted per epoch; a flush starts a new epoch and waits only for the
-        # earlier ones, so records sent meanwhile (the agents go on) do not hold it up.
-        self._epoch = 0
-        self._undelivered: dict[int, int] = {}  # epoch -> records not yet reported
-        self._epoch_done: asyncio.Event | None = None
         self.failure: BaseException | None = None
-        self._closing = False
-        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._current = _Epoch(1, self)
+        self._open: collections.deque[_Epoch] = collections.deque()  # closed, not delivered
+        self.delivered = 0  # every record of epochs up to this one is in Kafka
+        self._settled: asyncio.Event | None = None
+        self._ticking = False
         self.sent = 0  # records sent (for tests and figures)
         # Held back until the end of the event loop's turn, or `linger_s` under load.
-        self._held: list[tuple[str, dict[str, Any], Any]] = []
+        self._held: list[tuple[str, dict[str, Any], _Epoch]] = []
         self._handoff_scheduled = False
         self.max_linger_s = max_linger_ms / 1000
         self.linger_s = 0.0
@@ -162,56 +171,92 @@ class KafkaProducer:
         partition: int | None = None,
         headers: Headers | None = None,
         on_delivery: Callable[[Delivered], None] | None = None,
-    ) -> asyncio.Future[Delivered]:
-        """Queue a record; the future resolves to (partition, offset) once the broker has it.
+    ) -> int:
+        """Queue a record; returns its epoch (see `delivered`). `on_delivery` runs on the
+        event loop once the broker has it, with (partition, offset).
 
-        `on_delivery` runs on the event loop for a delivered record (before the future's
-        waiters). Raises SendFailed for a record larger than MAX_RECORD_BYTES; one that
-        librdkafka refuses for another reason fails its future (and the producer).
+        Raises SendFailed for a record larger than MAX_RECORD_BYTES; one that librdkafka
+        refuses for another reason fails the producer.
         """
         loop = self._bind_loop()
         size = len(value or b"") + len(key or b"")
         if size > MAX_RECORD_BYTES:
             raise SendFailed(topic, f"a record of {size} bytes, more than {MAX_RECORD_BYTES}")
-        future: asyncio.Future[Delivered] = loop.create_future()
-        epoch = self._epoch
-        report = (future, on_delivery, epoch)
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._reporter(report)}
+        epoch = self._current
+        report = epoch.report if on_delivery is None else _reporting(epoch, on_delivery)
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
         if partition is not None:
             kwargs["partition"] = partition
         if headers:
             kwargs["headers"] = headers
-        self._held.append((topic, kwargs, report))
+        self._held.append((topic, kwargs, epoch))
+        epoch.undelivered += 1
+        self.sent += 1
         if not self._handoff_scheduled:
             self._handoff_scheduled = True
             if self.linger_s > 0:
                 loop.call_later(self.linger_s, self._hand_off)
             else:
                 loop.call_soon(self._hand_off)
-        self._undelivered[epoch] = self._undelivered.get(epoch, 0) + 1
-        self.sent += 1
-        return future
+        if not self._ticking:
+            self._ticking = True
+            loop.call_later(POLL_SECONDS, self._tick)
+        return epoch.number
 
     def _hand_off(self) -> None:
-        """Give the records held back to librdkafka, in order: held for the rest of the
-        event loop's turn, or for `linger_s` under load, they go out in fewer requests."""
+        """Give the records held back to librdkafka, in order."""
         self._handoff_scheduled = False
         held, self._held = self._held, []
         produce = self._producer.produce
-        for topic, kwargs, report in held:
+        for topic, kwargs, epoch in held:
             while True:
                 try:
                     produce(topic, **kwargs)
                     break
                 except BufferError:
                     # librdkafka's queue is full (100,000 records): let deliveries catch up.
-                    self._producer.poll(0.05)
-                    self._drain()
+                    self._poll(0.05)
                 except confluent_kafka.KafkaException as exc:
-                    error = exc.args[0] if exc.args else exc
-                    self._reports.append((report, error, _Unsent(topic)))
-                    self._drain()
+                    self._fail(ProducerFailed(exc.args[0] if exc.args else exc))
+                    epoch.undelivered -= 1  # counted out: the failure stops everything
                     break
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch records sent now belong to."""
+        return self._current.number
+
+    async def wait_delivered(self, epoch: int, timeout: float | None = None) -> None:
+        """Until every record of `epoch` and the ones before is in Kafka; raises the
+        producer's failure if one was not taken."""
+        self._bind_loop()
+        assert self._settled is not None
+        if epoch >= self._current.number:
+            self._close_epoch()
+        async with asyncio.timeout(timeout):
+            while self.failure is None and self.delivered < epoch:
+                self._settled.clear()
+                await self._settled.wait()
+        if self.failure is not None:
+            raise self.failure
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every record sent before the call is acknowledged; raise if one was
+        not (or if any earlier one was not). Records are never given up on while the
+        broker is away, so without a timeout this waits for it to come back."""
+        await self.wait_delivered(self._current.number, timeout)
+
+    @property
+    def outstanding(self) -> int:
+        """Records sent and not yet reported delivered (or failed)."""
+        return self._current.undelivered + sum(e.undelivered for e in self._open)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued (up to `timeout` seconds)."""
+        self._hand_off()
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            log.warning("%d records still undelivered after %.0f s", remaining, timeout)
 
     def adjust_linger(self, now: float) -> float:
         """Hold records longer the more are sent (see LINGER_*); called periodically."""
@@ -223,128 +268,78 @@ class KafkaProducer:
             self.linger_s = min(self.max_linger_s, rate / LINGER_RATE_PER_MS / 1000)
         return self.linger_s
 
-    async def flush(self, timeout: float | None = None) -> None:
-        """Wait until every record sent before the call is acknowledged; raise if one was
-        not (or if any earlier one was not). Records are never given up on while the
-        broker is away, so without a timeout this waits for it to come back."""
-        self._bind_loop()
-        self._hand_off()
-        assert self._epoch_done is not None
-        last = self._epoch
-        self._epoch += 1
-        async with asyncio.timeout(timeout):
-            while self.failure is None and any(e <= last for e in self._undelivered):
-                self._epoch_done.clear()
-                await self._epoch_done.wait()
-        if self.failure is not None:
-            raise self.failure
-
-    @property
-    def outstanding(self) -> int:
-        """Records sent and not yet reported delivered (or failed)."""
-        return sum(self._undelivered.values())
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is queued (up to `timeout` seconds) and stop the report thread."""
-        self._closing = True
-        self._hand_off()
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            log.warning("%d records still undelivered after %.0f s", remaining, timeout)
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        self._drain()
-
-    # ---- delivery reports ----
+    # ---- epochs and delivery reports ----
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self._epoch_done = asyncio.Event()
-            self._thread = threading.Thread(
-                target=self._poll_forever, name="producer-reports", daemon=True
-            )
-            self._thread.start()
+            self._settled = asyncio.Event()
         return self._loop
 
-    def _reporter(self, report: tuple[Any, Any, int]) -> Callable[[Any, Any], None]:
-        reports = self._reports
-
-        def on_delivery(error: Any, message: Any) -> None:  # in the report thread
-            reports.append((report, error, message))
-
-        return on_delivery
-
-    def _poll_forever(self) -> None:
-        while not self._closing:
-            try:
-                served = self._producer.poll(0.5)
-            except confluent_kafka.KafkaException as exc:  # a fatal error, raised again
-                self._on_error(exc.args[0] if exc.args else exc)
-                served = 1
-            if served and self._reports:
-                self._wake_loop()
-        if self._reports:
-            self._wake_loop()
-
-    def _on_error(self, error: Any) -> None:  # in the report thread
-        """librdkafka's client-wide errors: a fatal one stops the producer for good (the
-        records it still held are reported failed too); others (a broker away) it
-        recovers from by itself."""
-        fatal = getattr(error, "fatal", lambda: False)()
-        if not fatal:
-            log.warning("kafka producer: %s", error)
+    def _close_epoch(self) -> None:
+        """End the current epoch (if it sent anything) and start the next."""
+        epoch = self._current
+        if epoch.undelivered == 0 and not self._open:
+            self.delivered = epoch.number
+            self._current = _Epoch(epoch.number + 1, self)
             return
-        self._reports.append((None, error, None))
-        self._wake_loop()
+        epoch.closed = True
+        self._open.append(epoch)
+        self._current = _Epoch(epoch.number + 1, self)
+        self._settle()
 
-    def _wake_loop(self) -> None:
-        if self._wakeup_pending or self._loop is None:
-            return
-        self._wakeup_pending = True
+    def _settle(self) -> None:
+        """Move `delivered` past every closed epoch whose records are all reported."""
+        open_ = self._open
+        advanced = False
+        while open_ and open_[0].undelivered == 0:
+            self.delivered = open_.popleft().number
+            advanced = True
+        if not open_ and self._current.undelivered == 0:
+            self.delivered = max(self.delivered, self._current.number - 1)
+        if advanced and self._settled is not None:
+            self._settled.set()
+
+    def _tick(self) -> None:
+        """Fetch delivery reports; start a new epoch. Runs while records are out."""
+        self._ticking = False
+        if self._current.undelivered:
+            self._close_epoch()
+        self._poll(0)
+        if self.failure is None and (self._open or self._current.undelivered or self._held):
+            self._ticking = True
+            assert self._loop is not None
+            self._loop.call_later(POLL_SECONDS, self._tick)
+
+    def _poll(self, timeout: float) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # the loop is closed: the worker is gone
-            self._wakeup_pending = False
+            self._producer.poll(timeout)
+        except confluent_kafka.KafkaException as exc:  # a fatal error, raised by poll
+            self._fail(ProducerFailed(exc.args[0] if exc.args else exc))
 
-    def _fail(self, failure: Exception) -> None:
+    def _fail(self, failure: BaseException) -> None:
         if self.failure is None:
             self.failure = failure
             log.critical("%s", failure)
             if self._on_failure is not None:
                 self._on_failure(failure)
+        if self._settled is not None:
+            self._settled.set()  # waiters raise the failure
 
-    def _drain(self) -> None:
-        """Resolve the futures of the reports waiting (on the event loop)."""
-        self._wakeup_pending = False
-        reports = self._reports
-        undelivered = self._undelivered
-        epoch_done = False
-        while reports:
-            report, error, message = reports.popleft()
-            if report is None:  # the producer failed for good (see _on_error)
-                self._fail(ProducerFailed(error))
-                epoch_done = True
-                continue
-            future, on_delivery, epoch = report
-            left = undelivered[epoch] - 1
-            if left:
-                undelivered[epoch] = left
-            else:
-                del undelivered[epoch]
-                epoch_done = True
-            if error is not None:
-                failure = DeliveryFailed(message.topic(), message.partition(), error)
-                self._fail(failure)
-                epoch_done = True  # wakes a flush, which raises the failure
-                if not future.done():
-                    future.set_exception(failure)
-                    future.exception()  # retrieved: nobody may be waiting for it
-                continue
-            delivered = (message.partition(), message.offset())
-            if on_delivery is not None:
-                on_delivery(delivered)
-            if not future.done():
-                future.set_result(delivered)
-        if epoch_done and self._epoch_done is not None:
-            self._epoch_done.set()
+    def _on_error(self, error: Any) -> None:
+        """librdkafka's client-wide errors: a fatal one stops the producer for good (the
+        records it still held are reported failed too); others (a broker away) it
+        recovers from by itself."""
+        if not getattr(error, "fatal", lambda: False)():
+            log.warning("kafka producer: %s", error)
+            return
+        self._fail(ProducerFailed(error))
+
+
+def _reporting(epoch: _Epoch, on_delivery: Callable[[Delivered], None]) -> Any:
+    def report(error: Any, message: Any) -> None:
+        if error is None:
+            on_delivery((message.partition(), message.offset()))
+        epoch.report(error, message)
+
+    return report

@@ -39,16 +39,43 @@ class Stream:
         self.log.append(f"ack {event.name}")
 
 
-class Sender:
-    """Sends resolve when the test says the broker has them."""
+class Producer:
+    """Each send is an epoch of its own; epochs are delivered when the test says so."""
 
     def __init__(self) -> None:
-        self.acks: dict[str, asyncio.Future[None]] = {}
+        self.current_epoch = 0
+        self.delivered = 0
+        self.failure: BaseException | None = None
+        self.changed = asyncio.Event()
 
-    def send(self, topic: str, key: bytes, message: object) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.acks[str(message)] = future
-        return future
+    async def wait_delivered(self, epoch: int) -> None:
+        while self.failure is None and self.delivered < epoch:
+            self.changed.clear()
+            await self.changed.wait()
+        if self.failure is not None:
+            raise self.failure
+
+
+class Sender:
+    """Records each output's epoch; the test delivers them in order, or fails."""
+
+    def __init__(self) -> None:
+        self.producer = Producer()
+        self.epochs: dict[str, int] = {}
+
+    def send(self, topic: str, key: bytes, message: object) -> int:
+        self.producer.current_epoch += 1
+        self.epochs[str(message)] = self.producer.current_epoch
+        return self.producer.current_epoch
+
+    def deliver(self, message: str) -> None:
+        """Everything up to `message`'s epoch is in Kafka."""
+        self.producer.delivered = max(self.producer.delivered, self.epochs[message])
+        self.producer.changed.set()
+
+    def fail(self, failure: BaseException) -> None:
+        self.producer.failure = failure
+        self.producer.changed.set()
 
 
 class App:
@@ -81,10 +108,12 @@ async def test_rows_wait_for_their_outputs_and_follow_submission_order(setup: An
     await writer.submit(stream, first, [("t", b"k", "out-1")], [(table, b"k", "v1")])
     await writer.submit(stream, second, [("t", b"k", "out-2")], [(table, b"k", "v2")])
     assert writer.read(table, b"k") == "v2"  # the agent sees its newest row at once
-    sender.acks["out-2"].set_result(None)  # the later record's output is acked first
     await settle()
-    assert log == []  # still waiting for the first record
-    sender.acks["out-1"].set_result(None)
+    assert log == []  # nothing delivered yet
+    sender.deliver("out-1")
+    await settle()
+    assert log == ["write k=v1 in first", "ack first"]  # the second still waits
+    sender.deliver("out-2")
     await settle()
     assert log == ["write k=v1 in first", "ack first", "write k=v2 in second", "ack second"]
     assert table[b"k"] == "v2" and writer.staged == {}
@@ -94,7 +123,7 @@ async def test_a_newer_staged_row_survives_the_write_of_an_older_one(setup: Any)
     writer, sender, table, stream, _log, _app = setup
     await writer.submit(stream, Event("a"), [("t", b"k", "out-a")], [(table, b"k", "v1")])
     await writer.submit(stream, Event("b"), [("t", b"k", "out-b")], [(table, b"k", "v2")])
-    sender.acks["out-a"].set_result(None)
+    sender.deliver("out-a")
     await settle()
     assert table[b"k"] == "v1"
     assert writer.read(table, b"k") == "v2"
@@ -106,7 +135,7 @@ async def test_a_record_without_outputs_or_rows_is_acked_in_turn(setup: Any) -> 
     await writer.submit(stream, Event("bad"))
     await settle()
     assert log == []
-    sender.acks["out-a"].set_result(None)
+    sender.deliver("out-a")
     await settle()
     assert log == ["write k=v1 in a", "ack a", "ack bad"]
 
@@ -114,7 +143,7 @@ async def test_a_record_without_outputs_or_rows_is_acked_in_turn(setup: Any) -> 
 async def test_a_failed_send_writes_nothing_and_stops_the_worker(setup: Any) -> None:
     writer, sender, table, stream, log, app = setup
     await writer.submit(stream, Event("a"), [("t", b"k", "out-a")], [(table, b"k", "v1")])
-    sender.acks["out-a"].set_exception(TimeoutError("broker gone"))
+    sender.fail(TimeoutError("broker gone"))
     await settle()
     assert log == [] and b"k" not in table
     assert isinstance(app.crashed, TimeoutError)
