@@ -117,6 +117,9 @@ def producer_of(app: faust.App) -> KafkaProducer:
     return _PRODUCERS[app]
 
 
+STOP_FLUSH_SECONDS = 15.0  # below the stop watchdog's grace (exit_if_stop_hangs)
+
+
 def flush_before_commit(app: faust.App, producer: KafkaProducer) -> None:
     """Make every offset commit of `app` wait until the broker has what was sent before.
 
@@ -132,11 +135,15 @@ def flush_before_commit(app: faust.App, producer: KafkaProducer) -> None:
     faust_flush = faust_producer.flush
 
     async def flush() -> None:
+        # While the worker stops, the broker may be away: wait a bounded time, then give
+        # up (nothing is committed; the stop is not clean, so the next start restores
+        # the tables from the changelogs).
+        timeout = STOP_FLUSH_SECONDS if app.should_stop else None
         # The rows changed so far; their records' outputs were sent before this call.
         changes = [(t, t.take_changes()) for t in app.tables.values() if isinstance(t, RowTable)]
-        await producer.flush()  # outputs first: a durable row implies its outputs are
+        await producer.flush(timeout)  # outputs first: a durable row implies its outputs are
         if sum([table.send_changes(rows, producer) for table, rows in changes if rows]):
-            await producer.flush()
+            await producer.flush(timeout)
         await faust_flush()
 
     faust_producer.flush = flush

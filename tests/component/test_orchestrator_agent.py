@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 from faust.types import TP
 
+from messaging.producer import SendFailed
 from orchestrator.app import OrchestratorService
 from orchestrator.definition import REPLY_TOPIC, REQUEST_TOPIC
 from schemas import codec
 from schemas import messages as m
-from tests.unit.saga_factories import reply, requested
+from schemas.limits import MAX_ID_LENGTH, MAX_ORDER_LINES, MAX_QUANTITY
+from tests.unit.saga_factories import T0, reply, requested
 
 SAGA = "ord-1"
 
@@ -198,3 +200,117 @@ async def test_deadline_timer_waits_out_a_rebalance(
     monkeypatch.setattr(service.app, "rebalancing", False)
     await service.fire_deadlines(deadline)
     assert [type(message) for _t, _k, message in recorder.sent[sent:]] == [m.StepTimedOut]
+
+
+# ---- failures after decide(), duplicates, input limits (issue 14) ----
+
+
+async def put_no_wait(agent: Any, key: str, message: object) -> None:
+    """Put a record without waiting for its ack (it may never come)."""
+    topic = REQUEST_TOPIC if isinstance(message, m.OrderRequested) else REPLY_TOPIC
+    make_record = agent.to_message
+
+    def on_topic(*args: Any, **kwargs: Any) -> Any:
+        record = make_record(*args, **kwargs)
+        record.topic, record.tp = topic, TP(topic, record.partition)
+        return record
+
+    agent.to_message = on_topic
+    try:
+        await agent.put(codec.encode(message), key=key.encode(), wait=False)
+    finally:
+        del agent.to_message
+
+
+async def until(check: Any) -> None:
+    async with asyncio.timeout(5):
+        while not check():
+            await asyncio.sleep(0.001)
+
+
+async def test_a_send_that_fails_stops_the_worker_and_changes_nothing(
+    running: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transport failure is not the record's fault: not dead-lettered, the row and the
+    deadline index stay as they were (the record is processed again after the restart)."""
+    agent, service, recorder = running
+    await put(agent, SAGA, requested(SAGA))
+    for reply_type in (m.OrderCreated, m.ProductsReserved):
+        await put(agent, SAGA, reply(reply_type, saga_id=SAGA))
+    before = service.sagas[SAGA.encode()]
+    assert before.state == "AUTHORIZING_PAYMENT"
+    stopped: list[BaseException] = []
+
+    async def stop(app: Any, error: BaseException) -> None:
+        stopped.append(error)
+
+    def refuse(topic: str, key: bytes, message: object) -> int:
+        raise SendFailed(topic, "the broker refused the record")
+
+    monkeypatch.setattr("orchestrator.app.stop_worker", stop)
+    monkeypatch.setattr(service.sender, "send", refuse)
+    await put_no_wait(agent, SAGA, reply(m.PaymentAuthorized, saga_id=SAGA))
+    await until(lambda: stopped)
+    assert isinstance(stopped[0], SendFailed)
+    assert recorder.dead == []
+    assert service.sagas[SAGA.encode()] == before
+    assert service.watch.open[SAGA.encode()].state == "AUTHORIZING_PAYMENT"
+
+
+async def test_a_record_whose_handling_fails_after_decide_is_dead_lettered(
+    running: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent, service, recorder = running
+
+    def broken_route(command: Any) -> Any:
+        raise RuntimeError("no route")
+
+    monkeypatch.setattr("orchestrator.app.route", broken_route)
+    await put(agent, SAGA, requested(SAGA))
+    assert [reason for _k, _v, reason in recorder.dead] == ["RuntimeError"]
+    assert SAGA.encode() not in service.sagas and SAGA.encode() not in service.watch.open
+    monkeypatch.undo()
+    await put(agent, "ord-2", requested("ord-2"))  # the agent goes on
+    assert service.sagas[b"ord-2"].state == "CREATING_ORDER"
+
+
+async def test_a_second_request_with_other_content_changes_nothing(running: Any) -> None:
+    agent, service, recorder = running
+    await put(agent, SAGA, requested(SAGA))
+    before, sent = service.sagas[SAGA.encode()], len(recorder.sent)
+    other = m.OrderRequested(SAGA, "someone-else", [m.OrderItem("other", 9)], before.created_at)
+    await put(agent, SAGA, other)
+    assert service.sagas[SAGA.encode()] == before
+    assert (before.customer_id, before.items) != (other.customer_id, other.items)
+    assert len(recorder.sent) == sent
+
+
+async def test_the_largest_legal_request_runs_and_a_larger_one_is_rejected_with_why(
+    running: Any,
+) -> None:
+    agent, service, recorder = running
+    order_id, customer = "o" * MAX_ID_LENGTH, "c" * MAX_ID_LENGTH
+    lines = [
+        m.OrderItem(f"{i:03d}".ljust(MAX_ID_LENGTH, "p"), MAX_QUANTITY)
+        for i in range(MAX_ORDER_LINES)
+    ]
+    await put(agent, order_id, m.OrderRequested(order_id, customer, lines, T0))
+    saga = service.sagas[order_id.encode()]
+    assert saga.state == "CREATING_ORDER"
+    assert all(len(codec.encode(message)) < 100_000 for _t, _k, message in recorder.sent)
+
+    huge = [m.OrderItem(f"p{i}", 2**62) for i in range(20_000)]
+    await put(agent, "ord-huge", m.OrderRequested("ord-huge", customer, huge, T0))
+    rejected = service.sagas[b"ord-huge"]
+    assert rejected.state == "ORDER_REJECTED" and rejected.items == []
+    assert rejected.reason is not None and "20000 lines, at most 200" in rejected.reason
+    assert len(codec.encode(rejected)) < 2000
+
+    twice = [m.OrderItem("p1", 2**62), m.OrderItem("p1", 2**62)]  # the sum overflows a long
+    await put(agent, "ord-sum", m.OrderRequested("ord-sum", customer, twice, T0))
+    assert service.sagas[b"ord-sum"].state == "ORDER_REJECTED"
+
+    long_id = "x" * 2000
+    await put(agent, long_id, m.OrderRequested(long_id, customer, lines[:1], T0))
+    assert long_id.encode() not in service.sagas
+    assert recorder.dead[-1][2] == "invalid-message"
