@@ -2,7 +2,8 @@
 
 I/O only: read the saga's row, call the pure `decide`, write the row back, send the
 commands and the SagaEvents. A deadline timer sends `StepTimedOut` to saga.replies; it
-never writes the table (only the agent that owns a key's partition may).
+never writes the table (only the agent that owns a key's partition may). A reply read
+before its saga's request waits for it (`EarlyReplies`).
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any, cast
 
 import faust
-from faust.types import EventT
+from faust.types import TP, EventT, StreamT
 
+from messaging import settings
 from messaging.faust_app import (
     Row,
     Sender,
@@ -39,7 +43,7 @@ from schemas.limits import id_problem
 
 log = logging.getLogger(__name__)
 
-APP_ID = "saga-orchestrator"
+APP_ID = settings.APP_IDS["orchestrator"]
 DEFAULT_WEB_PORT = 6066
 REPLIES: tuple[type, ...] = (
     m.OrderCreated,
@@ -128,6 +132,95 @@ class DeadlineWatch:
         return result
 
 
+HOLD_LIMIT_SECONDS = 30.0
+
+
+@dataclass
+class HeldReply:
+    stream: StreamT
+    event: EventT
+    message: object
+    wanted: int | None  # the request partition's end offset when the reply was read
+    since: float
+
+
+class EarlyReplies:
+    """Replies read before the request of their saga, held back until it is processed.
+
+    A reply is caused by a command the orchestrator sent after it processed the request,
+    so the request is always earlier in orders.requested. Read live, it is also processed
+    earlier. But after a restart both topics are read again from their committed offsets,
+    in no fixed order across topics: a reply can come first, find no saga and be dropped,
+    and the saga then waits for a deadline and writes a different history from the one
+    saga.events already holds. So a reply for a saga that does not exist yet is held (not
+    acked: a crash reads it again) until its saga exists, or until the request partition
+    has been processed up to where it ended when the reply was read (then there is no
+    request: a stray reply, dropped as before), or HOLD_LIMIT_SECONDS passed.
+    """
+
+    def __init__(
+        self,
+        request_end: Callable[[int], int | None],
+        request_committed: Callable[[int], int | None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.request_end = request_end  # partition -> end offset last fetched (None: unknown)
+        self.request_committed = request_committed
+        self.clock = clock
+        self.held: list[HeldReply] = []
+        self.processed: dict[int, int] = {}  # request partition -> next offset to process
+
+    def saw_request(self, event: EventT) -> None:
+        partition, offset = event.message.partition, event.message.offset
+        self.processed[partition] = max(self.processed.get(partition, 0), offset + 1)
+
+    def should_hold(
+        self, stream: StreamT, event: EventT, message: object, saga_exists: bool
+    ) -> bool:
+        """Hold `message` (a reply) back? Then keep it (see `release`)."""
+        key = event.key
+        if saga_exists and not any(h.event.key == key for h in self.held):
+            return False
+        partition = event.message.partition
+        held = HeldReply(stream, event, message, self.request_end(partition), self.clock())
+        if not saga_exists and not self._behind(held):
+            return False
+        self.held.append(held)
+        return True
+
+    def _behind(self, held: HeldReply) -> bool:
+        """Is a request that was in orders.requested when the reply was read unprocessed?"""
+        partition = held.event.message.partition
+        if held.wanted is None:
+            held.wanted = self.request_end(partition)
+            if held.wanted is None:
+                return True
+        done = max(self.processed.get(partition, 0), self.request_committed(partition) or 0)
+        return done < held.wanted
+
+    def release(self, saga_exists: Callable[[bytes], bool]) -> list[HeldReply]:
+        """The held replies that can be decided now, in the order they were read; a reply
+        of a saga stays behind an earlier held one of the same saga."""
+        now = self.clock()
+        waiting: set[bytes] = set()
+        ready, kept = [], []
+        for held in self.held:
+            key = cast(bytes, held.event.key)
+            if key not in waiting and (
+                saga_exists(key) or not self._behind(held) or now - held.since > HOLD_LIMIT_SECONDS
+            ):
+                ready.append(held)
+            else:
+                waiting.add(key)
+                kept.append(held)
+        self.held = kept
+        return ready
+
+    def drop_revoked(self, assigned: set[TP]) -> None:
+        """Forget replies of partitions this worker lost: their new owner reads them again."""
+        self.held = [h for h in self.held if h.event.message.tp in assigned]
+
+
 class OrchestratorService:
     """The Faust app, its table and agent, built for one worker process."""
 
@@ -137,36 +230,80 @@ class OrchestratorService:
         self.sender = Sender(self.app)
         self.writer = WriteAfterSend(self.app, self.sender)
         self.watch = DeadlineWatch()
+        self.early = self._early_replies()
         self.inputs = raw_topic(self.app, REQUEST_TOPIC, REPLY_TOPIC)
         self.agent = self.app.agent(self.inputs, name="run_sagas")(self._run)
         self.app.timer(interval=1.0)(self._fire_deadlines)
         self.app.on_rebalance_complete.connect(self._on_rebalance)
         register_views(self)
 
+    def _early_replies(self) -> EarlyReplies:
+        def request_end(partition: int) -> int | None:
+            try:
+                end = self.app.consumer.highwater(TP(REQUEST_TOPIC, partition))
+            except Exception:  # no consumer (yet): unknown
+                return None
+            return None if end is None else int(end)
+
+        def request_committed(partition: int) -> int | None:
+            offsets = getattr(self.app.consumer, "_committed_offset", {})  # Faust's own
+            committed = offsets.get(TP(REQUEST_TOPIC, partition))
+            return None if committed is None else int(committed)
+
+        return EarlyReplies(request_end, request_committed)
+
     async def _run(self, stream: faust.StreamT) -> None:
         # Manual acks: the writer acks each record once its row is written.
         stream = cast(faust.Stream, stream).noack()
         # A fresh writer per run of the agent: rows staged by a cancelled run never landed.
         self.writer = WriteAfterSend(self.app, self.sender)
+        self.early = self._early_replies()
         writer = asyncio.ensure_future(self.writer.run())
         try:
             async for event, message in decoded_events(
                 self.app, stream, INPUTS_BY_TOPIC, key_of=saga_key, problem_of=saga_id_problem
             ):
-                try:
-                    await self.handle(stream, event, message)
-                except TransportError as exc:  # not the record's fault: stop, replay later
-                    await stop_worker(self.app, exc)
+                if not await self.process(stream, event, message):
                     return
-                except Exception as exc:  # one bad record must not stop the saga engine
-                    await dead_letter_event(self.app, event, exc)
-                    await self.writer.submit(stream, event)
+                if isinstance(message, m.OrderRequested):
+                    self.early.saw_request(event)
+                if self.early.held and not await self.release_early_replies():
+                    return
         finally:
             writer.cancel()
 
-    async def handle(self, stream: faust.StreamT, event: EventT, message: object) -> None:
+    async def process(
+        self, stream: StreamT, event: EventT, message: object, *, held: bool = False
+    ) -> bool:
+        """Handle one record; False when the worker stops."""
+        try:
+            await self.handle(stream, event, message, held=held)
+        except TransportError as exc:  # not the record's fault: stop, replay later
+            await stop_worker(self.app, exc)
+            return False
+        except Exception as exc:  # one bad record must not stop the saga engine
+            await dead_letter_event(self.app, event, exc)
+            await self.writer.submit(stream, event)
+        return True
+
+    async def release_early_replies(self) -> bool:
+        """Decide the held replies that may be decided now; False when the worker stops."""
+        for held in self.early.release(lambda key: self.writer.read(self.sagas, key) is not None):
+            if not await self.process(held.stream, held.event, held.message, held=True):
+                return False
+        return True
+
+    async def handle(
+        self, stream: faust.StreamT, event: EventT, message: object, *, held: bool = False
+    ) -> None:
         key = cast(bytes, event.key)  # checked by key_of
         state = self.writer.read(self.sagas, key)
+        if (
+            not held
+            and not isinstance(message, m.OrderRequested)
+            and self.early.should_hold(stream, event, message, state is not None)
+        ):
+            return  # decided by release_early_replies, once its request was processed
         decision = decide(state, message, utc_now())
         # The row is written only once the broker has the commands and events: the other
         # order lets a crash keep a transition whose messages were lost (the re-processed
@@ -187,6 +324,7 @@ class OrchestratorService:
 
     async def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
         self.watch.needs_rescan = True
+        self.early.drop_revoked(set(self.app.consumer.assignment()))
 
     async def _fire_deadlines(self) -> None:
         # No parameters: Faust passes the app to a timer that takes one.
@@ -197,6 +335,8 @@ class OrchestratorService:
         if self.app.rebalancing or self.app.in_recovery or self.app.should_stop:
             return
         try:
+            if self.early.held:  # e.g. held past HOLD_LIMIT_SECONDS with no new records
+                await self.release_early_replies()
             if self.watch.needs_rescan:
                 await self.watch.rescan(self.sagas.items())
             for key, timeout in self.watch.due(now):

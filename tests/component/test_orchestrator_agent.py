@@ -15,7 +15,7 @@ import pytest
 from faust.types import TP
 
 from messaging.producer import SendFailed
-from orchestrator.app import OrchestratorService
+from orchestrator.app import HOLD_LIMIT_SECONDS, OrchestratorService
 from orchestrator.definition import REPLY_TOPIC, REQUEST_TOPIC
 from schemas import codec
 from schemas import messages as m
@@ -53,10 +53,16 @@ async def running(
 
 
 async def put(
-    agent: Any, key: str | bytes, message: object | bytes, topic: str | None = None
-) -> None:
+    agent: Any,
+    key: str | bytes,
+    message: object | bytes,
+    topic: str | None = None,
+    *,
+    acked: bool = True,
+) -> Any:
     """Put a record on `topic` (by default the one its type belongs on) and wait until
-    the agent acked it: its row is written only then."""
+    the agent acked it (its row is written only then); with acked=False until the agent
+    took it."""
     if topic is None:
         topic = REQUEST_TOPIC if isinstance(message, m.OrderRequested) else REPLY_TOPIC
     value = message if isinstance(message, bytes) else codec.encode(message)
@@ -74,8 +80,10 @@ async def put(
     finally:
         del agent.to_message
     async with asyncio.timeout(5):
-        while not event.message.acked:
+        while not event.message.acked and acked:
             await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)
+    return event
 
 
 async def test_request_then_reply_moves_the_saga_and_sends_commands(running: Any) -> None:
@@ -314,3 +322,62 @@ async def test_the_largest_legal_request_runs_and_a_larger_one_is_rejected_with_
     await put(agent, long_id, m.OrderRequested(long_id, customer, lines[:1], T0))
     assert long_id.encode() not in service.sagas
     assert recorder.dead[-1][2] == "invalid-message"
+
+
+async def test_a_reply_read_before_its_request_waits_for_it(running: Any) -> None:
+    # After a restart both topics are read again, in no order across topics: the
+    # request (still unprocessed in orders.requested) may come after its reply.
+    agent, service, recorder = running
+    service.early.request_end = lambda partition: 1_000  # the request is still ahead
+    early = await put(agent, SAGA, reply(m.OrderCreated, saga_id=SAGA), acked=False)
+    assert not early.message.acked  # held, so a crash now reads it again
+    assert SAGA.encode() not in service.sagas and recorder.sent == []
+
+    await put(agent, SAGA, requested(SAGA))
+    assert early.message.acked
+    # The same history as when the request came first.
+    assert service.sagas[SAGA.encode()].state == "VERIFYING_PRODUCTS"
+    events = [msg for topic, _k, msg in recorder.sent if topic == "saga.events"]
+    assert [(e.sequence, e.to_state) for e in events] == [
+        (1, "CREATING_ORDER"),
+        (2, "VERIFYING_PRODUCTS"),
+    ]
+
+
+async def test_a_stray_reply_is_dropped_once_the_requests_are_read(running: Any) -> None:
+    agent, service, recorder = running
+    ends = {"requests": 1_000}
+    service.early.request_end = lambda partition: ends["requests"]
+    stray = await put(agent, "nobody", reply(m.OrderCreated, saga_id="nobody"), acked=False)
+    later = await put(agent, "nobody", reply(m.OrderApproved, saga_id="nobody"), acked=False)
+    assert not stray.message.acked and not later.message.acked
+    # A request of another saga, processed once every earlier request was read.
+    service.early.request_committed = lambda partition: 1_000
+    await put(agent, SAGA, requested(SAGA))
+    assert stray.message.acked and later.message.acked
+    assert b"nobody" not in service.sagas
+    assert [type(msg).__name__ for _t, _k, msg in recorder.sent] == ["CreateOrder", "SagaEvent"]
+
+
+async def test_a_held_reply_is_given_up_after_the_hold_limit(running: Any) -> None:
+    agent, service, recorder = running
+    service.early.request_end = lambda partition: None  # never fetched: unknown
+    now = {"t": 0.0}
+    service.early.clock = lambda: now["t"]
+    stray = await put(agent, "nobody", reply(m.OrderCreated, saga_id="nobody"), acked=False)
+    await service.release_early_replies()
+    assert not stray.message.acked
+    now["t"] = HOLD_LIMIT_SECONDS + 1
+    await service.release_early_replies()
+    async with asyncio.timeout(5):
+        while not stray.message.acked:
+            await asyncio.sleep(0.001)
+    assert recorder.sent == []
+
+
+async def test_replies_of_existing_sagas_are_never_held(running: Any) -> None:
+    agent, service, _recorder = running
+    service.early.request_end = lambda partition: 1_000
+    await put(agent, SAGA, requested(SAGA))
+    await put(agent, SAGA, reply(m.OrderCreated, saga_id=SAGA))  # waits for its ack
+    assert service.sagas[SAGA.encode()].state == "VERIFYING_PRODUCTS"

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from messaging.faust_app import create_app, flush_before_commit, processing, typed_table
+from messaging.faust_app import (
+    STOP_FLUSH_SECONDS,
+    create_app,
+    flush_before_commit,
+    processing,
+    typed_table,
+)
 from messaging.tables import RowTable
 from schemas import codec
 from schemas import messages as m
@@ -52,7 +58,7 @@ class FakeProducer:
         future.set_result((partition or 0, len(self.sent)))
         return future
 
-    async def flush(self) -> None:
+    async def flush(self, timeout: float | None = None) -> None:
         self.flushes += 1
         self.log.append("flush")
 
@@ -125,3 +131,30 @@ async def test_commit_flush_sends_outputs_then_rows_then_lets_faust_commit() -> 
     log.clear()
     await app.producer.flush()  # nothing changed since: no changelog records
     assert log == ["flush", "faust flush"]
+
+
+async def test_commit_flush_of_a_stopping_worker_gives_up_without_committing() -> None:
+    # The broker may be away while the worker stops: waiting for ever would end in the
+    # stop watchdog's kill. Giving up must not let Faust commit the offsets.
+    app = create_app("saga-product", web_port=6996, store="memory://")
+    producer = FakeProducer()
+    timeouts: list[float | None] = []
+
+    async def never_delivered(timeout: float | None = None) -> None:
+        timeouts.append(timeout)
+        raise TimeoutError
+
+    producer.flush = never_delivered  # type: ignore[method-assign]
+    faust_producer: Any = app.producer
+    faust_flushes: list[str] = []
+
+    async def faust_flush() -> None:
+        faust_flushes.append("faust flush")
+
+    faust_producer.flush = faust_flush
+    flush_before_commit(app, producer)  # type: ignore[arg-type]
+    app._stopped.set()  # what stopping the worker sets
+    assert app.should_stop
+    with pytest.raises(TimeoutError):
+        await app.producer.flush()
+    assert timeouts == [STOP_FLUSH_SECONDS] and faust_flushes == []
