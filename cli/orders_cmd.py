@@ -10,13 +10,15 @@ from pathlib import Path
 
 import click
 
-from messaging import catalog, client
+from messaging import catalog, client, settings
 from messaging.jsonable import to_jsonable
+from schemas import limits
 from schemas import messages as m
 
 EXIT_REJECTED = 3
 EXIT_TIMED_OUT = 4
-MAX_QUANTITY = 1_000_000  # far below Avro's long range; an order of more is a typo
+EXIT_NO_ORCHESTRATOR = 5
+START_WORKERS = "start the workers with `saga up`"
 
 
 def parse_item(value: str) -> tuple[str, int]:
@@ -29,9 +31,10 @@ def parse_item(value: str) -> tuple[str, int]:
         raise click.BadParameter(
             f"quantity {quantity!r} of {product!r} is not a whole number"
         ) from None
-    if not 1 <= count <= MAX_QUANTITY:
+    if not 1 <= count <= limits.MAX_QUANTITY:
         raise click.BadParameter(
-            f"quantity of {product!r} must be at least 1 and at most {MAX_QUANTITY}, got {count}"
+            f"quantity of {product!r} must be at least 1 and at most {limits.MAX_QUANTITY}, "
+            f"got {count}"
         )
     return product, count
 
@@ -40,6 +43,23 @@ def _items(
     _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
 ) -> list[tuple[str, int]]:
     return [parse_item(v) for v in values]
+
+
+def stopped_workers(step: str | None = None) -> list[str]:
+    """The workers a saga needs that run nowhere (their consumer group has no members):
+    the orchestrator, and the participant whose reply the saga waits for at `step`."""
+    from orchestrator.definition import CREATE_ORDER_SAGA
+
+    needed = ["orchestrator"]
+    awaited = CREATE_ORDER_SAGA.step(step) if step else None
+    if awaited is not None:
+        needed.append(str(awaited.participant))
+    return [name for name in needed if client.group_members(settings.APP_IDS[name]) == 0]
+
+
+def not_running(names: list[str]) -> str:
+    workers = [name if name == "orchestrator" else f"{name} worker" for name in names]
+    return f"no {' and no '.join(workers)} is running"
 
 
 def describe(event: m.SagaEvent, started: float) -> str:
@@ -62,44 +82,76 @@ def describe(event: m.SagaEvent, started: float) -> str:
     "--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
     help="Seconds to wait with --wait.",
 )  # fmt: skip
+@click.option(
+    "--keep-waiting", is_flag=True,
+    help="With --wait: wait even when no orchestrator is running (for one about to start).",
+)  # fmt: skip
 def order(
-    customer: str, items: list[tuple[str, int]], order_id: str | None, wait: bool, timeout: float
+    customer: str,
+    items: list[tuple[str, int]],
+    order_id: str | None,
+    wait: bool,
+    timeout: float,
+    keep_waiting: bool,
 ) -> None:
     """Request an order: produce an OrderRequested event to orders.requested.
 
     With --wait, print the saga's timeline; exit 0 when approved, 3 when rejected,
-    4 when it did not finish within --timeout.
+    4 when it did not finish within --timeout, 5 at once when no orchestrator is running
+    (unless --keep-waiting).
     """
-    if not customer.strip():
-        raise click.BadParameter("must not be empty", param_hint="--customer")
-    if order_id is not None and not order_id.strip():
-        raise click.BadParameter("must not be empty", param_hint="--order-id")
+    for name, value in (("--customer", customer), ("--order-id", order_id)):
+        if value is None:
+            continue
+        problem = limits.id_problem("the id", value) if value.strip() else "must not be empty"
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint=name)
+    if len(items) > limits.MAX_ORDER_LINES:
+        raise click.BadParameter(
+            f"{len(items)} items, at most {limits.MAX_ORDER_LINES}", param_hint="--item"
+        )
+    request = client.order_requested(customer, items, order_id)
+    problems = limits.items_problems(request.items)
+    if problems:
+        raise click.BadParameter("; ".join(problems), param_hint="--item")
     deadline = time.monotonic() + timeout  # --timeout counts from the request on
     try:
         client.require_broker()
         # A second request for an order id starts no saga: follow the first one instead.
         earlier = client.saga_events(order_id) if wait and order_id is not None else []
-        request = client.order_requested(customer, items, order_id)
         producer = client.producer()
         client.send(producer, client.REQUEST_TOPIC, request.order_id, request)
         client.flush(producer)
+        stopped = stopped_workers() if wait else []
     except client.ClientError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"order {request.order_id} requested")
     if not wait:
         return
+    if stopped:
+        click.echo(
+            f"{not_running(stopped)}: {START_WORKERS} (the request waits in "
+            f"{client.REQUEST_TOPIC} until one does)",
+            err=True,
+        )
+        if not keep_waiting:
+            sys.exit(EXIT_NO_ORCHESTRATOR)
     since = request.requested_at
     if earlier:
         since = earlier[0].at
         click.echo(f"order {request.order_id} already has a saga; a second request starts none")
     started = since.timestamp()
-    final = None
+    final = last = None
     for event in client.follow_sagas([request.order_id], since, deadline - time.monotonic()):
         click.echo(describe(event, started))
+        last = event
         if event.terminal:
             final = event
     if final is None:
         click.echo(f"saga {request.order_id} not finished after {timeout:g}s", err=True)
+        stopped = stopped_workers(last.step if last else None)
+        if stopped:
+            click.echo(f"{not_running(stopped)}: {START_WORKERS}", err=True)
         sys.exit(EXIT_TIMED_OUT)
     click.echo(f"{final.to_state}" + (f": {final.reason}" if final.reason else ""))
     if final.to_state != "ORDER_APPROVED":
@@ -136,10 +188,14 @@ def status(saga_id: str, as_json: bool) -> None:
     try:
         client.require_broker()
         events = client.saga_events(saga_id)
+        stopped = stopped_workers(events[-1].step if events else None)
+        if events and events[-1].terminal:
+            stopped = []
     except client.ClientError as exc:
         raise click.ClickException(str(exc)) from exc
     if not events:
-        raise click.ClickException(f"no saga {saga_id!r} in saga.events")
+        hint = f" ({not_running(stopped)}: {START_WORKERS})" if stopped else ""
+        raise click.ClickException(f"no saga {saga_id!r} in saga.events{hint}")
     if as_json:
         for event in events:
             click.echo(json.dumps(to_jsonable(event)))
@@ -153,3 +209,5 @@ def status(saga_id: str, as_json: bool) -> None:
         click.echo(
             f"  (waiting for {events[-1].step}, last change {age / timedelta(seconds=1):.1f}s ago)"
         )
+        if stopped:
+            click.echo(f"  {not_running(stopped)}: {START_WORKERS}")

@@ -10,16 +10,12 @@ from types import FrameType
 
 import click
 
+from cli import demo
 from cli.orders_cmd import describe
 from cli.processes import SERVICE_NAMES, Workers
 from messaging import catalog, client, local_broker, topics
+from schemas import messages as m
 
-# (what it shows, customer, items) against examples/catalog.yaml
-SAMPLE_ORDERS = [
-    ("approved", "alice", [("widget", 1), ("gizmo", 2)]),
-    ("out of stock", "bob", [("rare-gem", 2)]),
-    ("insufficient funds", "carol", [("widget", 1)]),
-]
 MAX_RESTARTS = 3
 RESTART_WINDOW = 600.0  # seconds
 # The page each worker's web view starts at (README "Web views").
@@ -31,30 +27,80 @@ VIEW_PATHS = {
 }
 
 
-def place_sample_orders(timeout: float = 120.0) -> dict[str, str]:
-    """Place the three sample orders and print their timelines; return order id -> outcome."""
+def place_sample_orders(samples: list[demo.Sample], timeout: float = 120.0) -> list[str]:
+    """Place the sample orders, print their timelines and outcomes; return the problems
+    (a sample that did not end as its label says)."""
     producer = client.producer()
     requests = [
-        (label, client.order_requested(customer, items)) for label, customer, items in SAMPLE_ORDERS
+        (sample, client.order_requested(sample.customer, sample.items)) for sample in samples
     ]
-    for label, request in requests:
+    for sample, request in requests:
         client.send(producer, client.REQUEST_TOPIC, request.order_id, request)
-        click.echo(f"placed {label!r} sample order {request.order_id} ({request.customer_id})")
+        items = ", ".join(f"{p}:{q}" for p, q in sample.items)
+        click.echo(
+            f"placed {sample.label!r} sample order {request.order_id} ({sample.customer}: {items})"
+        )
     client.flush(producer)
     since = min(r.requested_at for _, r in requests)
-    outcomes: dict[str, str] = {}
+    finals: dict[str, m.SagaEvent] = {}
     for event in client.follow_sagas([r.order_id for _, r in requests], since, timeout):
         click.echo(f"{event.saga_id[:8]} {describe(event, since.timestamp())}")
         if event.terminal:
-            outcomes[event.saga_id] = event.to_state + (
-                f" ({event.reason})" if event.reason else ""
-            )
+            finals[event.saga_id] = event
     click.echo("\noutcomes:")
-    for label, request in requests:
+    problems = []
+    for sample, request in requests:
+        final = finals.get(request.order_id)
+        outcome = (
+            "NOT FINISHED" if final is None
+            else final.to_state + (f" ({final.reason})" if final.reason else "")
+        )  # fmt: skip
+        click.echo(f"  {sample.label:20} {request.order_id}  {outcome}")
+        problem = demo.outcome_problem(sample, final)
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def prepare_catalog(seed: bool | None, ports: dict[str, int]) -> tuple[demo.Stock, demo.Balances]:
+    """Publish the example catalog: with --seed all of it, never with --no-seed, and by
+    default its products and customers that do not exist yet (existing ones, whatever a
+    user or the tests did to them, are left alone). Returns the catalog's rows as they
+    will be once the seed is applied."""
+    example = catalog.load(catalog.EXAMPLE_CATALOG)
+    stock, balances = demo.read_state(
+        ports["product"], ports["payment"],
+        sorted({r.product_id for r in example.restocks} | demo.SAMPLE_PRODUCTS),
+        sorted({t.customer_id for t in example.top_ups} | demo.SAMPLE_CUSTOMERS),
+    )  # fmt: skip
+    missing = demo.seed_plan(example, stock, balances)
+    if seed is False:
+        return stock, balances
+    if seed:
+        catalog.publish(example)
+        click.echo(f"example catalog published from {catalog.EXAMPLE_CATALOG}")
+    elif missing.restocks or missing.top_ups:
+        catalog.publish(missing)
+        names = [r.product_id for r in missing.restocks] + [t.customer_id for t in missing.top_ups]
+        click.echo(f"example catalog seeded ({', '.join(names)}) from {catalog.EXAMPLE_CATALOG}")
+    else:
         click.echo(
-            f"  {label:20} {request.order_id}  {outcomes.get(request.order_id, 'NOT FINISHED')}"
+            f"example catalog present: its {len(example.restocks)} products and "
+            f"{len(example.top_ups)} customers exist (--seed publishes it anyway)"
         )
-    return outcomes
+    return demo.after_seeding(missing, stock, balances)
+
+
+def run_demo(seed: bool | None, stock: demo.Stock, balances: demo.Balances) -> list[str]:
+    """Top up what the approved sample needs (unless --no-seed), place the three samples."""
+    plan = demo.plan_samples(
+        catalog.load(catalog.EXAMPLE_CATALOG), stock, balances, top_up=seed is not False
+    )
+    for note in plan.notes:
+        click.echo(f"demo: {note}")
+    if plan.restocks or plan.top_ups:
+        catalog.publish(catalog.Catalog(plan.restocks, plan.top_ups))
+    return place_sample_orders(plan.samples)
 
 
 class StopRequested(Exception):
@@ -78,32 +124,23 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, request_stop)
 
 
-def seed_example_catalog(seed: bool | None) -> None:
-    """Publish examples/catalog.yaml: always with --seed, never with --no-seed, and by
-    default only on a broker whose stock topic was never written (a fresh system)."""
-    if seed is None and not client.topic_is_empty(catalog.STOCK_TOPIC):
-        click.echo("stock exists: example catalog not seeded (--seed publishes it anyway)")
-        return
-    if seed is False:
-        return
-    catalog.publish(catalog.load(catalog.EXAMPLE_CATALOG))
-    click.echo(f"example catalog seeded from {catalog.EXAMPLE_CATALOG}")
+SETUP_ERRORS = (
+    local_broker.BrokerError,
+    topics.TopicsFileError,
+    catalog.CatalogError,
+    client.ClientError,
+    demo.ViewError,
+)
 
 
-def prepare_system(seed: bool | None) -> None:
-    """The local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), topics, the catalog."""
+def prepare_system() -> None:
+    """The local broker (unless KAFKA_BOOTSTRAP_SERVERS names one) and the topics."""
     try:
         local_broker.start(log=click.echo)
         report = topics.apply(topics.load())
         for line in report.drift:
             click.echo(f"topic drift: {line}", err=True)
-        seed_example_catalog(seed)
-    except (
-        local_broker.BrokerError,
-        topics.TopicsFileError,
-        catalog.CatalogError,
-        client.ClientError,
-    ) as exc:
+    except SETUP_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -129,44 +166,55 @@ def watch(workers: Workers, clock: Callable[[], float] = time.monotonic) -> None
 
 
 @click.command()
-@click.option("--demo", is_flag=True, help="Place three sample orders and print their outcomes.")
+@click.option(
+    "--demo", "with_demo", is_flag=True,
+    help="Place three sample orders and print their outcomes.",
+)  # fmt: skip
 @click.option(
     "--exit", "exit_after", is_flag=True,
-    help="With --demo: stop everything after the demo; exit 1 if a sample order did not finish.",
+    help="With --demo: stop everything after the demo; exit 1 if a sample order did not end "
+    "as its label says.",
 )  # fmt: skip
 @click.option(
     "--seed/--no-seed", default=None,
-    help="Publish the example catalog (default: only when the stock topic is empty).",
+    help="Publish the example catalog (default: its products and customers that do not exist).",
 )  # fmt: skip
 @click.option("--loglevel", default="warning", show_default=True, help="Workers' log level.")
 @click.option(
     "--web-port-base", type=click.IntRange(1024, 65000), default=6066, show_default=True,
     help="Web port of the orchestrator; order, product, payment use the next three.",
 )  # fmt: skip
-def up(demo: bool, exit_after: bool, seed: bool | None, loglevel: str, web_port_base: int) -> None:
+def up(
+    with_demo: bool, exit_after: bool, seed: bool | None, loglevel: str, web_port_base: int
+) -> None:
     """Start the local broker if needed, apply topics, seed the example catalog, run the workers.
 
     Ctrl-C (or SIGTERM) stops every worker gracefully, also during start-up or the demo.
     A worker that dies is reported and restarted (up to 3 times in 10 minutes).
     """
-    if exit_after and not demo:
+    if exit_after and not with_demo:
         raise click.UsageError("--exit stops after the demo orders: use it with --demo")
     ports = {name: web_port_base + i for i, name in enumerate(SERVICE_NAMES)}
     workers = Workers(ports=ports, echo=click.echo, loglevel=loglevel)
     exit_code = 0
     stop_on_signals()  # from here on Ctrl-C stops cleanly, whatever is running
     try:
-        prepare_system(seed)
+        prepare_system()
         workers.start()
         click.echo("workers started; waiting until each is ready ...")
         workers.wait_ready()
         click.echo("workers ready; web views:")
         for name, path in VIEW_PATHS.items():
             click.echo(f"  {name:12} http://127.0.0.1:{ports[name]}{path}")
-        if demo:
-            outcomes = place_sample_orders()
-            if len(outcomes) < len(SAMPLE_ORDERS):
-                exit_code = 1
+        try:
+            stock, balances = prepare_catalog(seed, ports)
+            problems = run_demo(seed, stock, balances) if with_demo else []
+        except SETUP_ERRORS as exc:
+            raise RuntimeError(str(exc)) from exc
+        for problem in problems:
+            click.echo(f"demo: {problem}", err=True)
+        if problems:
+            exit_code = 1
         if not exit_after:
             watch(workers)
     except StopRequested:

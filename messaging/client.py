@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka.partitioner import murmur2
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from messaging import settings, topics
@@ -48,6 +48,32 @@ def require_broker(timeout: float = 5.0) -> None:
             f"cannot reach Kafka at {settings.bootstrap_servers()}: {exc.args[0].str()} "
             "(start it with `saga kafka start`, or set KAFKA_BOOTSTRAP_SERVERS)"
         ) from exc
+
+
+COORDINATOR_STARTING = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+}
+
+
+def group_members(group: str, timeout: float = 10.0) -> int:
+    """How many consumers are in `group` now: 0 when it is empty or never existed."""
+    admin = AdminClient(settings.confluent_config(log_level=0))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            future = admin.describe_consumer_groups([group], request_timeout=timeout)[group]
+            return len(future.result().members)
+        except KafkaException as exc:
+            # A fresh broker has no group coordinator until its offsets topic is loaded.
+            error = exc.args[0]
+            waiting = error.retriable() or error.code() in COORDINATOR_STARTING
+            if not waiting or time.monotonic() > deadline:
+                raise ClientError(
+                    f"cannot describe consumer group {group}: {error.name()} {error.str()}"
+                ) from exc
+            time.sleep(0.2)
 
 
 def end_offset(consumer_: Consumer, partition: TopicPartition, timeout: float = 30.0) -> int:

@@ -15,6 +15,13 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Each worker's Faust app id, which is also the id of its Kafka consumer group.
+APP_IDS = {
+    "orchestrator": "saga-orchestrator",
+    "order": "saga-order",
+    "product": "saga-product",
+    "payment": "saga-payment",
+}
 LOCAL_BROKER_PORT = int(os.environ.get("SAGA_KAFKA_PORT", "9092"))
 
 

@@ -6,13 +6,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from messaging import settings
 from messaging.faust_app import typed_table, utc_now
 from participants.order import logic
 from participants.order.views import register_views
 from participants.service import ParticipantService
 from schemas import messages as m
 
-APP_ID = "saga-order"
+APP_ID = settings.APP_IDS["order"]
 DEFAULT_WEB_PORT = 6067
 COMMAND_TOPIC = "order.commands"
 

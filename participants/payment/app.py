@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from messaging import settings
 from messaging.faust_app import typed_table, utc_now
 from participants.payment import logic
 from participants.payment.views import register_views
 from participants.service import ParticipantService
 from schemas import messages as m
 
-APP_ID = "saga-payment"
+APP_ID = settings.APP_IDS["payment"]
 DEFAULT_WEB_PORT = 6069
 COMMAND_TOPIC = "payment.commands"
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from messaging import settings
 from messaging.faust_app import typed_table, utc_now
 from participants.product import logic
 from participants.product.views import register_views
 from participants.service import ParticipantService
 from schemas import messages as m
 
-APP_ID = "saga-product"
+APP_ID = settings.APP_IDS["product"]
 DEFAULT_WEB_PORT = 6068
 COMMAND_TOPIC = "product.commands"
 

@@ -115,6 +115,17 @@ def test_order_wait_rejected_exits_3(workers: Workers, test_catalog: Catalog) ->
         (["--customer", "c", "--item", "widget:1", "--order-id", ""], "--order-id"),
         (["--customer", "c", "--item", f"widget:{2**63}"], "at most 1000000"),
         (["--customer", "c", "--item", "widget:1", "--wait", "--timeout", "-5"], "--timeout"),
+        (["--customer", "c" * 129, "--item", "widget:1"], "129 characters, at most 128"),
+        (["--customer", "c", "--item", "widget:1", "--order-id", "a\tb"], "control character"),
+        (["--customer", "c", "--item", f"{'p' * 129}:1"], "129 characters, at most 128"),
+        (
+            ["--customer", "c", *[a for i in range(201) for a in ("--item", f"p{i}:1")]],
+            "201 items, at most 200",
+        ),
+        (
+            ["--customer", "c", "--item", "widget:600000", "--item", "widget:400001"],
+            "widget: 1000001 ordered in all, at most 1000000",
+        ),
     ],
     ids=[
         "unknown-flag",
@@ -130,6 +141,11 @@ def test_order_wait_rejected_exits_3(workers: Workers, test_catalog: Catalog) ->
         "empty-order-id",
         "quantity-beyond-avro-long",
         "negative-timeout",
+        "customer-id-too-long",
+        "order-id-control-character",
+        "product-id-too-long",
+        "too-many-items",
+        "merged-quantity-too-large",
     ],
 )
 def test_order_bad_input_is_a_usage_error(args: list[str], expected: str) -> None:
