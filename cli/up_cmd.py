@@ -13,7 +13,7 @@ import click
 from cli import demo
 from cli.orders_cmd import describe
 from cli.processes import SERVICE_NAMES, Workers
-from messaging import catalog, client, local_broker, topics
+from messaging import catalog, client, local_broker, settings, topics
 from schemas import messages as m
 
 MAX_RESTARTS = 3
@@ -68,6 +68,11 @@ def prepare_catalog(seed: bool | None, ports: dict[str, int]) -> tuple[demo.Stoc
     user or the tests did to them, are left alone). Returns the catalog's rows as they
     will be once the seed is applied."""
     example = catalog.load(catalog.EXAMPLE_CATALOG)
+    # The views show what the workers applied: first let them apply what was sent before
+    # (a restock published just before the last stop is processed after this start).
+    for worker, commands in (("product", "product.commands"), ("payment", "payment.commands")):
+        if not client.wait_until_processed(settings.APP_IDS[worker], commands):
+            click.echo(f"demo: the {worker} worker is still behind on {commands}; its view may lag")
     stock, balances = demo.read_state(
         ports["product"], ports["payment"],
         sorted({r.product_id for r in example.restocks} | demo.SAMPLE_PRODUCTS),

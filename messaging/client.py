@@ -89,14 +89,21 @@ def end_offset(consumer_: Consumer, partition: TopicPartition, timeout: float = 
             time.sleep(0.2)
 
 
-def topic_is_empty(topic: str) -> bool:
-    """Was nothing ever written to `topic`? (Every partition's end offset is 0.)"""
-    consumer_ = consumer()
+def wait_until_processed(group: str, topic: str, timeout: float = 60.0) -> bool:
+    """Wait until `group` has committed `topic` up to its end as of now, so a worker's
+    views include everything written before the call. False if it did not in `timeout`."""
+    consumer_ = consumer(group)  # reads the group's commits, never joins it
     try:
-        return all(
-            end_offset(consumer_, TopicPartition(topic, p)) == 0
-            for p in range(topics.partitions(topic))
-        )
+        wanted = [TopicPartition(topic, p) for p in range(topics.partitions(topic))]
+        ends = {tp.partition: end_offset(consumer_, tp) for tp in wanted}
+        deadline = time.monotonic() + timeout
+        while True:
+            committed = consumer_.committed(wanted, timeout=10)
+            if all(max(tp.offset, 0) >= ends[tp.partition] for tp in committed):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
     finally:
         consumer_.close()
 
