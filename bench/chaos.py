@@ -29,7 +29,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from bench import chaos_io, invariants
-from bench.chaos_plan import INPUT_TOPICS, BadRecord, Plan, make_plan
+from bench.chaos_plan import INPUT_TOPICS, BadRecord, Intent, Plan, make_plan
 from bench.chaos_workers import STOP_TIMEOUT, Scheduler, Supervisor, WorkerFaults
 from cli.processes import SERVICE_NAMES, Workers
 from messaging import catalog, client, local_broker, settings, topics
@@ -100,7 +100,9 @@ class Result:
             "sagas": len(self.plan.orders),
             "approved": f.count(ORDER_APPROVED),
             "rejected": f.count(ORDER_REJECTED),
+            "approvable": self.approvable,
             "deadline_rejections": f.deadline_rejections,
+            "deadline_rejected_percent": self.deadline_rejected_percent,
             "violations": [str(v) for v in f.violations],
             "dead_letters": {
                 "injected": len(self.plan.bad_records),
@@ -117,6 +119,16 @@ class Result:
             "behind": self.faults.behind,
             "phases": self.phases,
         }
+
+    @property
+    def approvable(self) -> int:
+        """Orders the catalog lets through when nothing goes wrong."""
+        return sum(1 for order in self.plan.orders if order.intent is Intent.APPROVE)
+
+    @property
+    def deadline_rejected_percent(self) -> float:
+        """Of the approvable orders, the share a deadline rejected (faults cost them)."""
+        return 100 * self.findings.deadline_rejections / self.approvable if self.approvable else 0.0
 
     @property
     def passed(self) -> bool:

@@ -70,7 +70,8 @@ def found(result: Result) -> list[str]:
         _row(
             "sagas rejected",
             f.count(ORDER_REJECTED),
-            f"{f.deadline_rejections} approvable ones by a deadline",
+            f"{f.deadline_rejections} approvable ones by a deadline: "
+            f"{result.deadline_rejected_percent:.1f}% of {result.approvable}",
         ),
         _row("sagas not terminal", len(result.plan.orders) - terminal),
         _row("events repeated (same seq)", f.repeated_events, "re-emitted after a crash"),

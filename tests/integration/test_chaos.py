@@ -51,6 +51,10 @@ def test_reduced_chaos_run_passes(tmp_path: Path) -> None:
     result = chaos(tmp_path, "--orders", "150", "--kills", "1", "--terms", "1", "--rate", "20")
     assert result["passed"], result["report"]
     assert result["approved"] and result["rejected"], result["report"]
+    assert 0 < result["approvable"] < 150
+    share = 100 * result["deadline_rejections"] / result["approvable"]
+    assert result["deadline_rejected_percent"] == pytest.approx(share)
+    assert f"{share:.1f}% of {result['approvable']}" in result["report"]
     assert result["dead_letters"]["matched"] == result["dead_letters"]["injected"] > 0
     assert sum(result["kills"].values()) == 4
 
