@@ -13,11 +13,15 @@ README = Path(__file__).resolve().parent / "README.md"
 README_START = "<!-- bench:latest:start -->"
 README_END = "<!-- bench:latest:end -->"
 
-_COLUMNS = "  {:<8} {:>10} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10}"
+_COLUMNS = "  {:<16} {:>10} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10}"
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def rate_of(run: dict[str, Any]) -> str:
+    return f"{run['rate']} (half max)" if run.get("half_max") else str(run["rate"])
 
 
 def _short(outcome: str) -> str:
@@ -40,7 +44,7 @@ def table(title: str, runs: list[dict[str, Any]]) -> str:
     lines = [title, header]
     for run in runs:
         latency = run["latency_ms"]
-        cells = [run["rate"], f"{run['offered_per_s']:.1f}", run["shed"]]
+        cells = [rate_of(run), f"{run['offered_per_s']:.1f}", run["shed"]]
         cells += [f"{run['completed_per_s']:.1f}"]
         cells += [_ms(latency[q]) for q in ("p50", "p95", "p99", "max")]
         lines.append(_COLUMNS.format(*cells, run["unfinished"]))
@@ -104,6 +108,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(8, 5))
     for name, color in (("saga", "tab:blue"), ("baseline", "tab:orange")):
         runs = [r for r in (results.get(name) or {}).get("runs", []) if r["completed"]]
+        runs.sort(key=lambda r: float(r["completed_per_s"]))
         if not runs:
             continue
         x = [r["completed_per_s"] for r in runs]
@@ -112,7 +117,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             axes.plot(x, y, style, marker="o", color=color, label=f"{name} {quantile}")
         for run, x_value in zip(runs, x, strict=True):
             axes.annotate(
-                run["rate"], (x_value, run["latency_ms"]["p50"]),
+                rate_of(run), (x_value, run["latency_ms"]["p50"]),
                 textcoords="offset points", xytext=(4, -12), fontsize=8, color=color,
             )  # fmt: skip
     axes.set_xscale("log")
@@ -140,11 +145,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def _markdown_rows(name: str, runs: list[dict[str, Any]]) -> list[str]:
     rows = []
     for run in runs:
-        latency = run["latency_ms"]
+        latency, per = run["latency_ms"], run.get("per_saga") or {}
+        written = per.get("bytes_written")
         rows.append(
-            f"| {name} | {run['rate']} | {run['offered_per_s']:.0f} | {run['completed_per_s']:.0f}"
-            f" | {_ms(latency['p50'])} | {_ms(latency['p95'])} | {_ms(latency['p99'])}"
-            f" | {_ms(latency['max'])} | {outcome_mix(run['outcomes'])}{_disturbed(run)} |"
+            f"| {name} | {rate_of(run)} | {run['offered_per_s']:.0f} | {run['shed']}"
+            f" | {run['completed_per_s']:.0f} | {_ms(latency['p50'])} | {_ms(latency['p99'])}"
+            f" | {_figure(per.get('worker_cpu_ms'))} | {_figure(per.get('consumed'))}"
+            f" | {_figure(per.get('produced'))} ({_figure(per.get('produced_changelog'))})"
+            f" | {'-' if written is None else f'{written / 1024:.2f}'}"
+            f" | {outcome_mix(run['outcomes'])}{_disturbed(run)} |"
         )
     return rows
 
@@ -161,12 +170,18 @@ def readme_section(results: dict[str, Any]) -> str:
         f"Python {machine['python']}, Kafka {machine['kafka']}; "
         f"load average at start {machine.get('load_average_at_start', '?')}.",
         "",
-        "| pipeline | rate | offered/s | completed/s | p50 ms | p95 ms | p99 ms | max ms"
-        " | outcomes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| pipeline | rate | offered/s | shed | completed/s | p50 ms | p99 ms"
+        " | worker CPU ms | consumed | produced (changelogs) | KiB written | outcomes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in ("saga", "baseline"):
         lines += _markdown_rows(name, (results.get(name) or {}).get("runs", []))
+    lines += [
+        "",
+        "Worker CPU, records and KiB are per completed saga (per chain for the baseline), "
+        "records and bytes counted from every topic's offsets and sizes before and after "
+        "the rate, changelogs included.",
+    ]
     ratio = results.get("ratio_at_max")
     if ratio is not None:
         lines += ["", f"Saga throughput at max load: **{ratio:.3f} x** the relay baseline."]

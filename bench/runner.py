@@ -37,6 +37,7 @@ class Options:
     run_saga: bool = True
     use_running: bool = False
     profile: bool = False
+    half_max: bool = True  # after "max", a run at half the saga's measured maximum
     results_dir: Path = Path("bench/results")
 
     def settings(self, rate: stats.Rate) -> RunSettings:
@@ -48,6 +49,7 @@ class Options:
             "duration_s": self.duration,
             "max_in_flight": self.max_in_flight,
             "drain_timeout_s": self.drain_timeout,
+            "half_max": self.half_max,
         }
 
 
@@ -176,10 +178,24 @@ def _measure_saga(
             result["runs"].append(run)
             workers.check_alive()
             _note_strangers(run, workers, echo)
+        half = half_max_rate(result["runs"]) if options.half_max else None
+        if half is not None:  # batching under load: latency at half of what it can do
+            run = measure(pipeline, options.settings(half), pids, echo, traffic)
+            run["half_max"] = True
+            result["runs"].append(run)
+            workers.check_alive()
+            _note_strangers(run, workers, echo)
     finally:
         traffic.close()
     if options.profile:
         result["profile"] = _profile(pipeline, workers, options, pids, echo)
+
+
+def half_max_rate(runs: list[dict[str, Any]]) -> float | None:
+    """Half the completed/s of the max run (whole orders per second), if there was one."""
+    label = stats.rate_label(stats.MAX)
+    done = [r["completed_per_s"] for r in runs if r["rate"] == label and r["completed"]]
+    return max(1.0, round(done[-1] / 2)) if done else None
 
 
 def _warm_up(

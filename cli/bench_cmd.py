@@ -45,6 +45,10 @@ def _rates(_ctx: click.Context, _param: click.Parameter, value: str) -> list[sta
     "--profile", is_flag=True, help="Add a max-load run with py-spy flame graphs of the workers."
 )
 @click.option(
+    "--half-max/--no-half-max", default=True, show_default=True,
+    help="After 'max', one more saga run at half the measured maximum.",
+)  # fmt: skip
+@click.option(
     "--results-dir", type=click.Path(path_type=Path, file_okay=False),
     default=report.RESULTS_DIR, show_default=True, help="Where the JSON and PNG go.",
 )  # fmt: skip
@@ -61,6 +65,7 @@ def bench(
     saga_only: bool,
     use_running: bool,
     profile: bool,
+    half_max: bool,
     results_dir: Path,
     readme: bool,
 ) -> None:
@@ -75,7 +80,7 @@ def bench(
     options = runner.Options(
         rates=rates, duration=duration, max_in_flight=max_in_flight, drain_timeout=drain_timeout,
         run_baseline=not saga_only, run_saga=not baseline_only, use_running=use_running,
-        profile=profile, results_dir=results_dir,
+        profile=profile, half_max=half_max, results_dir=results_dir,
     )  # fmt: skip
     try:
         client.require_broker()

@@ -23,6 +23,16 @@ def _run(rate: str, completed_per_s: float, p50: float | None) -> dict[str, Any]
     }
 
 
+PER_SAGA = {
+    "worker_cpu_ms": 3.6,
+    "broker_cpu_ms": 0.9,
+    "consumed": 11.9,
+    "produced": 22.7,
+    "produced_changelog": 5.8,
+    "bytes_written": 4608,
+}
+
+
 def _results() -> dict[str, Any]:
     results: dict[str, Any] = {
         "command": "saga bench",
@@ -35,7 +45,13 @@ def _results() -> dict[str, Any]:
             "python": "3.11.7",
             "kafka": "4.1.1",
         },
-        "saga": {"runs": [_run("100/s", 99.0, 80.0), _run("max", 250.0, 900.0)]},
+        "saga": {
+            "runs": [
+                _run("100/s", 99.0, 80.0),
+                {**_run("max", 250.0, 900.0), "per_saga": PER_SAGA},
+                {**_run("125/s", 124.0, 60.0), "half_max": True},
+            ]
+        },
         "baseline": {"runs": [_run("100/s", 100.0, 20.0), _run("max", 5000.0, 150.0)]},
     }
     runner.add_ratios(results)
@@ -48,11 +64,20 @@ def test_ratios_to_the_baseline() -> None:
     assert results["ratio_at_max"] == 0.05
 
 
+def test_half_max_is_half_the_saga_maximum() -> None:
+    runs = _results()["saga"]["runs"]
+    assert runner.half_max_rate(runs) == 125.0
+    assert runner.half_max_rate(runs[:1]) is None  # no max run
+    assert runner.half_max_rate([_run("max", 250.0, None)]) is None  # nothing completed
+
+
 def test_table_lists_every_run() -> None:
     text = report.table("saga", _results()["saga"]["runs"])
     assert "100/s" in text and "max" in text
     assert "APPROVED 450, REJECTED 50" in text
     assert "orchestrator 40  broker -" in text
+    assert "125/s (half max)" in text
+    assert "per saga: worker CPU 3.6 ms (broker 0.900 ms), consumed 11.9, produced 22.7" in text
 
 
 def test_readme_section_replaces_only_the_marked_block(tmp_path: Path) -> None:
@@ -63,7 +88,8 @@ def test_readme_section_replaces_only_the_marked_block(tmp_path: Path) -> None:
     assert text.startswith("intro\n") and text.endswith("outro\n")
     assert "old" not in text
     assert "2 x Test CPU" in text
-    assert "| saga | max | 100 | 250 | 900.0 |" in text
+    assert "| saga | max | 100 | 0 | 250 | 900.0 | 900.0 | 3.6 | 11.9 | 22.7 (5.8) | 4.50 |" in text
+    assert "| saga | 125/s (half max) | 100 | 0 | 124 | 60.0 | 60.0 |" in text
     assert "**0.050 x**" in text
     plain = tmp_path / "plain.md"
     plain.write_text("no markers")
