@@ -17,7 +17,7 @@ hand-offs, done by four relay processes that mirror which worker makes each hop:
     8    OrderApproved -> SagaEvent (terminal)        orchestrator
 
 A relay is a plain confluent-kafka consume -> produce loop: no state, no Avro, no
-commits, no table, no intermediate SagaEvents, no product.stock repartition. What the saga
+commits, no table, no intermediate SagaEvents, no product-to-product hops. What the saga
 does beyond this is what its throughput is measured against.
 
 Run a relay by hand: `python -m bench.baseline relay ROLE` (prints "ready" once assigned).

@@ -1,7 +1,7 @@
 """The floor under every worker: what one record costs Faust itself, with no saga work.
 
-The saga's workers are Faust agents. Each saga makes them consume about 20 records and
-produce about 30 (commands, replies, events, per-item stock messages, changelog rows).
+The saga's workers are Faust agents. Each saga makes them consume about 12 records and
+produce about 23 (commands, replies, events, product hops, changelog rows).
 This measures, on the same broker, the CPU one record costs a Faust agent built by the
 project's `create_app` that does nothing but consume it (and optionally send it on):
 
@@ -13,7 +13,7 @@ prints microseconds of CPU (user+system, all threads) per record:
 
     python -m bench.faust_floor [--records 5000] [--rate 200]
 
-Fetch batching (SAGA_FETCH_MIN_BYTES / SAGA_FETCH_MAX_WAIT_MS) and producer linger
+Adaptive fetch batching (SAGA_FETCH_MAX_WAIT_MS) and producer linger
 (SAGA_PRODUCER_LINGER_MS) apply here as in the workers, so their effect can be seen.
 """
 
