@@ -81,7 +81,7 @@ def create_app(
     conf.update(overrides)
     app = faust.App(app_id, **conf)
     producer = KafkaProducer(
-        max_linger_ms=float(os.environ.get("SAGA_PRODUCER_LINGER_MS", "5")),
+        max_linger_ms=float(os.environ.get("SAGA_PRODUCER_LINGER_MS", "20")),
         on_failure=lambda exc: asyncio.ensure_future(app.crash(exc)),
     )
     _PRODUCERS[app] = producer
@@ -92,7 +92,7 @@ def create_app(
     app.timer(interval=0.5)(adjust_linger)
     flush_before_commit(app, producer)
     fence_stale_records(app)
-    _FETCHES[app] = adapt_fetches(app, int(os.environ.get("SAGA_FETCH_MAX_WAIT_MS", "10")))
+    _FETCHES[app] = adapt_fetches(app, int(os.environ.get("SAGA_FETCH_MAX_WAIT_MS", "25")))
     without_sensors(app)
     return app
 

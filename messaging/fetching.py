@@ -24,7 +24,7 @@ from typing import Any
 import faust
 
 BATCH_FROM_RATE = 200.0  # records/s below which fetches never wait for more
-BATCH_RECORDS = 4  # above it, wait for about this many records
+BATCH_RECORDS = 8  # above it, wait for about this many records
 IDLE_WAIT_MS = 500  # how long an empty fetch waits at the broker (min bytes 1)
 MAX_MIN_BYTES = 1 << 20
 SMOOTHING = 0.5  # weight of the newest measurement

@@ -45,7 +45,7 @@ POLL_SECONDS = 0.002  # how often delivery reports are fetched while records are
 # Adaptive linger: records wait for more only when many are sent (light traffic never
 # waits); then 1 ms per LINGER_RATE_PER_MS records/s, at most the producer's maximum.
 LINGER_FROM_RATE = 1000.0
-LINGER_RATE_PER_MS = 1000.0
+LINGER_RATE_PER_MS = 500.0
 
 
 class _KnownWarnings(logging.Filter):

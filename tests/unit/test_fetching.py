@@ -20,9 +20,10 @@ def test_light_traffic_is_answered_at_once_and_an_idle_fetch_waits_long() -> Non
 
 
 def test_heavy_traffic_waits_about_as_long_as_a_few_records_take_to_come() -> None:
-    waits = [fetch_limits(rate, rate * 200, 10).max_wait_ms for rate in (200, 400, 1000, 5000)]
-    assert waits == [10, 10, 4, 1]  # the cap, then BATCH_RECORDS / rate
-    assert fetch_limits(1000, 200_000, 10) == FetchLimits(800, 4)  # 4 ms of 200 KB/s
+    rates = (200, 400, 1000, 5000, 20_000)
+    waits = [fetch_limits(rate, rate * 200, 25).max_wait_ms for rate in rates]
+    assert waits == [25, 20, 8, 2, 1]  # the cap, then BATCH_RECORDS / rate, at least 1 ms
+    assert fetch_limits(1000, 200_000, 25) == FetchLimits(1600, 8)  # 8 ms of 200 KB/s
 
 
 def test_batching_off_never_waits() -> None:
@@ -38,7 +39,7 @@ def test_the_rate_follows_what_agents_take_and_sets_the_fetcher() -> None:
     for _ in range(2000):
         batching.took(b"x" * 100)
     assert batching.adjust(now=1.0) == fetch_limits(1000, 100_000, 20)  # smoothed from 0
-    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (400, 4)
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (800, 8)
     for second in range(2, 8):  # quiet again: back to answering at once
         batching.adjust(now=float(second))
     assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, IDLE_WAIT_MS)
