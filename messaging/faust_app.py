@@ -29,8 +29,9 @@ import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
 from messaging import settings, topics
+from messaging.cpu import CpuScarcity
 from messaging.dead_letters import send_dead_letter
-from messaging.fetching import FetchBatching, adapt_fetches
+from messaging.fetching import FetchBatching
 from messaging.producer import KafkaProducer
 from messaging.tables import RowTable
 from schemas import codec
@@ -86,13 +87,19 @@ def create_app(
     )
     _PRODUCERS[app] = producer
 
-    async def adjust_linger() -> None:
-        producer.adjust_linger(time.monotonic())
+    # Faust creates its consumer with fetch_min_bytes=1 and no setting to change it.
+    fetches = FetchBatching(app, int(os.environ.get("SAGA_FETCH_MAX_WAIT_MS", "25")))
+    _FETCHES[app] = fetches
+    cpu = CpuScarcity()
 
-    app.timer(interval=0.5)(adjust_linger)
+    async def adjust_batching() -> None:
+        batch = cpu.update()  # only while CPU is scarce (see messaging.cpu)
+        producer.adjust_linger(time.monotonic(), batch)
+        fetches.adjust(batch=batch)
+
+    app.timer(interval=0.5)(adjust_batching)
     flush_before_commit(app, producer)
     fence_stale_records(app)
-    _FETCHES[app] = adapt_fetches(app, int(os.environ.get("SAGA_FETCH_MAX_WAIT_MS", "25")))
     without_sensors(app)
     return app
 

@@ -12,7 +12,9 @@ half second, smoothed): below BATCH_FROM_RATE records/s the broker answers as so
 record is there (min 1 byte; an idle fetch waits 500 ms); above, it may wait about as long
 as BATCH_RECORDS records take to come at that rate (a shorter wait would add latency and
 still bring one record a fetch), at most `max_wait_ms`, or until that long's worth of
-bytes has come. `SAGA_FETCH_MAX_WAIT_MS=0` turns batching off.
+bytes has come. `SAGA_FETCH_MAX_WAIT_MS=0` turns batching off. Whatever the rate, it never
+waits while the machine's CPUs have time to spare (messaging.cpu): then a wait would only
+add latency.
 """
 
 from __future__ import annotations
@@ -63,15 +65,17 @@ class FetchBatching:
         self.records += 1
         self.bytes += len(value) if value else 0
 
-    def adjust(self, now: float | None = None) -> FetchLimits:
-        """Fold the counts since the last call into the rates; set the limits."""
+    def adjust(self, now: float | None = None, batch: bool = True) -> FetchLimits:
+        """Fold the counts since the last call into the rates; set the limits (never a
+        wait without `batch`: see messaging.cpu)."""
         now = time.monotonic() if now is None else now
         elapsed = max(now - self._since, 1e-3)
         self._since = now
         self.records_per_s = _smooth(self.records_per_s, self.records / elapsed)
         self.bytes_per_s = _smooth(self.bytes_per_s, self.bytes / elapsed)
         self.records = self.bytes = 0
-        self.limits = fetch_limits(self.records_per_s, self.bytes_per_s, self.max_wait_ms)
+        max_wait_ms = self.max_wait_ms if batch else 0
+        self.limits = fetch_limits(self.records_per_s, self.bytes_per_s, max_wait_ms)
         fetcher = getattr(_aiokafka_consumer(self.app), "_fetcher", None)
         if fetcher is not None:  # read by the fetcher each time it builds a request
             fetcher._fetch_min_bytes = self.limits.min_bytes
@@ -86,15 +90,3 @@ def _smooth(old: float, new: float) -> float:
 def _aiokafka_consumer(app: faust.App) -> Any:
     thread = getattr(app.consumer, "_thread", None)  # Faust's consumer thread delegate
     return getattr(thread, "_consumer", None)
-
-
-def adapt_fetches(app: faust.App, max_wait_ms: int) -> FetchBatching:
-    """Install adaptive fetch batching on `app` (Faust creates its consumer with
-    fetch_min_bytes=1 and no setting to change it: the fetcher's limits are set)."""
-    batching = FetchBatching(app, max_wait_ms)
-
-    async def adjust() -> None:
-        batching.adjust()
-
-    app.timer(interval=0.5)(adjust)
-    return batching

@@ -258,11 +258,12 @@ class KafkaProducer:
         if remaining:
             log.warning("%d records still undelivered after %.0f s", remaining, timeout)
 
-    def adjust_linger(self, now: float) -> float:
-        """Hold records longer the more are sent (see LINGER_*); called periodically."""
+    def adjust_linger(self, now: float, batch: bool = True) -> float:
+        """Hold records longer the more are sent (see LINGER_*), never without `batch`
+        (see messaging.cpu); called periodically."""
         rate = (self.sent - self._sent_before) / max(now - self._adjusted_at, 1e-3)
         self._sent_before, self._adjusted_at = self.sent, now
-        if self.max_linger_s <= 0 or rate < LINGER_FROM_RATE:
+        if not batch or self.max_linger_s <= 0 or rate < LINGER_FROM_RATE:
             self.linger_s = 0.0
         else:
             self.linger_s = min(self.max_linger_s, rate / LINGER_RATE_PER_MS / 1000)

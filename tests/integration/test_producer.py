@@ -99,10 +99,12 @@ async def test_a_record_the_broker_refuses_stops_the_producer_for_good(kafka: st
 
 
 def test_linger_grows_with_the_rate_only_under_load() -> None:
-    producer = KafkaProducer(max_linger_ms=5)
+    producer = KafkaProducer(max_linger_ms=20)
     producer.sent = 500
     assert producer.adjust_linger(producer._adjusted_at + 1.0) == 0.0  # 500/s: none
     producer.sent += 3000
-    assert producer.adjust_linger(producer._adjusted_at + 1.0) == pytest.approx(0.003)
+    assert producer.adjust_linger(producer._adjusted_at + 1.0) == pytest.approx(0.006)
+    producer.sent += 3000
+    assert producer.adjust_linger(producer._adjusted_at + 1.0, batch=False) == 0.0  # CPU idle
     producer.sent += 50_000
-    assert producer.adjust_linger(producer._adjusted_at + 1.0) == 0.005  # the maximum
+    assert producer.adjust_linger(producer._adjusted_at + 1.0) == 0.020  # the maximum

@@ -40,6 +40,8 @@ def test_the_rate_follows_what_agents_take_and_sets_the_fetcher() -> None:
         batching.took(b"x" * 100)
     assert batching.adjust(now=1.0) == fetch_limits(1000, 100_000, 20)  # smoothed from 0
     assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (800, 8)
+    batching.took(b"x" * 100)  # as busy, but CPU is not scarce: no wait
+    assert batching.adjust(now=1.001, batch=False) == FetchLimits(1, IDLE_WAIT_MS)
     for second in range(2, 8):  # quiet again: back to answering at once
         batching.adjust(now=float(second))
     assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, IDLE_WAIT_MS)
