@@ -317,15 +317,23 @@ def _create_order(saga: SagaState, cid: str, now: datetime) -> CreateOrder:
     )
 
 
-def _reserve_products(saga: SagaState, cid: str, now: datetime) -> ReserveProducts:
-    return ReserveProducts(
-        saga_id=saga.saga_id,
-        command_id=cid,
-        attempt=saga.attempt,
-        sent_at=now,
-        order_id=saga.order_id,
-        items=list(saga.items),
-    )
+def _products_command(
+    command_type: type[ReserveProducts | ReleaseProducts | SellProducts],
+) -> Callable[[SagaState, str, datetime], Command]:
+    """Builder of a Product Service command: the order's items, which travel product to
+    product (reserve, release and sell carry the same fields)."""
+
+    def build(saga: SagaState, cid: str, now: datetime) -> Command:
+        return command_type(
+            saga_id=saga.saga_id,
+            command_id=cid,
+            attempt=saga.attempt,
+            sent_at=now,
+            order_id=saga.order_id,
+            items=list(saga.items),
+        )
+
+    return build
 
 
 def _authorize_payment(saga: SagaState, cid: str, now: datetime) -> AuthorizePayment:
@@ -363,28 +371,6 @@ def _reject_order(saga: SagaState, cid: str, now: datetime) -> RejectOrder:
     )
 
 
-def _release_products(saga: SagaState, cid: str, now: datetime) -> ReleaseProducts:
-    return ReleaseProducts(
-        saga_id=saga.saga_id,
-        command_id=cid,
-        attempt=saga.attempt,
-        sent_at=now,
-        order_id=saga.order_id,
-        items=list(saga.items),
-    )
-
-
-def _sell_products(saga: SagaState, cid: str, now: datetime) -> SellProducts:
-    return SellProducts(
-        saga_id=saga.saga_id,
-        command_id=cid,
-        attempt=saga.attempt,
-        sent_at=now,
-        order_id=saga.order_id,
-        items=list(saga.items),
-    )
-
-
 def _cancel_payment(saga: SagaState, cid: str, now: datetime) -> CancelPayment:
     return CancelPayment(
         saga_id=saga.saga_id,
@@ -398,13 +384,13 @@ def _cancel_payment(saga: SagaState, cid: str, now: datetime) -> CancelPayment:
 
 _BUILDERS: dict[type, Callable[[SagaState, str, datetime], Command]] = {
     CreateOrder: _create_order,
-    ReserveProducts: _reserve_products,
+    ReserveProducts: _products_command(ReserveProducts),
     AuthorizePayment: _authorize_payment,
     ApproveOrder: _approve_order,
     RejectOrder: _reject_order,
-    ReleaseProducts: _release_products,
+    ReleaseProducts: _products_command(ReleaseProducts),
     CancelPayment: _cancel_payment,
-    SellProducts: _sell_products,
+    SellProducts: _products_command(SellProducts),
 }
 
 _UNBUILDABLE = {
