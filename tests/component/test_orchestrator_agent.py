@@ -59,10 +59,11 @@ async def put(
     topic: str | None = None,
     *,
     acked: bool = True,
+    wait: bool = True,
 ) -> Any:
     """Put a record on `topic` (by default the one its type belongs on) and wait until
     the agent acked it (its row is written only then); with acked=False until the agent
-    took it."""
+    took it; with wait=False not at all (the agent may never take it)."""
     if topic is None:
         topic = REQUEST_TOPIC if isinstance(message, m.OrderRequested) else REPLY_TOPIC
     value = message if isinstance(message, bytes) else codec.encode(message)
@@ -76,9 +77,13 @@ async def put(
 
     agent.to_message = on_topic
     try:
-        event = await agent.put(value, key=key if isinstance(key, bytes) else key.encode())
+        event = await agent.put(
+            value, key=key if isinstance(key, bytes) else key.encode(), wait=wait
+        )
     finally:
         del agent.to_message
+    if not wait:
+        return event
     async with asyncio.timeout(5):
         while not event.message.acked and acked:
             await asyncio.sleep(0.001)
@@ -213,23 +218,6 @@ async def test_deadline_timer_waits_out_a_rebalance(
 # ---- failures after decide(), duplicates, input limits (issue 14) ----
 
 
-async def put_no_wait(agent: Any, key: str, message: object) -> None:
-    """Put a record without waiting for its ack (it may never come)."""
-    topic = REQUEST_TOPIC if isinstance(message, m.OrderRequested) else REPLY_TOPIC
-    make_record = agent.to_message
-
-    def on_topic(*args: Any, **kwargs: Any) -> Any:
-        record = make_record(*args, **kwargs)
-        record.topic, record.tp = topic, TP(topic, record.partition)
-        return record
-
-    agent.to_message = on_topic
-    try:
-        await agent.put(codec.encode(message), key=key.encode(), wait=False)
-    finally:
-        del agent.to_message
-
-
 async def until(check: Any) -> None:
     async with asyncio.timeout(5):
         while not check():
@@ -257,7 +245,7 @@ async def test_a_send_that_fails_stops_the_worker_and_changes_nothing(
 
     monkeypatch.setattr("orchestrator.app.stop_worker", stop)
     monkeypatch.setattr(service.sender, "send", refuse)
-    await put_no_wait(agent, SAGA, reply(m.PaymentAuthorized, saga_id=SAGA))
+    await put(agent, SAGA, reply(m.PaymentAuthorized, saga_id=SAGA), wait=False)
     await until(lambda: stopped)
     assert isinstance(stopped[0], SendFailed)
     assert recorder.dead == []
@@ -273,11 +261,13 @@ async def test_a_record_whose_handling_fails_after_decide_is_dead_lettered(
     def broken_route(command: Any) -> Any:
         raise RuntimeError("no route")
 
-    monkeypatch.setattr("orchestrator.app.route", broken_route)
-    await put(agent, SAGA, requested(SAGA))
+    # Only the route is broken, and only here: undoing `monkeypatch` would also undo the
+    # fixture's recorder, and the next sends would need a broker.
+    with monkeypatch.context() as broken:
+        broken.setattr("orchestrator.app.route", broken_route)
+        await put(agent, SAGA, requested(SAGA))
     assert [reason for _k, _v, reason in recorder.dead] == ["RuntimeError"]
     assert SAGA.encode() not in service.sagas and SAGA.encode() not in service.watch.open
-    monkeypatch.undo()
     await put(agent, "ord-2", requested("ord-2"))  # the agent goes on
     assert service.sagas[b"ord-2"].state == "CREATING_ORDER"
 
