@@ -172,19 +172,20 @@ def _measure_saga(
     if not _warm_up(pipeline, workers, pids, result, echo):
         return
     traffic = TrafficMeter(topics.project_topics().topics, groups=load.WORKER_GROUPS)
+
+    def run_at(rate: stats.Rate) -> dict[str, Any]:
+        run = measure(pipeline, options.settings(rate), pids, echo, traffic)
+        result["runs"].append(run)
+        workers.check_alive()
+        _note_strangers(run, workers, echo)
+        return run
+
     try:
         for rate in options.rates:
-            run = measure(pipeline, options.settings(rate), pids, echo, traffic)
-            result["runs"].append(run)
-            workers.check_alive()
-            _note_strangers(run, workers, echo)
+            run_at(rate)
         half = half_max_rate(result["runs"]) if options.half_max else None
         if half is not None:  # batching under load: latency at half of what it can do
-            run = measure(pipeline, options.settings(half), pids, echo, traffic)
-            run["half_max"] = True
-            result["runs"].append(run)
-            workers.check_alive()
-            _note_strangers(run, workers, echo)
+            run_at(half)["half_max"] = True
     finally:
         traffic.close()
     if options.profile:
