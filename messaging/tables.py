@@ -121,15 +121,19 @@ class RowTable(faust.Table):
             if row is not None and OWNED not in key:
                 yield key, row
 
-    def owned(self, owner: bytes, kind: str, limit: int) -> list[tuple[bytes, Any]]:
-        """Up to `limit` rows that belong to the row `owner` (keys `owner NUL kind NUL
-        id`), in key order: a product's holds, a customer's payments."""
+    def owned(self, owner: bytes, kind: str, limit: int, item: str | None = None) -> list[Any]:
+        """The rows that belong to the row `owner` (keys `owner NUL kind NUL id`): the one
+        of id `item` if given (none if it has none), else up to `limit` in key order. A
+        product's holds or its hold for one saga; a customer's payments."""
         prefix = OWNED.join((owner, kind.encode(), b""))
+        if item:
+            row = self.row(prefix + item.encode())
+            return [] if row is None else [row]
         rows = dict(self._stored(prefix, skip_owned=False, limit=limit))
         for key, row in self._changed_rows.items():
             if key.startswith(prefix):
                 rows[key] = row
-        return sorted((k, r) for k, r in rows.items() if r is not None)[:limit]
+        return [rows[key] for key in sorted(rows) if rows[key] is not None][:limit]
 
     def _stored(
         self, prefix: bytes, *, skip_owned: bool, limit: int | None = None

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from faust.web import Request, Response
 
 from messaging import web as w
-from participants.payment.logic import payment_key
 from schemas import messages as m
 
 if TYPE_CHECKING:
@@ -92,12 +91,8 @@ def register_views(service: PaymentService) -> None:
             account = accounts.get(customer_id.encode())
             if not isinstance(account, m.Account):
                 raise w.not_found(f"no account {customer_id!r}", customer_id=customer_id)
-            saga = request.query.get("saga")
-            if saga:
-                payment = accounts.get(payment_key(customer_id, saga))
-                payments = [payment] if isinstance(payment, m.Payment) else []
-            else:
-                payments = [p for _k, p in accounts.owned(customer_id.encode(), "payment", limit)]
+            saga = request.query.get("saga")  # only that saga's payment
+            payments = accounts.owned(customer_id.encode(), "payment", limit, saga)
             payload = account_json(account, payments, w.worker_url(app))
             return self.respond(request, payload, render_account)
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from faust.web import Request, Response
 
 from messaging import web as w
-from participants.product.logic import hold_key
 from schemas import messages as m
 
 if TYPE_CHECKING:
@@ -171,12 +170,8 @@ def register_views(service: ProductService) -> None:
             if not isinstance(row, m.StockRow):
                 raise w.not_found(f"no product {product_id!r}", product_id=product_id)
             limit = w.int_param(request, "holds", HOLDS_SHOWN, minimum=0, maximum=MAX_LIMIT)
-            saga = request.query.get("saga")
-            if saga:
-                hold = stock.get(hold_key(product_id, saga))
-                holds = [hold] if isinstance(hold, m.StockHold) else []
-            else:
-                holds = [h for _k, h in stock.owned(product_id.encode(), "hold", limit)]
+            saga = request.query.get("saga")  # only that saga's hold
+            holds = stock.owned(product_id.encode(), "hold", limit, saga)
             payload = stock_detail(row, holds, w.worker_url(app))
             return self.respond(request, payload, render_product)
 
