@@ -86,7 +86,7 @@ def found(result: Result) -> list[str]:
         ),
         _row("worker start-up failures", workers.startup_failures, "broker unreachable; restarted"),
         _row("workers hung / failed stop", len(workers.hangs), "; ".join(workers.hangs)),
-        _row("stops ended by the watchdog", workers.forced_stops, "stuck stop, exit 75"),
+        _row("stops not clean", workers.forced_stops, "stuck, or could not flush: exit 75"),
         _row("final SIGTERM stop", f"{graceful}/{len(codes)}", stop_note),
         _row("records the run lost", faults.undelivered, "(its own producer)"),
         _row("uncommitted at the end", sum(faults.behind.values()), _behind(faults.behind)),

@@ -21,7 +21,7 @@ from functools import partial
 
 from cli.processes import Workers
 from messaging import local_broker, settings
-from messaging.faust_app import STOP_HUNG_EXIT_CODE
+from messaging.faust_app import UNCLEAN_STOP_EXIT_CODE
 
 Log = Callable[[str], None]
 
@@ -74,7 +74,7 @@ class WorkerFaults:
     kills: Counter[str] = field(default_factory=Counter)
     stops: list[Stop] = field(default_factory=list)
     hangs: list[str] = field(default_factory=list)  # ignored SIGTERM, or exited non-zero
-    forced_stops: int = 0  # stops that stuck and were ended by the worker's watchdog
+    forced_stops: int = 0  # stops that stuck (the watchdog ended them) or could not flush
     unplanned_exits: list[str] = field(default_factory=list)  # crashes of running workers
     startup_failures: int = 0  # exits at start-up: the broker went away meanwhile
 
@@ -180,7 +180,7 @@ class Supervisor:
             if code is None:
                 self.faults.hangs.append(f"{name} ignored SIGTERM for {STOP_TIMEOUT:.0f}s")
                 self.workers.kill(name)
-            elif code == STOP_HUNG_EXIT_CODE:  # its watchdog ended a stuck stop
+            elif code == UNCLEAN_STOP_EXIT_CODE:  # a stuck stop, or one that could not flush
                 self.faults.forced_stops += 1
             elif code != 0:
                 self.faults.hangs.append(f"{name} exited {code} on SIGTERM")

@@ -46,6 +46,7 @@ def worker(name: str, web_port: int | None, loglevel: str) -> None:
     """
 
     from messaging.faust_app import (
+        UNCLEAN_STOP_EXIT_CODE,
         discard_tables_after_crash,
         exit_if_stop_hangs,
         mark_clean_shutdown,
@@ -57,6 +58,7 @@ def worker(name: str, web_port: int | None, loglevel: str) -> None:
     try:
         quiet_worker(service.app, loglevel).execute_from_commandline()
     except SystemExit as exit_:
-        if exit_.code in (0, None):  # stopped gracefully: offsets committed, stores flushed
-            mark_clean_shutdown(service.app)
+        # Stopped gracefully; clean only if every row and output reached Kafka.
+        if exit_.code in (0, None) and not mark_clean_shutdown(service.app):
+            raise SystemExit(UNCLEAN_STOP_EXIT_CODE) from None
         raise

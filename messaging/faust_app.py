@@ -133,35 +133,44 @@ def flush_before_commit(app: faust.App, producer: KafkaProducer) -> None:
     Faust flushes its own producer right before it commits offsets (and before it gives
     partitions up in a rebalance); what goes out through `producer` is not Faust's, so
     that flush is extended, in the crash-safe order: the outputs of the records processed
-    so far are acknowledged, then the RowTables' changelogs are sent and acknowledged,
-    then Faust commits. If a record was not delivered, the flush raises and nothing is
-    committed (the producer also stops the worker): the inputs are processed again after
-    the restart.
+    so far are acknowledged, then the RowTables' changed rows are sent to their changelogs
+    and acknowledged, then written to the stores, then Faust commits. If a record was not
+    delivered, the flush raises and nothing is written to the stores or committed (the
+    producer also stops the worker): the inputs are processed again after the restart.
+    One flush runs at a time (commits and rebalances both flush).
     """
     faust_producer: Any = app.producer
     faust_flush = faust_producer.flush
+    one_at_a_time = asyncio.Lock()
 
     async def flush() -> None:
-        # While the worker stops, the broker may be away: wait a bounded time, then give
-        # up (nothing is committed; the stop is not clean, so the next start restores
-        # the tables from the changelogs).
-        timeout = STOP_FLUSH_SECONDS if app.should_stop else None
-        # The rows changed so far; their records' outputs were sent before this call.
-        changes = [(t, t.take_changes()) for t in app.tables.values() if isinstance(t, RowTable)]
-        await producer.flush(timeout)  # outputs first: a durable row implies its outputs are
-        if sum([table.send_changes(rows, producer) for table, rows in changes if rows]):
-            await producer.flush(timeout)
+        async with one_at_a_time:
+            # While the worker stops, the broker may be away: wait a bounded time, then
+            # give up (nothing is written back or committed; the stop is not clean, so
+            # the next start restores the tables from the changelogs).
+            timeout = STOP_FLUSH_SECONDS if app.should_stop else None
+            # The rows changed so far; their records' outputs were sent before this call.
+            changes = [(t, t.take_changes()) for t in row_tables(app)]
+            await producer.flush(timeout)  # outputs first: a durable row implies its outputs are
+            if sum([table.send_changes(rows, producer) for table, rows in changes if rows]):
+                await producer.flush(timeout)
+            for table, rows in changes:
+                if rows:
+                    table.write_back(rows)
         await faust_flush()
 
     faust_producer.flush = flush
 
     async def forget_cached_rows(*_args: Any, **_kwargs: Any) -> None:
-        for table in app.tables.values():
-            if isinstance(table, RowTable):
-                table.forget_cached_rows()
+        for table in row_tables(app):
+            table.forget_cached_rows()
 
     app.on_partitions_revoked.connect(forget_cached_rows)
     app.on_partitions_assigned.connect(forget_cached_rows)
+
+
+def row_tables(app: faust.App) -> list[RowTable]:
+    return [table for table in app.tables.values() if isinstance(table, RowTable)]
 
 
 def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
@@ -332,9 +341,31 @@ def discard_tables_after_crash(app: faust.App) -> bool:
     return True
 
 
-def mark_clean_shutdown(app: faust.App) -> None:
-    """Record that the worker stopped gracefully: its stores match the changelogs."""
+def unclean_stop(app: faust.App) -> str | None:
+    """Why the stopped worker's stores cannot be trusted at the next start (None: they
+    can): a row changed and not written back, or an output not acknowledged (a row in the
+    store may stand for it). A stop is clean only if everything reached Kafka."""
+    producer = _PRODUCERS.get(app)
+    if producer is not None:
+        if producer.failure is not None:
+            return f"the producer failed: {producer.failure}"
+        if producer.outstanding:
+            return f"{producer.outstanding} record(s) sent were not acknowledged"
+    for table in row_tables(app):
+        if table.unwritten_rows:
+            return f"{table.unwritten_rows} row(s) of table {table.name} were not written back"
+    return None
+
+
+def mark_clean_shutdown(app: faust.App) -> bool:
+    """Record that the worker stopped cleanly (its stores match the changelogs), if it
+    did; returns whether it did."""
+    problem = unclean_stop(app)
+    if problem is not None:
+        log.warning("the stop was not clean (%s): the next start restores the tables", problem)
+        return False
     (Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER).touch()
+    return True
 
 
 class SeekFence:
@@ -448,7 +479,9 @@ def fence_stale_records(app: faust.App) -> None:
 
 
 STOP_GRACE_SECONDS = 25.0
-STOP_HUNG_EXIT_CODE = os.EX_TEMPFAIL
+# A worker that stopped without writing everything back (or whose stop hung) exits with
+# this: its stores are restored from the changelogs at the next start.
+UNCLEAN_STOP_EXIT_CODE = os.EX_TEMPFAIL
 
 
 def exit_if_stop_hangs(app: faust.App, grace: float = STOP_GRACE_SECONDS) -> None:
@@ -467,7 +500,7 @@ def exit_if_stop_hangs(app: faust.App, grace: float = STOP_GRACE_SECONDS) -> Non
         log.error("still stopping after %.0f s: exiting without a clean stop", grace)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(STOP_HUNG_EXIT_CODE)
+        os._exit(UNCLEAN_STOP_EXIT_CODE)
 
     threading.Thread(target=watch, name="stop-watchdog", daemon=True).start()
 

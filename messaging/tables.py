@@ -4,12 +4,14 @@ Faust writes every table assignment to RocksDB and sends it to the changelog thr
 aiokafka producer: five writes of a saga row cost five encodings, five store writes and
 five records of ~0.25 ms of CPU each. A RowTable keeps the rows changed since the last
 commit in memory (reads see them at once) and, when Faust is about to commit offsets,
-encodes each changed row once, writes it to the store and sends it to the changelog
-through the worker's confluent-kafka producer (`messaging.faust_app.flush_before_commit`
-orders that: the outputs of the records first, then the rows, then the commit). So the
-changelog always holds at least the state at the committed offsets:
+encodes each changed row once and writes it back (`messaging.faust_app.flush_before_commit`
+orders that): the outputs of the records that changed the rows are acknowledged first,
+then the rows are sent to the changelog through the worker's confluent-kafka producer
+and acknowledged, and only then written to the store and the offsets committed. So:
 
-- a clean stop commits, so it writes back: the store and the changelog agree;
+- the store never holds a row the changelog lacks, nor one whose outputs may be lost;
+- a clean stop (every row written back, every output acknowledged: see
+  `messaging.faust_app.unclean_stop`) leaves a store that matches the changelog;
 - a crash loses the changes not written back with the store (the worker discards its
   stores after a crash, `discard_tables_after_crash`): the tables are restored from the
   changelogs and the inputs after the committed offsets are processed again;
@@ -25,17 +27,18 @@ it. Writing the aggregate row last, with the record's offset, makes a record's e
 all-or-nothing for a replay (the participants' `applied_offset`).
 
 Rows are immutable values (frozen dataclasses, never changed in place), so decoded rows
-are also kept for reads, up to ROW_CACHE_SIZE, and forgotten at every rebalance.
+are also kept for reads, up to ROW_CACHE_SIZE. A key's cached row is forgotten when
+recovery writes the key from the changelog, and every cached row at each rebalance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, cast
 
 import faust
 from faust.stores.base import SerializedStore
-from faust.types import TP
+from faust.types import TP, EventT
 
 from messaging.producer import KafkaProducer
 from schemas import codec
@@ -57,6 +60,10 @@ class RowTable(faust.Table):
         # partition's keys in the order of their last write; and the same rows by key.
         self._changed: dict[int, dict[bytes, Any]] = {}
         self._changed_rows: dict[bytes, Any] = {}
+        # Taken for the changelog and not yet in the store (the same shapes).
+        self._writing: dict[int, dict[bytes, Any]] = {}
+        self._writing_rows: dict[bytes, Any] = {}
+        self._changelog_offsets: dict[int, int] = {}  # partition -> last delivered offset
         self._rows: dict[bytes, Any] = {}  # decoded rows as the store has them
         self.changelog_records_sent = 0
 
@@ -66,6 +73,9 @@ class RowTable(faust.Table):
         """The row of `key` (None if absent): changed ones first, then the store's (the
         current event's partition if there is one, else whichever holds the key)."""
         row = self._changed_rows.get(key, _MISSING)
+        if row is not _MISSING:
+            return row
+        row = self._writing_rows.get(key, _MISSING)
         if row is not _MISSING:
             return row
         row = self._rows.get(key, _MISSING)
@@ -101,7 +111,7 @@ class RowTable(faust.Table):
 
     def items(self) -> Iterator[tuple[bytes, Any]]:  # type: ignore[override]
         """Every row of this worker's partitions, changed ones as they are now."""
-        changed = dict(self._changed_rows)
+        changed = self._unwritten()
         for key, row in super().items():
             if key not in changed:
                 yield key, row
@@ -113,7 +123,7 @@ class RowTable(faust.Table):
         """This worker's rows whose key starts with `prefix`, leaving out the rows that
         belong to another row (keys with a NUL: schemas.limits.row_key), which the store
         seeks past instead of reading: a product's holds, a customer's payments."""
-        changed = {k: r for k, r in self._changed_rows.items() if k.startswith(prefix)}
+        changed = {k: r for k, r in self._unwritten().items() if k.startswith(prefix)}
         for key, row in self._stored(prefix, skip_owned=True):
             if key not in changed:
                 yield key, row
@@ -130,7 +140,7 @@ class RowTable(faust.Table):
             row = self.row(prefix + item.encode())
             return [] if row is None else [row]
         rows = dict(self._stored(prefix, skip_owned=False, limit=limit))
-        for key, row in self._changed_rows.items():
+        for key, row in self._unwritten().items():
             if key.startswith(prefix):
                 rows[key] = row
         return [rows[key] for key in sorted(rows) if rows[key] is not None][:limit]
@@ -167,6 +177,10 @@ class RowTable(faust.Table):
         changes[key] = row
         self._changed_rows[key] = row
 
+    def _unwritten(self) -> dict[bytes, Any]:
+        """The rows not in the store yet, as they are now (None: deleted)."""
+        return {**self._writing_rows, **self._changed_rows}
+
     def _remember(self, key: bytes, row: Any) -> None:
         if len(self._rows) >= ROW_CACHE_SIZE:
             self._rows.clear()
@@ -174,6 +188,15 @@ class RowTable(faust.Table):
 
     def forget_cached_rows(self) -> None:
         self._rows.clear()
+
+    def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
+        """Recovery writes changelog records to the store: forget what was read of those
+        keys before (a web view or a lookup may read a key while its partition recovers;
+        its cached "missing" or older row would otherwise outlive the recovery)."""
+        events = list(batch)
+        super().apply_changelog_batch(events)
+        for event in events:
+            self._rows.pop(cast(bytes, event.message.key), None)
 
     def _partition(self) -> int:
         event = faust.current_event()
@@ -184,64 +207,72 @@ class RowTable(faust.Table):
     # ---- write-back ----
 
     @property
-    def unsent_changes(self) -> int:
-        return len(self._changed_rows)
+    def unwritten_rows(self) -> int:
+        """Rows changed and not yet written back (in the changelog and the store)."""
+        return len(self._unwritten())
 
     def take_changes(self) -> Changes:
-        """Write the rows changed since the last call to the store (each encoded once) and
-        return them for the changelog (`send_changes`)."""
-        changed, self._changed, self._changed_rows = self._changed, {}, {}
-        encoded: Changes = {}
-        for partition, rows in changed.items():
-            encoded[partition] = {
-                key: None if row is None else codec.encode(row) for key, row in rows.items()
-            }
-            self._write_store(partition, rows, encoded[partition])
-        return encoded
-
-    def _write_store(
-        self, partition: int, rows: dict[bytes, Any], encoded: dict[bytes, bytes | None]
-    ) -> None:
-        store = self.data
-        if isinstance(store, SerializedStore):
-            db = store._db_for_partition(partition)  # type: ignore[attr-defined]
-            for key, value in encoded.items():
-                if value is None:
-                    db.delete(key)
-                else:
-                    db.put(key, value)
-        else:
+        """The rows changed since the last write-back, each encoded once, for the
+        changelog (`send_changes`) and then the store (`write_back`). They stay readable
+        meanwhile. Rows taken before and never written back (a flush that failed) are
+        taken again, under newer changes of the same keys."""
+        writing = self._writing
+        for partition, rows in self._changed.items():
+            taken = writing.setdefault(partition, {})
             for key, row in rows.items():
-                if row is None:
-                    store.pop(key, None)
-                else:
-                    store[key] = row
-        for key, row in rows.items():
-            self._remember(key, row)
+                taken.pop(key, None)  # keeps the order of last writes
+                taken[key] = row
+        self._writing_rows.update(self._changed_rows)
+        self._changed, self._changed_rows = {}, {}
+        return {
+            partition: {key: None if r is None else codec.encode(r) for key, r in rows.items()}
+            for partition, rows in writing.items()
+        }
 
     def send_changes(self, changes: Changes, producer: KafkaProducer) -> int:
         """Send `changes` to the changelog; returns how many records. Their delivery is
-        awaited with the producer's flush."""
+        awaited with the producer's flush, before `write_back`."""
         topic = self.changelog_topic.get_topic_name()
         sent = 0
         for partition, rows in changes.items():
             last = len(rows) - 1
-            persisted = self._persisted_offset_setter(topic, partition)
             for index, (key, value) in enumerate(rows.items()):
-                on_delivery = persisted if index == last else None
+                on_delivery = self._delivered if index == last else None
                 producer.send(topic, key, value, partition=partition, on_delivery=on_delivery)
             sent += len(rows)
         self.changelog_records_sent += sent
         return sent
 
-    def _persisted_offset_setter(self, topic: str, partition: int) -> Any:
-        """What Faust's own changelog sends do: remember in the store how far the changelog
-        is known to be applied, so a restart reads only what came after."""
+    def _delivered(self, delivered: tuple[int, int]) -> None:
+        partition, offset = delivered
+        self._changelog_offsets[partition] = max(offset, self._changelog_offsets.get(partition, -1))
+
+    def write_back(self, changes: Changes) -> None:
+        """Write `changes` (taken, and acknowledged by the changelog) to the store, and
+        remember in the store how far the changelog is applied, so a restart reads only
+        what came after (what Faust's own changelog writes do)."""
         store = self.data
-
-        def persisted(delivered: tuple[int, int]) -> None:
-            dbs = getattr(store, "_dbs", None)
-            if dbs is not None and partition in dbs:  # still ours
-                store.set_persisted_offset(TP(topic, partition), delivered[1])
-
-        return persisted
+        topic = self.changelog_topic.get_topic_name()
+        for partition, encoded in changes.items():
+            rows = self._writing.get(partition, {})
+            if isinstance(store, SerializedStore):
+                db = store._db_for_partition(partition)  # type: ignore[attr-defined]
+                for key, value in encoded.items():
+                    if value is None:
+                        db.delete(key)
+                    else:
+                        db.put(key, value)
+                offset = self._changelog_offsets.pop(partition, None)
+                if offset is not None:
+                    store.set_persisted_offset(TP(topic, partition), offset)
+            else:  # the memory store (tests) keeps the objects
+                for key in encoded:
+                    if rows[key] is None:
+                        store.pop(key, None)
+                    else:
+                        store[key] = rows[key]
+            for key in encoded:
+                self._remember(key, rows[key])
+                if self._writing_rows.get(key, _MISSING) is rows[key]:
+                    del self._writing_rows[key]
+            self._writing.pop(partition, None)

@@ -74,9 +74,13 @@ def test_a_write_is_read_back_at_once_and_staged_for_the_changelog(table: RowTab
         table[b"widget"] = stock("widget", 5)
         assert table.row(b"widget") == stock("widget", 5)
         assert table.row(b"gizmo") is None
-    assert table.unsent_changes == 1
-    assert table.take_changes() == {2: {b"widget": codec.encode(stock("widget", 5))}}
-    assert table.unsent_changes == 0
+    assert table.unwritten_rows == 1
+    changes = table.take_changes()
+    assert changes == {2: {b"widget": codec.encode(stock("widget", 5))}}
+    assert table.unwritten_rows == 1  # taken, not yet written back
+    assert table.row(b"widget") == stock("widget", 5) and b"widget" not in table.data
+    table.write_back(changes)
+    assert table.unwritten_rows == 0 and table.data[b"widget"] == stock("widget", 5)
 
 
 def test_changes_keep_the_last_value_per_key_in_the_order_of_last_writes(table: RowTable) -> None:
@@ -91,6 +95,25 @@ def test_changes_keep_the_last_value_per_key_in_the_order_of_last_writes(table: 
     assert list(changes) == [1, 3]
     assert list(changes[1].items()) == [(b"a", codec.encode(stock("a", 2))), (b"b", None)]
     assert table.row(b"b") is None
+
+
+def test_a_rewritten_aggregate_row_goes_to_the_changelog_after_every_row_written_before_it(
+    table: RowTable,
+) -> None:
+    # Two records each write a saga's hold, then the product's row. If the product row
+    # kept its first place, a changelog cut after it would hold the second record's
+    # product row (its offset: "applied") without the second hold: a replay would skip
+    # the record and the hold would be lost.
+    with processing(event(0)):
+        table[b"widget\x00hold\x00s1"] = stock("hold-1", 1)
+        table[b"widget"] = stock("widget", 9)
+        table[b"widget\x00hold\x00s2"] = stock("hold-2", 1)
+        table[b"widget"] = stock("widget", 8)
+    assert list(table.take_changes()[0]) == [
+        b"widget\x00hold\x00s1",
+        b"widget\x00hold\x00s2",
+        b"widget",
+    ]
 
 
 def test_a_write_outside_a_record_is_refused(table: RowTable) -> None:
@@ -158,3 +181,127 @@ async def test_commit_flush_of_a_stopping_worker_gives_up_without_committing() -
     with pytest.raises(TimeoutError):
         await app.producer.flush()
     assert timeouts == [STOP_FLUSH_SECONDS] and faust_flushes == []
+
+
+class GatedProducer(FakeProducer):
+    """A flush returns only when the test opens its gate (the broker acknowledges)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: list[asyncio.Event] = []
+        self.failure: BaseException | None = None
+
+    async def flush(self, timeout: float | None = None) -> None:
+        await super().flush(timeout)
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        if self.failure is not None:
+            raise self.failure
+
+    async def acknowledge(self, flushes: int) -> None:
+        """Wait until `flushes` flushes were asked for, and let the last one return."""
+        for _ in range(100):
+            if len(self.gates) >= flushes:
+                break
+            await asyncio.sleep(0)
+        assert len(self.gates) == flushes, self.log
+        self.gates[-1].set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+
+def committing_app(web_port: int) -> tuple[Any, RowTable, GatedProducer]:
+    app = create_app("saga-product", web_port=web_port, store="memory://")
+    table = typed_table(app, "stock")
+    producer = GatedProducer()
+    faust_producer: Any = app.producer
+
+    async def faust_flush() -> None:
+        producer.log.append("faust flush")
+
+    faust_producer.flush = faust_flush
+    flush_before_commit(app, producer)  # type: ignore[arg-type]
+    return app, table, producer
+
+
+async def test_the_store_gets_a_row_only_once_its_outputs_and_changelog_record_are_in_kafka() -> (
+    None
+):
+    app, table, producer = committing_app(6995)
+    with processing(event(1)):
+        table[b"a"] = stock("a", 1)
+    commit = asyncio.ensure_future(app.producer.flush())
+    await producer.acknowledge(1)  # the outputs of the records
+    assert b"a" not in table.data and table.row(b"a") == stock("a", 1)
+    assert producer.log == ["flush", "send saga-product-stock-changelog b'a'", "flush"]
+    await producer.acknowledge(2)  # the changelog record
+    await commit
+    assert table.data[b"a"] == stock("a", 1) and table.unwritten_rows == 0
+    assert producer.log[-1] == "faust flush"
+
+
+async def test_rows_written_during_a_flush_wait_for_the_next_one() -> None:
+    app, table, producer = committing_app(6994)
+    with processing(event(1)):
+        table[b"a"] = stock("a", 1)
+    commit = asyncio.ensure_future(app.producer.flush())
+    await producer.acknowledge(1)
+    with processing(event(1)):  # a record processed while the flush waits
+        table[b"b"] = stock("b", 1)
+        table[b"a"] = stock("a", 2)
+    await producer.acknowledge(2)
+    await commit
+    # Its outputs were not part of the flush: its rows stay out of the store.
+    assert table.data == {b"a": stock("a", 1)}
+    assert table.row(b"a") == stock("a", 2) and table.unwritten_rows == 2
+    commit = asyncio.ensure_future(app.producer.flush())
+    await producer.acknowledge(3)
+    await producer.acknowledge(4)
+    await commit
+    assert table.data == {b"a": stock("a", 2), b"b": stock("b", 1)}
+
+
+async def test_a_flush_that_fails_writes_nothing_and_the_next_takes_its_rows_again() -> None:
+    app, table, producer = committing_app(6993)
+    with processing(event(1)):
+        table[b"hold"] = stock("hold", 1)
+        table[b"a"] = stock("a", 1)
+    producer.failure = TimeoutError("broker away")
+    commit = asyncio.ensure_future(app.producer.flush())
+    await producer.acknowledge(1)
+    with pytest.raises(TimeoutError):
+        await commit
+    assert table.data == {} and "faust flush" not in producer.log  # nothing committed
+    assert table.row(b"a") == stock("a", 1) and table.unwritten_rows == 2
+    producer.failure = None
+    with processing(event(1)):
+        table[b"hold-2"] = stock("hold-2", 1)
+        table[b"a"] = stock("a", 2)
+    changes = table.take_changes()
+    assert list(changes[1]) == [b"hold", b"hold-2", b"a"]  # older first, the newest last
+    assert changes[1][b"a"] == codec.encode(stock("a", 2))
+
+
+async def test_flushes_run_one_at_a_time() -> None:
+    app, table, producer = committing_app(6992)
+    with processing(event(1)):
+        table[b"a"] = stock("a", 1)
+    first = asyncio.ensure_future(app.producer.flush())
+    second = asyncio.ensure_future(app.producer.flush())  # e.g. a rebalance during a commit
+    await producer.acknowledge(1)
+    # The second waits until the first wrote its rows back: it would otherwise take the
+    # same rows again, and the two would write them back in either order.
+    assert producer.log == ["flush", "send saga-product-stock-changelog b'a'", "flush"]
+    await producer.acknowledge(2)
+    await first
+    await producer.acknowledge(3)
+    await second
+    assert producer.log == [
+        "flush",
+        "send saga-product-stock-changelog b'a'",
+        "flush",
+        "faust flush",
+        "flush",
+        "faust flush",
+    ]

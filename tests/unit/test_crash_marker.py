@@ -1,0 +1,112 @@
+"""The crash marker (messaging.faust_app): a worker trusts its local stores at start only
+after a stop that wrote every row back and had every output acknowledged; otherwise it
+discards them and restores the tables from the changelogs. No broker."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from click.testing import CliRunner
+
+from cli import worker_cmd
+from messaging.faust_app import (
+    CLEAN_SHUTDOWN_MARKER,
+    UNCLEAN_STOP_EXIT_CODE,
+    create_app,
+    discard_tables_after_crash,
+    mark_clean_shutdown,
+    processing,
+    producer_of,
+    typed_table,
+    unclean_stop,
+)
+from schemas import messages as m
+
+EUR = m.Money(amount=Decimal("1.00"), currency="EUR")
+
+
+class Event:
+    """What the table reads of Faust's current event: the record's partition."""
+
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(partition=partition, topic="t", offset=0)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Any:
+    app = create_app("saga-product", web_port=6990, store="memory://", datadir=str(tmp_path))
+    typed_table(app, "stock")
+    return app
+
+
+def stored_tables(app: Any) -> Path:
+    tables = Path(app.conf.tabledir)
+    tables.mkdir(parents=True)
+    (tables / "stock-0.db").write_text("rows")
+    return tables
+
+
+def test_stores_are_discarded_after_a_stop_that_left_no_marker(app: Any) -> None:
+    tables = stored_tables(app)
+    assert discard_tables_after_crash(app) is True
+    assert not tables.exists()
+
+
+def test_stores_are_kept_after_a_clean_stop_and_the_marker_is_used_once(app: Any) -> None:
+    tables = stored_tables(app)
+    assert mark_clean_shutdown(app) is True
+    assert discard_tables_after_crash(app) is False
+    assert (tables / "stock-0.db").exists()
+    # From the start on, a crash is not a clean stop.
+    assert not (Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER).exists()
+    assert discard_tables_after_crash(app) is True
+
+
+def test_a_stop_with_rows_not_written_back_is_not_clean(app: Any) -> None:
+    table = app.tables["stock"]
+    with processing(cast(Any, Event(0))):
+        table[b"widget"] = m.StockRow("widget", 1, 0, 0, 1, EUR)
+    assert unclean_stop(app) == "1 row(s) of table stock were not written back"
+    table.take_changes()  # taken for the changelog, never acknowledged
+    assert unclean_stop(app) is not None
+    assert mark_clean_shutdown(app) is False
+    assert not (Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER).exists()
+
+
+async def test_a_stop_with_outputs_not_acknowledged_is_not_clean(app: Any) -> None:
+    producer = producer_of(app)
+    producer.send("saga.replies", b"k", b"v")  # never handed to a broker here
+    assert unclean_stop(app) == "1 record(s) sent were not acknowledged"
+    assert mark_clean_shutdown(app) is False
+
+
+def test_a_stop_after_the_producer_failed_is_not_clean(app: Any) -> None:
+    producer_of(app).failure = RuntimeError("fenced")
+    assert unclean_stop(app) == "the producer failed: fenced"
+    assert mark_clean_shutdown(app) is False
+
+
+def test_a_stop_with_everything_in_kafka_is_clean(app: Any) -> None:
+    assert unclean_stop(app) is None
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_the_worker_exits_non_zero_and_leaves_no_marker_after_an_unclean_stop(
+    app: Any, monkeypatch: pytest.MonkeyPatch, clean: bool
+) -> None:
+    class Worker:
+        def execute_from_commandline(self) -> None:
+            raise SystemExit(0)  # what Faust's worker does when stopped by SIGTERM
+
+    monkeypatch.setattr(worker_cmd, "build_service", lambda *_: SimpleNamespace(app=app))
+    monkeypatch.setattr(worker_cmd, "quiet_worker", lambda *_: Worker())
+    monkeypatch.setattr("messaging.faust_app.exit_if_stop_hangs", lambda _app: None)
+    if not clean:
+        producer_of(app).failure = RuntimeError("broker away")
+    result = CliRunner().invoke(worker_cmd.worker, ["product"])
+    assert result.exit_code == (0 if clean else UNCLEAN_STOP_EXIT_CODE)
+    assert (Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER).exists() is clean
