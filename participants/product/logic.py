@@ -169,13 +169,13 @@ def reserve_products(
     refuse; forward the command with the result, or, at the last product, reply.
 
     An order that breaks the input limits is refused at its first hop, nothing reserved.
-    A product that does not exist is refused, and nothing is written for it.
+    A product that does not exist is refused; its refused hold keeps it so.
     """
     if command.hop == 0 and items_problems(command.items):
         return Effect((), (), _unavailable(command, _bad_lines(command), now))
     items = merged_items(command.items)
     item = items[command.hop]
-    move = _move(stock, hold, command.saga_id, RESERVE, item.quantity, offset)
+    move = _move(stock, hold, item.product_id, command.saga_id, RESERVE, item.quantity, offset)
     if move is None:
         return NOTHING  # a replay: what it did is done, its outputs were sent
     after, rows, moved = move
@@ -206,7 +206,8 @@ def release_products(
     items = merged_items(command.items)
     rows: tuple[tuple[bytes, Row], ...] = ()
     if items:
-        move = _move(stock, hold, command.saga_id, RELEASE, 0, offset)
+        product = items[command.hop].product_id
+        move = _move(stock, hold, product, command.saga_id, RELEASE, 0, offset)
         if move is None:
             return NOTHING  # a replay
         rows = move[1]
@@ -223,7 +224,7 @@ def sell_products(
     items = merged_items(command.items)
     if not items:
         return NOTHING
-    move = _move(stock, hold, command.saga_id, SELL, 0, offset)
+    move = _move(stock, hold, items[command.hop].product_id, command.saga_id, SELL, 0, offset)
     if move is None:
         return NOTHING  # a replay
     if command.hop + 1 < len(items):
@@ -236,7 +237,7 @@ def release_item(
 ) -> Effect:
     """Give back what the saga holds of this product (sent by the last hop of a
     reservation that could not be completed)."""
-    move = _move(stock, hold, message.saga_id, RELEASE, 0, offset)
+    move = _move(stock, hold, message.product_id, message.saga_id, RELEASE, 0, offset)
     return NOTHING if move is None else Effect(move[1])
 
 
@@ -309,26 +310,26 @@ def _bad_lines(command: ReserveProducts) -> list[MissingItem]:
 # =====================================================================================
 
 _NO_PRICE = Money(Decimal("0.00"), DEFAULT_CURRENCY)
-_ABSENT = StockHold("", "", 0, REFUSED, -1, -1)  # the hold of a product that does not exist
+_ABSENT = StockHold("", "", 0, REFUSED, -1, -1)  # no hold, for a product that does not exist
 Moved = tuple[StockHold, tuple[tuple[bytes, Row], ...], bool]
 
 
 def _move(
     stock: StockRow | None,
     hold: StockHold | None,
+    product: str,
     saga_id: str,
     move: Move,
     quantity: int,
     offset: int,
 ) -> Moved | None:
-    """Apply `move` of the saga's hold of this product at `offset`.
+    """Apply `move` of the saga's hold of `product` at `offset`.
 
     Returns (the hold after, the rows to write: the hold then the product, whether this
     record moved the hold), or None for a replay of a record whose effect is all applied.
-    A product that does not exist has no rows, and its hold counts as refused.
     """
     if stock is None:
-        return _ABSENT, (), False
+        return _move_absent(hold, product, saga_id, move, quantity, offset)
     if offset <= stock.applied_offset:
         return None
     if _recorded(hold, move, offset):  # written back after this move; the product not
@@ -340,7 +341,26 @@ def _move(
             return hold or _ABSENT, (), False
         after = moved
     new_stock = replace(_with_change(stock, move, after), applied_offset=offset)
-    return after, ((hold_key(stock.product_id, saga_id), after), (_key(stock), new_stock)), True
+    return after, ((hold_key(product, saga_id), after), (_key(stock), new_stock)), True
+
+
+def _move_absent(
+    hold: StockHold | None, product: str, saga_id: str, move: Move, quantity: int, offset: int
+) -> Moved:
+    """A move of a saga's hold of a product that does not exist (yet): a reserve is
+    refused, and a release remembered, in a hold of their own, so that a repeated reserve
+    of the saga (re-sent on a deadline, or replayed) is refused even if the product was
+    restocked since: the saga was told "unavailable" and will never release it."""
+    if _recorded(hold, move, offset):  # a replay: the hold was written back
+        assert hold is not None
+        return hold, (), True
+    if hold is not None or move == SELL:
+        return hold or _ABSENT, (), False
+    if move == RESERVE:
+        after = StockHold(saga_id, product, quantity, REFUSED, offset, -1)
+    else:
+        after = StockHold(saga_id, product, 0, RELEASED, -1, offset)
+    return after, ((hold_key(product, saga_id), after),), True
 
 
 def _recorded(hold: StockHold | None, move: Move, offset: int) -> bool:

@@ -164,7 +164,43 @@ def test_a_missing_product_gives_back_what_was_reserved_and_names_every_miss() -
     assert stock.product("p1").available == 5 and stock.product("p1").reserved == 0
     assert stock.hold("p1") == StockHold(SAGA, "p1", 3, RELEASED, 2, 5)
     assert stock.hold("p2") == StockHold(SAGA, "p2", 1, REFUSED, 3, -1)
-    assert stock.hold("nope") is None  # nothing is written for a product that does not exist
+    assert stock.hold("nope") == StockHold(SAGA, "nope", 2, REFUSED, 4, -1)
+    assert b"nope" not in stock.rows  # a refusal creates no product
+
+
+def test_a_reserve_re_sent_after_the_missing_product_arrived_is_refused_again() -> None:
+    # Attempt 1 finds no product and the saga is rejected on its ProductsUnavailable;
+    # the product is restocked before the re-sent attempt 2 (its deadline fired first)
+    # reaches it. Reserving then would hold units for a saga that never releases them.
+    stock = stocked()
+    items = [OrderItem("late", 2)]
+    first, _ = stock.run(reserve_cmd(items, attempt=1))
+    stock.add("late", 10)
+    second, releases = stock.run(reserve_cmd(items, attempt=2))
+    assert isinstance(first, ProductsUnavailable) and isinstance(second, ProductsUnavailable)
+    assert second.attempt == 2 and releases == []
+    late = stock.product("late")
+    assert (late.available, late.reserved) == (10, 0)
+    assert stock.hold("late") == StockHold(SAGA, "late", 2, REFUSED, 2, -1)
+    assert stock_invariant_violations(late, [stock.hold("late")]) == []  # type: ignore[list-item]
+
+
+def test_a_release_at_a_product_that_does_not_exist_yet_refuses_a_later_reserve() -> None:
+    stock = stocked()
+    items = [OrderItem("late", 2)]
+    reply, _ = stock.run(release_cmd(items))
+    assert isinstance(reply, ProductsReleased)
+    assert stock.hold("late") == StockHold(SAGA, "late", 0, RELEASED, -1, 2)
+    stock.add("late", 10)
+    reply, _ = stock.run(reserve_cmd(items))  # overtaken by its release: refused
+    assert isinstance(reply, ProductsUnavailable)
+    assert stock.product("late").reserved == 0
+
+
+def test_selling_at_a_product_that_does_not_exist_writes_nothing() -> None:
+    stock = stocked()
+    assert stock.handle(sell_cmd([OrderItem("gone", 1)])) == Effect()
+    assert stock.hold("gone") is None
 
 
 def test_products_priced_in_different_currencies_cannot_be_totalled() -> None:

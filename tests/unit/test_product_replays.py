@@ -39,6 +39,8 @@ from tests.unit.worker_model import ModelWorker, Send
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 COMMANDS, REPLIES = "product.commands", "saga.replies"
 PRODUCTS = {"p0": 6, "p1": 4, "p2": 3}  # initial stock: scarce, so some orders fail
+LATE = "p3"  # exists only from a random point on: reserves before it are refused
+ALL_PRODUCTS = {**PRODUCTS, LATE: 5}
 
 
 def handle(topic: str, key: bytes, message: object, offset: int, rows: dict[bytes, Any]) -> Any:
@@ -122,7 +124,7 @@ def _with_attempt(command: Any, attempt: int) -> Any:
 
 
 st_order = st.lists(
-    st.builds(OrderItem, st.sampled_from(sorted(PRODUCTS)), st.integers(1, 3)),
+    st.builds(OrderItem, st.sampled_from(sorted(ALL_PRODUCTS)), st.integers(1, 3)),
     min_size=1,
     max_size=3,
 )
@@ -139,14 +141,23 @@ def test_stock_adds_up_after_crashes_and_duplicates(
 ) -> None:
     rng = random.Random(seed)
     worker = ModelWorker([COMMANDS], handle, rng)
-    for product, quantity in PRODUCTS.items():
-        restock = Restock(f"r-{product}", product, quantity, Money(Decimal("1.00"), "EUR"))
+
+    def restock(product: str) -> None:
+        restock = Restock(
+            f"r-{product}", product, ALL_PRODUCTS[product], Money(Decimal("1"), "EUR")
+        )
         worker.append(COMMANDS, product.encode(), restock)
         if rng.random() < 0.3:
             worker.append(COMMANDS, product.encode(), restock)  # seeded twice
+
+    for product in PRODUCTS:
+        restock(product)
     driver = Driver(worker, rng, orders)
     driver.start()
-    for _ in range(200):
+    late_from = rng.randrange(0, 60)
+    for step in range(200):
+        if step == late_from:
+            restock(LATE)
         worker.run(steps=5, crash_every=crash_every)
         driver.react()
     for _ in range(100):  # to the end, without crashes
@@ -160,14 +171,18 @@ def test_stock_adds_up_after_crashes_and_duplicates(
 def check(rows: dict[bytes, Any], driver: Driver) -> None:
     stock = {k.decode(): r for k, r in rows.items() if isinstance(r, StockRow)}
     holds = [r for r in rows.values() if isinstance(r, StockHold)]
-    assert set(stock) == set(PRODUCTS)
+    assert set(stock) == set(ALL_PRODUCTS)
     bought: Counter[str] = Counter()
     for saga in driver.sold:
         bought.update({i.product_id: i.quantity for i in merged_items(driver.orders[saga])})
     for product, row in stock.items():
         mine = [h for h in holds if h.product_id == product]
         assert logic.stock_invariant_violations(row, mine) == [], product
-        assert (row.restocked, row.reserved, row.sold) == (PRODUCTS[product], 0, bought[product])
+        assert (row.restocked, row.reserved, row.sold) == (
+            ALL_PRODUCTS[product],
+            0,
+            bought[product],
+        )
     for saga in driver.orders:
         assert not [h for h in holds if h.saga_id == saga and h.status == HELD], saga
         if saga in driver.sold:
