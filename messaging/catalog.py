@@ -76,6 +76,18 @@ def _id(entry: dict[str, Any], where: str) -> str:
     return value
 
 
+def _listed_once(first_positions: dict[str, int], section: str, i: int, entry_id: str) -> None:
+    """Raise CatalogError if `entry_id` was listed before in `section`: both entries would
+    get the same seeded id, so the service would apply the first and ignore the other."""
+    first = first_positions.setdefault(entry_id, i)
+    if first != i:
+        kind = "product" if section == "products" else "customer"
+        raise CatalogError(
+            f"{kind} {entry_id!r} is listed twice: {section}[{first}] and {section}[{i}]"
+            f" (only the first would be applied; merge them into one entry)"
+        )
+
+
 def _refused_by_worker(where: str, entry_id: str, problem: str | None) -> None:
     """Raise CatalogError if the worker would refuse an entry's message (`problem`): it
     would dead-letter it, unseen by `saga seed`, which would report it seeded."""
@@ -105,8 +117,10 @@ def parse(text: str) -> Catalog:
     # Every message is checked as its worker will check it, so that the whole file is
     # refused here, before anything is published, rather than part of it dead-lettered.
     restocks = []
+    product_positions: dict[str, int] = {}
     for i, entry in enumerate(_entries(data, "products")):
         product_id = _id(entry, f"products[{i}]")
+        _listed_once(product_positions, "products", i, product_id)
         where = f"product {product_id!r}"
         stock = entry.get("stock")
         if isinstance(stock, bool) or not isinstance(stock, int) or not 0 <= stock <= MAX_STOCK:
@@ -124,8 +138,10 @@ def parse(text: str) -> Catalog:
         _refused_by_worker(where, product_id, restock_problem(None, restock))
         restocks.append(restock)
     top_ups = []
+    customer_positions: dict[str, int] = {}
     for i, entry in enumerate(_entries(data, "customers")):
         customer_id = _id(entry, f"customers[{i}]")
+        _listed_once(customer_positions, "customers", i, customer_id)
         where = f"customer {customer_id!r}"
         balance = _money(entry.get("balance"), currency, f"{where}: 'balance'", limits.MAX_AMOUNT)
         if balance.amount == 0:

@@ -8,6 +8,7 @@ file, before anything is published, naming the entry and the problem.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,10 @@ SEEDED_ID_PREFIX = len("seed:0123456789abcdef:")  # what a seeded id adds to the
 LONGEST_SEEDABLE_ID = MAX_ID_LENGTH - SEEDED_ID_PREFIX  # 106
 
 
-def seed_file(products: list[dict[str, object]], customers: list[dict[str, object]]) -> str:
+Entries = Sequence[Mapping[str, object]]
+
+
+def seed_file(products: Entries, customers: Entries) -> str:
     return yaml.safe_dump({"currency": "EUR", "products": products, "customers": customers})
 
 
@@ -90,6 +94,33 @@ def test_an_empty_stock_is_a_product_out_of_stock() -> None:
     assert restock.quantity == 0 and restock_problem(None, restock) is None
 
 
+def test_a_product_listed_twice_is_refused_naming_both_entries() -> None:
+    # Both would get the same restock id: the Product Service would apply the first only.
+    products = [
+        {"id": "widget", "stock": 5, "price": "1.00"},
+        {"id": "gadget", "stock": 5, "price": "2.00"},
+        {"id": "widget", "stock": 7, "price": "1.50"},
+    ]
+    with pytest.raises(CatalogError) as refused:
+        catalog.parse(seed_file(products, []))
+    assert "product 'widget' is listed twice: products[0] and products[2]" in str(refused.value)
+
+
+def test_a_customer_listed_twice_is_refused_naming_both_entries() -> None:
+    customers = [{"id": "alice", "balance": "10.00"}, {"id": "alice", "balance": "20.00"}]
+    with pytest.raises(CatalogError) as refused:
+        catalog.parse(seed_file([], customers))
+    assert "customer 'alice' is listed twice: customers[0] and customers[1]" in str(refused.value)
+
+
+def test_a_product_and_a_customer_may_have_the_same_id() -> None:
+    # Different topics, different services: their seeded ids never meet.
+    parsed = catalog.parse(
+        seed_file([{"id": "x", "stock": 1, "price": "1.00"}], [{"id": "x", "balance": "1.00"}])
+    )
+    assert (len(parsed.restocks), len(parsed.top_ups)) == (1, 1)
+
+
 _ids = st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=MAX_ID_LENGTH)
 
 
@@ -143,10 +174,15 @@ def no_broker(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ([{"id": "p" * MAX_ID_LENGTH, "stock": 1, "price": "1.00"}], [], "at most 106 characters"),
         ([], [{"id": "carol", "balance": "0.00"}], "'balance' must be more than 0"),
+        (
+            [],
+            [{"id": "bob", "balance": "1.00"}, {"id": "bob", "balance": "2.00"}],
+            "customer 'bob' is listed twice",
+        ),
     ],
-    ids=["id-too-long-for-its-seeded-id", "zero-balance"],
+    ids=["id-too-long-for-its-seeded-id", "zero-balance", "customer-twice"],
 )
-def test_seed_refuses_a_file_the_workers_would_refuse(
+def test_seed_refuses_the_whole_file_before_contacting_the_broker(
     tmp_path: Path,
     products: list[dict[str, object]],
     customers: list[dict[str, object]],
