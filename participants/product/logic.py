@@ -420,9 +420,9 @@ def restock(
     stock: StockRow | None, applied: CommandApplied | None, command: Restock, offset: int
 ) -> Effect:
     """Add `quantity` (may be 0: a price change) and set the price. Applied once per
-    restock_id. Raises InvalidRestock for a negative or too large quantity or price, or a
-    currency that is not an ISO 4217 code: an admin message has no reply, so the agent
-    dead-letters it rather than dropping it silently."""
+    restock_id. Raises InvalidRestock for a negative or too large quantity or price, a
+    currency that is not an ISO 4217 code or not the product's, or a bad id: an admin
+    message has no reply, so the agent dead-letters it rather than dropping it silently."""
     if stock is not None and offset <= stock.applied_offset:
         return NOTHING
     if applied is not None and applied.applied_offset != offset:
@@ -452,6 +452,14 @@ def restock_problem(stock: StockRow | None, command: Restock) -> str | None:
     problem = amount_problem("unit price", command.unit_price, MAX_UNIT_PRICE)
     if problem is not None:
         return problem
+    # The currency is fixed once the product exists: switching it would make every later
+    # order mixing this product with others "unavailable" (_reserve_outcome).
+    currency = command.unit_price.currency
+    if stock is not None and currency != stock.unit_price.currency:
+        return (
+            f"price in {currency}, the product is priced in {stock.unit_price.currency}"
+            " (a product's currency cannot change)"
+        )
     restocked = 0 if stock is None else stock.restocked
     if command.quantity < 0 or restocked + command.quantity > MAX_STOCK:
         return f"quantity {command.quantity} must be >= 0, {MAX_STOCK} units at most in all"

@@ -22,7 +22,7 @@ from participants.order.app import OrderService
 from participants.payment.app import PaymentService
 from participants.payment.logic import payment_key
 from participants.product.app import ProductService
-from participants.product.logic import hold_key
+from participants.product.logic import hold_key, restock_key
 from schemas import codec
 from schemas import messages as m
 
@@ -38,6 +38,7 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, Any]] = []
         self.dead: list[tuple[bytes | None, str]] = []
+        self.dead_errors: list[str] = []  # each dead letter's `error` header: the reason
         self.stopped: list[BaseException] = []
 
     def send(self, topic: str, key: bytes, message: object, partition: int | None = None) -> int:
@@ -46,6 +47,7 @@ class Recorder:
 
     def dead_letter(self, producer: Any, key: Any, value: Any, error: Any, *rest: Any) -> None:
         self.dead.append((key, getattr(error, "reason", type(error).__name__)))
+        self.dead_errors.append(str(error))
 
     async def stop(self, app: Any, error: BaseException) -> None:
         self.stopped.append(error)
@@ -182,3 +184,17 @@ async def test_a_record_for_another_product_than_its_key_is_dead_lettered(produc
     await put(agent, "p1", m.Restock("r1", "p1", 5, m.Money(Decimal("1.00"), "eur")))
     assert [reason for _k, reason in recorder.dead] == ["key-mismatch", "InvalidRestock"]
     assert recorder.sent == []
+
+
+async def test_a_restock_in_another_currency_is_dead_lettered_and_changes_nothing(
+    product: Any,
+) -> None:
+    agent, service, recorder = product
+    await put(agent, "p1", m.Restock("r1", "p1", 5, eur("2.00")))
+    before = service.stock[b"p1"]
+    await put(agent, "p1", m.Restock("r2", "p1", 7, m.Money(Decimal("3.00"), "USD")))
+    assert [reason for _k, reason in recorder.dead] == ["InvalidRestock"]
+    (error,) = recorder.dead_errors
+    assert "restock r2 of p1: price in USD, the product is priced in EUR" in error
+    assert service.stock[b"p1"] == before
+    assert restock_key("p1", "r2") not in service.stock

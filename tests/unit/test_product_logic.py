@@ -408,6 +408,16 @@ def test_a_restock_that_cannot_be_applied_is_refused(
         Stock().handle(Restock("r1", "p1", quantity, price))
 
 
+def test_a_restock_in_another_currency_than_the_products_is_refused() -> None:
+    # Switching a product's currency would make later orders mixing it with the others
+    # "unavailable" (a total cannot mix currencies): the currency is fixed once it exists.
+    stock = stocked()
+    before = dict(stock.rows)
+    with pytest.raises(InvalidRestock, match="priced in EUR"):
+        stock.handle(Restock("r-usd", "p1", 5, Money(Decimal("3.00"), "USD")))
+    assert stock.rows == before  # no stock, no price, no mark that it was applied
+
+
 def test_invariants_name_what_is_wrong() -> None:
     row = StockRow("p1", 3, 2, 1, 7, eur("1.00"))
     assert stock_invariant_violations(row) == ["available 3 + reserved 2 + sold 1 != restocked 7"]
