@@ -8,7 +8,7 @@ from typing import Any
 
 from faust.types import TP
 
-from orchestrator.app import HOLD_LIMIT_SECONDS, EarlyReplies
+from orchestrator.app import HOLD_LIMIT_SECONDS, MAX_HELD_REPLIES, EarlyReplies
 
 REPLIES, REQUESTS = "saga.replies", "orders.requested"
 STREAM: Any = None  # passed through untouched
@@ -41,9 +41,12 @@ class Worker:
     sagas: set[bytes] = field(default_factory=set)
     lookups: int = 0
     next_offset: dict[tuple[str, int], int] = field(default_factory=dict)
+    max_held: int = MAX_HELD_REPLIES
 
     def __post_init__(self) -> None:
-        self.early = EarlyReplies(self.request_ends.get, self.committed.get, lambda: self.now)
+        self.early = EarlyReplies(
+            self.request_ends.get, self.committed.get, lambda: self.now, self.max_held
+        )
 
     def event(self, topic: str, saga: str, partition: int) -> Any:  # stands in for EventT
         offset = self.next_offset.get((topic, partition), 0)
@@ -151,6 +154,32 @@ def test_held_replies_are_given_up_after_the_hold_limit() -> None:
     assert worker.release() == ["a1"]
     worker.now = HOLD_LIMIT_SECONDS + 10.1
     assert worker.release() == ["b1", "a2"]
+
+
+def test_past_the_count_bound_the_oldest_held_reply_goes_first() -> None:
+    worker = Worker(request_ends={0: 100, 1: 100}, max_held=3)
+    for saga, name, partition in [("a", "a1", 0), ("b", "b1", 1), ("a", "a2", 0)]:
+        assert worker.reply(saga, name, partition)
+    assert worker.release() == []
+    assert worker.reply("c", "c1", partition=1)
+    assert worker.release() == ["a1"]  # its saga never started: `decide` drops it
+    assert worker.reply("d", "d1", partition=0)
+    assert worker.release() == ["b1"]  # the oldest, though on the other partition
+    assert worker.reply("e", "e1", partition=1)
+    assert worker.release() == ["a2"]
+    assert worker.early.held == 3
+
+
+def test_a_burst_past_the_count_bound_keeps_each_sagas_order() -> None:
+    worker = Worker(request_ends={0: 100}, max_held=2)
+    for saga, name in [("a", "a1"), ("b", "b1"), ("a", "a2"), ("a", "a3"), ("b", "b2")]:
+        assert worker.reply(saga, name)  # still held behind its saga's, however many
+    assert worker.release() == ["a1", "b1", "a2"]
+    assert worker.reply("a", "a4")  # behind a3
+    assert worker.release() == ["a3"]
+    worker.request("a")
+    assert worker.release() == ["a4"]
+    assert worker.early.held == 1
 
 
 def test_replies_of_lost_partitions_are_forgotten() -> None:
