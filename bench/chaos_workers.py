@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from cli.processes import Workers
-from messaging import local_broker, settings
-from messaging.faust_app import UNCLEAN_STOP_EXIT_CODE
+from messaging import exit_codes, local_broker, settings
 
 Log = Callable[[str], None]
 
@@ -180,7 +179,7 @@ class Supervisor:
             if code is None:
                 self.faults.hangs.append(f"{name} ignored SIGTERM for {STOP_TIMEOUT:.0f}s")
                 self.workers.kill(name)
-            elif code == UNCLEAN_STOP_EXIT_CODE:  # a stuck stop, or one that could not flush
+            elif code == exit_codes.UNCLEAN_STOP:  # a stuck stop, or one that could not flush
                 self.faults.forced_stops += 1
             elif code != 0:
                 self.faults.hangs.append(f"{name} exited {code} on SIGTERM")

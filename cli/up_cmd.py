@@ -13,7 +13,7 @@ import click
 from cli import demo
 from cli.orders_cmd import describe
 from cli.processes import SERVICE_NAMES, Workers
-from messaging import catalog, client, local_broker, settings, topics
+from messaging import catalog, client, exit_codes, local_broker, settings, topics
 from schemas import messages as m
 
 MAX_RESTARTS = 3
@@ -158,6 +158,11 @@ def watch(workers: Workers, clock: Callable[[], float] = time.monotonic) -> None
         for worker in workers.dead():
             code = worker.process.returncode if worker.process else None
             click.echo(f"worker {worker.name} died (exit code {code})", err=True)
+            if code == exit_codes.STATE_REFUSED:
+                raise RuntimeError(
+                    f"worker {worker.name} refuses the state it found (its log says why);"
+                    " restarting it cannot help"
+                )
             now = clock()
             recent = [t for t in deaths.get(worker.name, []) if now - t < RESTART_WINDOW]
             deaths[worker.name] = [*recent, now]

@@ -45,12 +45,13 @@ def worker(name: str, web_port: int | None, loglevel: str) -> None:
     SIGTERM or Ctrl-C stop it gracefully: in-flight records finish and offsets commit.
     """
 
+    from messaging import exit_codes
     from messaging.faust_app import (
-        UNCLEAN_STOP_EXIT_CODE,
         discard_tables_after_crash,
         exit_if_stop_hangs,
         mark_clean_shutdown,
     )
+    from schemas.state import StateFromEarlierRelease
 
     service = build_service(name, web_port)
     discard_tables_after_crash(service.app)
@@ -58,7 +59,10 @@ def worker(name: str, web_port: int | None, loglevel: str) -> None:
     try:
         quiet_worker(service.app, loglevel).execute_from_commandline()
     except SystemExit as exit_:
+        if isinstance(service.app.crash_reason, StateFromEarlierRelease):
+            click.echo(f"{name}: refusing to run: {service.app.crash_reason}", err=True)
+            raise SystemExit(exit_codes.STATE_REFUSED) from None
         # Stopped gracefully; clean only if every row and output reached Kafka.
         if exit_.code in (0, None) and not mark_clean_shutdown(service.app):
-            raise SystemExit(UNCLEAN_STOP_EXIT_CODE) from None
+            raise SystemExit(exit_codes.UNCLEAN_STOP) from None
         raise

@@ -28,13 +28,14 @@ import faust
 import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
-from messaging import settings, topics
+from messaging import exit_codes, settings, topics
 from messaging.cpu import CpuScarcity
 from messaging.dead_letters import send_dead_letter
 from messaging.fetching import FetchBatching
-from messaging.producer import KafkaProducer
+from messaging.producer import KafkaProducer, TransportError
 from messaging.tables import RowTable
 from schemas import codec
+from schemas.state import StateFromEarlierRelease
 
 log = logging.getLogger(__name__)
 
@@ -479,9 +480,6 @@ def fence_stale_records(app: faust.App) -> None:
 
 
 STOP_GRACE_SECONDS = 25.0
-# A worker that stopped without writing everything back (or whose stop hung) exits with
-# this: its stores are restored from the changelogs at the next start.
-UNCLEAN_STOP_EXIT_CODE = os.EX_TEMPFAIL
 
 
 def exit_if_stop_hangs(app: faust.App, grace: float = STOP_GRACE_SECONDS) -> None:
@@ -500,7 +498,7 @@ def exit_if_stop_hangs(app: faust.App, grace: float = STOP_GRACE_SECONDS) -> Non
         log.error("still stopping after %.0f s: exiting without a clean stop", grace)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(UNCLEAN_STOP_EXIT_CODE)
+        os._exit(exit_codes.UNCLEAN_STOP)
 
     threading.Thread(target=watch, name="stop-watchdog", daemon=True).start()
 
@@ -563,13 +561,20 @@ async def decoded_events(
 
 
 async def stop_worker(app: faust.App, error: BaseException) -> None:
-    """Stop the worker on a failure of the transport (a record that could not be sent).
-
-    Such a failure is not the input's fault, so the input is not dead-lettered: it was
-    not acked, so it is processed again after the restart, and its outputs sent again.
+    """Stop the worker on a failure that is not the input's fault: a record that could not
+    be sent (TransportError), or a row written by an earlier release that this one
+    refuses (StateFromEarlierRelease). The input is not dead-lettered: it was not acked,
+    so it is processed again after the restart, and its outputs sent again.
     """
-    log.critical("a record could not be sent: stopping the worker", exc_info=error)
+    if isinstance(error, StateFromEarlierRelease):
+        log.critical("%s", error)
+    else:
+        log.critical("a record could not be sent: stopping the worker", exc_info=error)
     await app.crash(error)
+
+
+# Failures that stop the worker instead of dead-lettering the record being processed.
+WORKER_FAILURES = (*TransportError, StateFromEarlierRelease)
 
 
 async def dead_letter_event(app: faust.App, event: EventT, error: Exception) -> None:

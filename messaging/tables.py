@@ -33,6 +33,7 @@ recovery writes the key from the changelog, and every cached row at each rebalan
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
@@ -43,6 +44,9 @@ from faust.types import TP, EventT
 from messaging.producer import KafkaProducer
 from schemas import codec
 from schemas.limits import KEY_SEPARATOR
+from schemas.state import StateFromEarlierRelease, refused_schema
+
+log = logging.getLogger(__name__)
 
 ROW_CACHE_SIZE = 20_000
 OWNED = KEY_SEPARATOR  # in the key of a row that belongs to another row
@@ -65,6 +69,7 @@ class RowTable(faust.Table):
         self._writing_rows: dict[bytes, Any] = {}
         self._changelog_offsets: dict[int, int] = {}  # partition -> last delivered offset
         self._rows: dict[bytes, Any] = {}  # decoded rows as the store has them
+        self._checked_partitions: set[int] = set()  # stores checked for refused rows
         self.changelog_records_sent = 0
 
     # ---- rows ----
@@ -84,7 +89,7 @@ class RowTable(faust.Table):
         store = self.data
         if isinstance(store, SerializedStore):
             raw = store._get(key)
-            row = None if raw is None else codec.decode(raw)
+            row = None if raw is None else self._decode(key, raw)
         else:  # the memory store (tests) keeps the objects
             row = store.get(key)
         self._remember(key, row)
@@ -112,7 +117,7 @@ class RowTable(faust.Table):
     def items(self) -> Iterator[tuple[bytes, Any]]:  # type: ignore[override]
         """Every row of this worker's partitions, changed ones as they are now."""
         changed = self._unwritten()
-        for key, row in super().items():
+        for key, row in self._stored(b"", skip_owned=False):
             if key not in changed:
                 yield key, row
         for key, row in changed.items():
@@ -166,8 +171,14 @@ class RowTable(faust.Table):
                     cursor.seek(key.split(OWNED, 1)[0] + b"\x01")
                     continue
                 found += 1
-                yield key, codec.decode(cursor.value())
+                yield key, self._decode(key, cursor.value())
                 cursor.next()
+
+    def _decode(self, key: bytes, raw: bytes) -> Any:
+        schema = refused_schema(raw)
+        if schema is not None:
+            raise StateFromEarlierRelease(self.name, key, schema)
+        return codec.decode(raw)
 
     def _change(self, key: bytes, row: Any) -> None:
         """Keep the change until the next write-back (instead of Faust's store write and
@@ -188,6 +199,40 @@ class RowTable(faust.Table):
 
     def forget_cached_rows(self) -> None:
         self._rows.clear()
+
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
+    ) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        self._checked_partitions -= {tp.partition for tp in revoked}
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        """Refuse to go on with rows an earlier release wrote that this one cannot read
+        exactly (schemas/state.py): each newly assigned partition's store is checked once,
+        reading only each row's schema fingerprint."""
+        await super().on_recovery_completed(active_tps, standby_tps)
+        topic = self.changelog_topic.get_topic_name()
+        partitions = {tp.partition for tp in active_tps if tp.topic == topic}
+        try:
+            self.check_rows(partitions - self._checked_partitions)
+        except StateFromEarlierRelease as exc:
+            log.critical("%s", exc)
+            await self.app.crash(exc)
+            return
+        self._checked_partitions |= partitions
+
+    def check_rows(self, partitions: Iterable[int]) -> None:
+        """Raise StateFromEarlierRelease for the first refused row of `partitions`."""
+        store = self.data
+        if not isinstance(store, SerializedStore):
+            return  # the memory store (tests) keeps decoded rows
+        dbs = getattr(store, "_dbs", {})
+        for partition in partitions:
+            if partition in dbs:
+                for key, raw in dbs[partition].items():
+                    schema = refused_schema(raw)
+                    if schema is not None:
+                        raise StateFromEarlierRelease(self.name, key, schema)
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
         """Recovery writes changelog records to the store: forget what was read of those

@@ -25,6 +25,7 @@ from faust.types import TP, EventT, StreamT
 
 from messaging import settings
 from messaging.faust_app import (
+    WORKER_FAILURES,
     Row,
     Sender,
     WriteAfterSend,
@@ -36,7 +37,6 @@ from messaging.faust_app import (
     typed_table,
     utc_now,
 )
-from messaging.producer import TransportError
 from orchestrator.definition import EVENTS_TOPIC, REPLY_TOPIC, REQUEST_TOPIC, route
 from orchestrator.machine import decide, expired
 from orchestrator.views import register_views
@@ -348,7 +348,7 @@ class OrchestratorService:
         """Handle one record; False when the worker stops."""
         try:
             await self.handle(stream, event, message, held=held)
-        except TransportError as exc:  # not the record's fault: stop, replay later
+        except WORKER_FAILURES as exc:  # not the record's fault: stop, replay later
             await stop_worker(self.app, exc)
             return False
         except Exception as exc:  # one bad record must not stop the saga engine

@@ -8,6 +8,7 @@ from typing import Any, cast
 import faust
 
 from messaging.faust_app import (
+    WORKER_FAILURES,
     Sender,
     create_app,
     dead_letter_event,
@@ -15,7 +16,6 @@ from messaging.faust_app import (
     raw_topic,
     stop_worker,
 )
-from messaging.producer import TransportError
 
 REPLY_TOPIC = "saga.replies"
 
@@ -47,7 +47,7 @@ class ParticipantService:
                 try:
                     key, offset = cast(bytes, event.key), event.message.offset
                     handlers[type(message)](key, message, offset)
-                except TransportError as exc:  # not the record's fault: stop, replay later
+                except WORKER_FAILURES as exc:  # not the record's fault: stop, replay later
                     await stop_worker(app, exc)
                     return
                 except Exception as exc:  # one bad record must not stop the service

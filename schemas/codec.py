@@ -514,6 +514,14 @@ def message_types() -> list[type]:
     return list(_MESSAGE_TYPES)
 
 
+def released_fingerprints() -> dict[str, bytes]:
+    """The fingerprint of every released schema, by its history name (e.g. "StockRow.v2")."""
+    return {
+        path.name.removesuffix(".avsc"): _fingerprint(_parse(_read_schema(path), path))
+        for path in sorted(HISTORY_DIR.glob("*.avsc"))
+    }
+
+
 def type_name(obj_or_cls: object) -> str:
     """The class name of a message or message class, e.g. ``"CreateOrder"``."""
     cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import worker_cmd
+from messaging import exit_codes
 from messaging.faust_app import (
     CLEAN_SHUTDOWN_MARKER,
-    UNCLEAN_STOP_EXIT_CODE,
     create_app,
     discard_tables_after_crash,
     mark_clean_shutdown,
@@ -108,5 +108,5 @@ def test_the_worker_exits_non_zero_and_leaves_no_marker_after_an_unclean_stop(
     if not clean:
         producer_of(app).failure = RuntimeError("broker away")
     result = CliRunner().invoke(worker_cmd.worker, ["product"])
-    assert result.exit_code == (0 if clean else UNCLEAN_STOP_EXIT_CODE)
+    assert result.exit_code == (0 if clean else exit_codes.UNCLEAN_STOP)
     assert (Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER).exists() is clean
