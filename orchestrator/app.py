@@ -301,6 +301,9 @@ class OrchestratorService:
         self.writer = WriteAfterSend(self.app, self.sender)
         self.watch = DeadlineWatch()
         self.early = self._early_replies()
+        # The agent and the deadline timer both decide records (the timer: held replies
+        # given up); one at a time, or a saga's replies could be decided out of order.
+        self.deciding = asyncio.Lock()
         self.inputs = raw_topic(self.app, REQUEST_TOPIC, REPLY_TOPIC)
         self.agent = self.app.agent(self.inputs, name="run_sagas")(self._run)
         self.app.timer(interval=1.0)(self._fire_deadlines)
@@ -333,12 +336,13 @@ class OrchestratorService:
             async for event, message in decoded_events(
                 self.app, stream, INPUTS_BY_TOPIC, key_of=saga_key, problem_of=saga_id_problem
             ):
-                if not await self.process(stream, event, message):
-                    return
-                if isinstance(message, m.OrderRequested):
-                    self.early.saw_request(event)
-                if self.early.held and not await self.release_early_replies():
-                    return
+                async with self.deciding:
+                    if not await self.process(stream, event, message):
+                        return
+                    if isinstance(message, m.OrderRequested):
+                        self.early.saw_request(event)
+                    if self.early.held and not await self.release_early_replies():
+                        return
         finally:
             writer.cancel()
 
@@ -406,7 +410,8 @@ class OrchestratorService:
             return
         try:
             if self.early.held:  # e.g. held past HOLD_LIMIT_SECONDS with no new records
-                await self.release_early_replies()
+                async with self.deciding:
+                    await self.release_early_replies()
             if self.watch.needs_rescan:
                 await self.watch.rescan(self.sagas.items())
             for key, timeout in self.watch.due(now):

@@ -365,6 +365,40 @@ async def test_a_held_reply_is_given_up_after_the_hold_limit(running: Any) -> No
     assert recorder.sent == []
 
 
+async def test_the_agent_waits_while_the_deadline_timer_decides_held_replies(
+    running: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent, service, _recorder = running
+    service.early.request_end = lambda partition: None
+    now = {"t": 0.0}
+    service.early.clock = lambda: now["t"]
+    await put(agent, "nobody", reply(m.OrderCreated, saga_id="nobody"), acked=False)
+    await put(agent, "nobody", reply(m.OrderApproved, saga_id="nobody"), acked=False)
+    decided: list[str] = []
+    gate = asyncio.Event()
+    handle = service.handle
+
+    async def slow_handle(stream: Any, event: Any, message: Any, *, held: bool = False) -> None:
+        decided.append(type(message).__name__)
+        if len(decided) == 1:
+            await gate.wait()  # e.g. the writer's queue is full
+        await handle(stream, event, message, held=held)
+
+    monkeypatch.setattr(service, "handle", slow_handle)
+    now["t"] = HOLD_LIMIT_SECONDS + 1  # the timer gives both up
+    timer = asyncio.ensure_future(service.fire_deadlines(T0))
+    await asyncio.sleep(0.01)
+    request = await put(agent, SAGA, requested(SAGA), wait=False)
+    await asyncio.sleep(0.05)
+    assert decided == ["OrderCreated"]  # the request waits for the timer's replies
+    gate.set()
+    await timer
+    async with asyncio.timeout(5):
+        while not request.message.acked:
+            await asyncio.sleep(0.001)
+    assert decided == ["OrderCreated", "OrderApproved", "OrderRequested"]
+
+
 async def test_replies_of_existing_sagas_are_never_held(running: Any) -> None:
     agent, service, _recorder = running
     service.early.request_end = lambda partition: 1_000
