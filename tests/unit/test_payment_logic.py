@@ -116,6 +116,14 @@ def test_authorize_debits_and_records_the_payment_before_the_account() -> None:
     assert account_invariant_violations(account, [accounts.payment()]) == []  # type: ignore[list-item]
 
 
+def test_paying_exactly_the_balance_succeeds_and_a_cent_more_does_not() -> None:
+    accounts = funded("30.00")
+    assert isinstance(accounts.authorize(authorize(eur("30.00"))).reply, PaymentAuthorized)
+    assert accounts.account().balance == eur("0.00")
+    poorer = funded("30.00")
+    assert isinstance(poorer.authorize(authorize(eur("30.01"))).reply, PaymentFailed)
+
+
 def test_insufficient_funds_is_refused_and_the_refusal_kept() -> None:
     accounts = funded("10.00")
     effect = accounts.authorize(authorize(eur("30.00")))

@@ -231,6 +231,17 @@ def test_an_order_breaking_the_limits_is_unavailable_at_its_first_hop(
     assert stock.hold("p1") is None
 
 
+def test_reserving_exactly_the_available_units_succeeds_and_one_more_does_not() -> None:
+    stock = stocked(p1=3)
+    reply, _ = stock.run(reserve_cmd([OrderItem("p1", 3)]))
+    assert isinstance(reply, ProductsReserved)
+    assert (stock.product("p1").available, stock.product("p1").reserved) == (0, 3)
+    short = stocked(p1=3)
+    reply, _ = short.run(reserve_cmd([OrderItem("p1", 4)]))
+    assert isinstance(reply, ProductsUnavailable) and reply.missing == [MissingItem("p1", 4, 3)]
+    assert short.product("p1").available == 3
+
+
 def test_a_duplicate_reserve_gets_the_same_answer_and_holds_once() -> None:
     stock = stocked()
     first, _ = stock.run(reserve_cmd(TWO_PRODUCTS))
