@@ -39,6 +39,7 @@ from typing import Any, cast
 
 import faust
 from faust.stores.base import SerializedStore
+from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP, EventT
 
 from messaging.producer import KafkaProducer
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 ROW_CACHE_SIZE = 20_000
 OWNED = KEY_SEPARATOR  # in the key of a row that belongs to another row
+FAUST_OFFSET_KEY = RocksDBStore.offset_key  # kept by Faust among the rows of each partition
 _MISSING = object()
 
 Changes = dict[int, dict[bytes, bytes | None]]  # partition -> key -> encoded row (None: deleted)
@@ -169,6 +171,9 @@ class RowTable(faust.Table):
                     break
                 if skip_owned and OWNED in key:  # past this owner's rows, to the next key
                     cursor.seek(key.split(OWNED, 1)[0] + b"\x01")
+                    continue
+                if key == FAUST_OFFSET_KEY:  # not a row: how far the changelog is applied
+                    cursor.next()
                     continue
                 found += 1
                 yield key, self._decode(key, cursor.value())
