@@ -35,7 +35,7 @@ from cli.processes import SERVICE_NAMES, Workers
 from messaging import catalog, client, local_broker, settings, topics
 from messaging.dead_letters import DEAD_LETTER_TOPIC
 from messaging.faust_app import utc_now
-from orchestrator.definition import ORDER_APPROVED, ORDER_REJECTED
+from orchestrator.sagas.create_order import ORDER_APPROVED, ORDER_REJECTED
 from schemas import codec
 
 Log = Callable[[str], None]

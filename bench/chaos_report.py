@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from bench.chaos import Result
 from cli.processes import SERVICE_NAMES
-from orchestrator.definition import ORDER_APPROVED, ORDER_REJECTED
+from orchestrator.sagas.create_order import ORDER_APPROVED, ORDER_REJECTED
 
 LISTED_PER_CHECK = 8  # violations printed one by one per check; the rest are counted
 

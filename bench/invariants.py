@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from bench.chaos_plan import MUST_REJECT, BadRecord, Intent, Plan, PlannedOrder
-from orchestrator.definition import CREATE_ORDER_SAGA, DEADLINE, ORDER_APPROVED, ORDER_REJECTED
+from orchestrator.engine import DEADLINE
+from orchestrator.sagas.create_order import DEFINITION as CREATE_ORDER_SAGA
+from orchestrator.sagas.create_order import ORDER_APPROVED, ORDER_REJECTED
 from participants.order.logic import APPROVED, REJECTED
 from participants.payment.logic import AUTHORIZED, account_invariant_violations
 from participants.product.logic import HELD, SOLD, stock_invariant_violations

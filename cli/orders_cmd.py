@@ -45,13 +45,14 @@ def _items(
     return [parse_item(v) for v in values]
 
 
-def stopped_workers(step: str | None = None) -> list[str]:
+def stopped_workers(step: str | None = None, saga: str | None = None) -> list[str]:
     """The workers a saga needs that run nowhere (their consumer group has no members):
     the orchestrator, and the participant whose reply the saga waits for at `step`."""
-    from orchestrator.definition import CREATE_ORDER_SAGA
+    from orchestrator.sagas import saga_named
 
     needed = ["orchestrator"]
-    awaited = CREATE_ORDER_SAGA.step(step) if step else None
+    saga_type = saga_named(saga)
+    awaited = saga_type.latest.step(step) if step and saga_type else None
     if awaited is not None:
         needed.append(str(awaited.participant))
     return [name for name in needed if client.group_members(settings.APP_IDS[name]) == 0]
@@ -149,7 +150,7 @@ def order(
             final = event
     if final is None:
         click.echo(f"saga {request.order_id} not finished after {timeout:g}s", err=True)
-        stopped = stopped_workers(last.step if last else None)
+        stopped = stopped_workers(last.step, last.saga) if last else stopped_workers()
         if stopped:
             click.echo(f"{not_running(stopped)}: {START_WORKERS}", err=True)
         sys.exit(EXIT_TIMED_OUT)
@@ -188,7 +189,7 @@ def status(saga_id: str, as_json: bool) -> None:
     try:
         client.require_broker()
         events = client.saga_events(saga_id)
-        stopped = stopped_workers(events[-1].step if events else None)
+        stopped = stopped_workers(events[-1].step, events[-1].saga) if events else stopped_workers()
         if events and events[-1].terminal:
             stopped = []
     except client.ClientError as exc:

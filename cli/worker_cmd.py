@@ -51,7 +51,7 @@ def worker(name: str, web_port: int | None, loglevel: str) -> None:
         exit_if_stop_hangs,
         mark_clean_shutdown,
     )
-    from schemas.state import StateFromEarlierRelease
+    from schemas.state import StateRefused
 
     service = build_service(name, web_port)
     discard_tables_after_crash(service.app)
@@ -59,7 +59,7 @@ def worker(name: str, web_port: int | None, loglevel: str) -> None:
     try:
         quiet_worker(service.app, loglevel).execute_from_commandline()
     except SystemExit as exit_:
-        if isinstance(service.app.crash_reason, StateFromEarlierRelease):
+        if isinstance(service.app.crash_reason, StateRefused):
             click.echo(f"{name}: refusing to run: {service.app.crash_reason}", err=True)
             raise SystemExit(exit_codes.STATE_REFUSED) from None
         # Stopped gracefully; clean only if every row and output reached Kafka.

@@ -35,7 +35,7 @@ from messaging.fetching import FetchBatching
 from messaging.producer import KafkaProducer, TransportError
 from messaging.tables import RowTable
 from schemas import codec
-from schemas.state import StateFromEarlierRelease
+from schemas.state import StateRefused
 
 log = logging.getLogger(__name__)
 
@@ -562,11 +562,12 @@ async def decoded_events(
 
 async def stop_worker(app: faust.App, error: BaseException) -> None:
     """Stop the worker on a failure that is not the input's fault: a record that could not
-    be sent (TransportError), or a row written by an earlier release that this one
-    refuses (StateFromEarlierRelease). The input is not dead-lettered: it was not acked,
-    so it is processed again after the restart, and its outputs sent again.
+    be sent (TransportError), or state it cannot run on (StateRefused: a row of an
+    earlier release, a saga on a definition version this deploy dropped). The input is
+    not dead-lettered: it was not acked, so it is processed again after the restart, and
+    its outputs sent again.
     """
-    if isinstance(error, StateFromEarlierRelease):
+    if isinstance(error, StateRefused):
         log.critical("%s", error)
     else:
         log.critical("a record could not be sent: stopping the worker", exc_info=error)
@@ -574,7 +575,7 @@ async def stop_worker(app: faust.App, error: BaseException) -> None:
 
 
 # Failures that stop the worker instead of dead-lettering the record being processed.
-WORKER_FAILURES = (*TransportError, StateFromEarlierRelease)
+WORKER_FAILURES = (*TransportError, StateRefused)
 
 
 async def dead_letter_event(app: faust.App, event: EventT, error: Exception) -> None:

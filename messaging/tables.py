@@ -34,7 +34,7 @@ recovery writes the key from the changelog, and every cached row at each rebalan
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 import faust
@@ -45,7 +45,7 @@ from faust.types import TP, EventT
 from messaging.producer import KafkaProducer
 from schemas import codec
 from schemas.limits import KEY_SEPARATOR
-from schemas.state import StateFromEarlierRelease, refused_schema
+from schemas.state import StateFromEarlierRelease, StateRefused, refused_schema
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class RowTable(faust.Table):
         self._changelog_offsets: dict[int, int] = {}  # partition -> last delivered offset
         self._rows: dict[bytes, Any] = {}  # decoded rows as the store has them
         self._checked_partitions: set[int] = set()  # stores checked for refused rows
+        # Also refuses rows at start-up (raises StateRefused), if set: e.g. the saga table
+        # refuses sagas on a definition version the deploy dropped.
+        self.check_row: Callable[[bytes, Any], None] | None = None
         self.changelog_records_sent = 0
 
     # ---- rows ----
@@ -213,21 +216,23 @@ class RowTable(faust.Table):
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         """Refuse to go on with rows an earlier release wrote that this one cannot read
-        exactly (schemas/state.py): each newly assigned partition's store is checked once,
-        reading only each row's schema fingerprint."""
+        exactly (schemas/state.py), or that `check_row` refuses: each newly assigned
+        partition's store is checked once, before its records are processed (reading only
+        each row's schema fingerprint, unless there is a `check_row`)."""
         await super().on_recovery_completed(active_tps, standby_tps)
         topic = self.changelog_topic.get_topic_name()
         partitions = {tp.partition for tp in active_tps if tp.topic == topic}
         try:
             self.check_rows(partitions - self._checked_partitions)
-        except StateFromEarlierRelease as exc:
+        except StateRefused as exc:
             log.critical("%s", exc)
             await self.app.crash(exc)
             return
         self._checked_partitions |= partitions
 
     def check_rows(self, partitions: Iterable[int]) -> None:
-        """Raise StateFromEarlierRelease for the first refused row of `partitions`."""
+        """Raise StateRefused for the first refused row of `partitions`: one of an earlier
+        release (StateFromEarlierRelease), or one `check_row` refuses."""
         store = self.data
         if not isinstance(store, SerializedStore):
             return  # the memory store (tests) keeps decoded rows
@@ -235,9 +240,13 @@ class RowTable(faust.Table):
         for partition in partitions:
             if partition in dbs:
                 for key, raw in dbs[partition].items():
+                    if key == FAUST_OFFSET_KEY:
+                        continue
                     schema = refused_schema(raw)
                     if schema is not None:
                         raise StateFromEarlierRelease(self.name, key, schema)
+                    if self.check_row is not None:
+                        self.check_row(key, codec.decode(raw))
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
         """Recovery writes changelog records to the store: forget what was read of those

@@ -1,63 +1,9 @@
-"""Mermaid `stateDiagram-v2` of a saga, generated from its definition.
+"""`python -m orchestrator.diagram`: the Mermaid diagram of every saga the orchestrator
+runs, as the README shows them (a test checks they agree)."""
 
-`python -m orchestrator.diagram` prints the CreateOrderSaga diagram.
-"""
-
-from __future__ import annotations
-
-from collections.abc import Iterator
-
-from orchestrator.definition import (
-    CREATE_ORDER_SAGA,
-    DEADLINE,
-    SagaDefinition,
-    StepKind,
-    Transition,
-)
-from schemas.messages import OrderRequested
-
-
-def mermaid(definition: SagaDefinition = CREATE_ORDER_SAGA) -> str:
-    """Edges are labelled `trigger / command sent`; `deadline` is the step's deadline."""
-    return "\n".join(["stateDiagram-v2", *(f"    {line}" for line in _lines(definition))]) + "\n"
-
-
-def _lines(d: SagaDefinition) -> Iterator[str]:
-    yield f"[*] --> {d.initial} : {_label(d, OrderRequested.__name__, d.initial)}"
-    if d.invalid_request is not None:
-        yield f"[*] --> {d.invalid_request} : {OrderRequested.__name__} breaking the limits"
-    for state in d.states:
-        step = d.waiting_step(state.name)
-        if step is not None and step.kind is StepKind.RETRIABLE:
-            yield f"{state.name} --> {state.name} : deadline / retry {step.command.__name__}"
-        elif step is not None and step.attempts > 1:
-            resend = f"deadline, attempt < {step.attempts} / re-send {step.command.__name__}"
-            yield f"{state.name} --> {state.name} : {resend}"
-        for transition in d.outgoing(state.name):
-            yield _edge(d, transition)
-    for state in d.states:
-        if d.is_terminal(state.name):
-            yield f"{state.name} --> [*]"
-    for step in d.steps:
-        if step.kind is StepKind.PIVOT:
-            for state in d.states:
-                if state.step == step.name:
-                    yield f"note right of {state.name} : pivot"
-
-
-def _edge(d: SagaDefinition, transition: Transition) -> str:
-    trigger = "deadline" if transition.trigger is DEADLINE else transition.trigger.__name__
-    label = _label(d, trigger, transition.target)
-    return f"{transition.source} --> {transition.target} : {label}"
-
-
-def _label(d: SagaDefinition, trigger: str, target: str) -> str:
-    """`trigger / commands sent on entering target` (a step's, then notifications')."""
-    step = d.waiting_step(target)
-    sent = [] if step is None else [step.command.__name__]
-    sent += [n.command.__name__ for n in d.notifications_on(target)]
-    return f"{trigger} / {', '.join(sent)}" if sent else trigger
-
+from orchestrator.engine.diagram import mermaid
+from orchestrator.sagas import SAGAS
 
 if __name__ == "__main__":
-    print(mermaid(), end="")
+    for saga in SAGAS:
+        print(f"{saga.name}:\n\n```mermaid\n{mermaid(saga)}```\n")

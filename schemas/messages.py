@@ -37,14 +37,25 @@ class MissingItem:
     available: int
 
 
-# ---- client request (orders.requested, key = order id = saga id) ----
+# ---- client requests (orders.requested, key = saga id) ----
 
 
 @dataclass(frozen=True)
 class OrderRequested:
+    """Starts a CreateOrderSaga (saga id = order id)."""
+
     order_id: str
     customer_id: str
     items: list[OrderItem]
+    requested_at: datetime
+
+
+@dataclass(frozen=True)
+class CancelOrderRequested:
+    """Starts a CancelOrderSaga of an approved order (saga id = cancel id)."""
+
+    cancel_id: str
+    order_id: str
     requested_at: datetime
 
 
@@ -136,6 +147,68 @@ class CancelPayment:
 class SellProducts:
     """Notification: the saga was approved, what it holds becomes sold (no reply). Travels
     from product to product like ReserveProducts."""
+
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+    items: list[OrderItem]
+    hop: int = 0
+
+
+# ---- CancelOrderSaga's commands ----
+
+
+@dataclass(frozen=True)
+class BeginCancelOrder:
+    """An APPROVED order becomes CANCEL_PENDING, held by this saga; else refused."""
+
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+
+
+@dataclass(frozen=True)
+class UndoBeginCancelOrder:
+    """Compensation: an order this saga made CANCEL_PENDING is APPROVED again."""
+
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+
+
+@dataclass(frozen=True)
+class ConfirmCancelOrder:
+    """The order this saga holds in CANCEL_PENDING becomes CANCELLED."""
+
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+
+
+@dataclass(frozen=True)
+class RefundPayment:
+    """Refund what the order's CreateOrderSaga captured."""
+
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+    customer_id: str
+
+
+@dataclass(frozen=True)
+class ReturnProducts:
+    """What the order's CreateOrderSaga bought goes back to available. Travels from product
+    to product like ReserveProducts."""
 
     saga_id: str
     command_id: str
@@ -239,6 +312,71 @@ class PaymentCancelled:
     refunded: Money  # zero when nothing had been charged
 
 
+# ---- CancelOrderSaga's replies ----
+
+
+@dataclass(frozen=True)
+class OrderCancelBegun:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    order_id: str
+    customer_id: str
+    items: list[OrderItem]
+
+
+@dataclass(frozen=True)
+class OrderCancelRefused:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    order_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class OrderCancelUndone:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    order_id: str
+
+
+@dataclass(frozen=True)
+class OrderCancelled:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    order_id: str
+
+
+@dataclass(frozen=True)
+class PaymentRefunded:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    refunded: Money
+
+
+@dataclass(frozen=True)
+class ProductsReturned:
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+
+
 # ---- orchestrator internal ----
 
 
@@ -268,6 +406,8 @@ class SagaEvent:
     reason: str | None
     commands: list[str]  # names of the commands sent by this transition
     terminal: bool
+    saga: str | None = None  # the saga's type (None: CreateOrderSaga, from before others)
+    version: int | None = None  # of the saga's definition (None: 1)
 
 
 # ---- Product Service internal (product.commands, key product id) ----
@@ -343,7 +483,7 @@ class SagaState:
     order_id: str
     customer_id: str
     items: list[OrderItem]
-    state: str  # a state name of orchestrator.definition
+    state: str  # a state name of its saga's definition
     step: str | None  # step whose reply the saga waits for; None when terminal
     attempt: int
     deadline: datetime | None  # None only in terminal states
@@ -352,6 +492,27 @@ class SagaState:
     sequence: int  # number of SagaEvents emitted so far
     created_at: datetime
     updated_at: datetime
+    version: int = 1  # of the saga's definition: it started and finishes on it
+
+
+@dataclass(frozen=True)
+class CancelSagaState:
+    """A CancelOrderSaga's row of the orchestrator's `sagas` table (key saga id)."""
+
+    saga_id: str
+    order_id: str
+    customer_id: str  # "" until the Order Service began the cancel
+    items: list[OrderItem]  # [] until then
+    refunded: Money | None
+    state: str
+    step: str | None
+    attempt: int
+    deadline: datetime | None
+    reason: str | None
+    sequence: int
+    created_at: datetime
+    updated_at: datetime
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -365,9 +526,10 @@ class OrderRow:
     order_id: str
     customer_id: str  # "" for an order rejected before it was ever created
     items: list[OrderItem]
-    status: str  # APPROVAL_PENDING | APPROVED | REJECTED
+    status: str  # APPROVAL_PENDING | APPROVED | REJECTED | CANCEL_PENDING | CANCELLED
     reason: str | None
     updated_at: datetime
+    cancel_saga: str | None = None  # the CancelOrderSaga holding it or that cancelled it
 
 
 @dataclass(frozen=True)
@@ -381,6 +543,7 @@ class StockRow:
     restocked: int  # total ever added by Restock
     unit_price: Money
     applied_offset: int = -1  # product.commands offset of the last change; replays skip
+    returned: int = 0  # sold units given back by cancelled orders (sold counts them still)
 
 
 @dataclass(frozen=True)
@@ -391,9 +554,10 @@ class StockHold:
     saga_id: str
     product_id: str
     quantity: int  # held, released or sold; requested if REFUSED
-    status: str  # HELD | RELEASED | SOLD | REFUSED
+    status: str  # HELD | RELEASED | SOLD | REFUSED | RETURNED (sold, then given back)
     reserve_offset: int  # product.commands offset of the reserve deciding it; -1: none
     settle_offset: int  # ... of the release or sale settling it; -1: not settled
+    return_offset: int = -1  # ... of the return of what was sold; -1: not returned
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from schemas import messages as m
 # The dataclasses stored in tables (keys and rows: participants' logic, orchestrator).
 ROW_TYPES: tuple[type, ...] = (
     m.SagaState,
+    m.CancelSagaState,
     m.OrderRow,
     m.StockRow,
     m.StockHold,
@@ -40,8 +41,10 @@ _BEFORE_ROUTING_SLIP = "written by a release before the routing slip (small rows
 
 # Released row schemas read exactly as they were meant.
 READ_EXACTLY = {
-    "SagaState.v1": "the current schema",
-    "OrderRow.v1": "the current schema",
+    "SagaState.v1": "version defaults to 1: every saga then started on definition version 1",
+    "OrderRow.v1": "cancel_saga defaults to null: no order was being cancelled then",
+    "StockRow.v3": "returned defaults to 0: nothing sold had been given back then",
+    "StockHold.v1": "return_offset defaults to -1: no hold had been returned then",
     "Reservation.v1": "the current schema (no table of this release keeps it)",
 }
 
@@ -72,7 +75,11 @@ WHAT_TO_DO = (
 )
 
 
-class StateFromEarlierRelease(Exception):
+class StateRefused(Exception):
+    """A worker found state it cannot run on: it stops (exit 78) instead of guessing."""
+
+
+class StateFromEarlierRelease(StateRefused):
     """A table holds a row written by an earlier release that this one refuses."""
 
     def __init__(self, table: str, key: bytes, schema: str) -> None:

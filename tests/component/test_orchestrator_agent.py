@@ -15,8 +15,11 @@ import pytest
 from faust.types import TP
 
 from messaging.producer import SendFailed
-from orchestrator.app import HOLD_LIMIT_SECONDS, OrchestratorService
-from orchestrator.definition import REPLY_TOPIC, REQUEST_TOPIC
+from orchestrator.app import OrchestratorService
+from orchestrator.engine import SagaType
+from orchestrator.engine.early_replies import HOLD_LIMIT_SECONDS
+from orchestrator.engine.runner import REPLY_TOPIC
+from orchestrator.sagas.create_order import REQUEST_TOPIC
 from schemas import codec
 from schemas import messages as m
 from schemas.limits import MAX_ID_LENGTH, MAX_ORDER_LINES, MAX_QUANTITY
@@ -243,7 +246,7 @@ async def test_a_send_that_fails_stops_the_worker_and_changes_nothing(
     def refuse(topic: str, key: bytes, message: object) -> int:
         raise SendFailed(topic, "the broker refused the record")
 
-    monkeypatch.setattr("orchestrator.app.stop_worker", stop)
+    monkeypatch.setattr("orchestrator.engine.runner.stop_worker", stop)
     monkeypatch.setattr(service.sender, "send", refuse)
     await put(agent, SAGA, reply(m.PaymentAuthorized, saga_id=SAGA), wait=False)
     await until(lambda: stopped)
@@ -258,13 +261,13 @@ async def test_a_record_whose_handling_fails_after_decide_is_dead_lettered(
 ) -> None:
     agent, service, recorder = running
 
-    def broken_route(command: Any) -> Any:
+    def broken_route(saga: Any, command: Any) -> Any:
         raise RuntimeError("no route")
 
     # Only the route is broken, and only here: undoing `monkeypatch` would also undo the
     # fixture's recorder, and the next sends would need a broker.
     with monkeypatch.context() as broken:
-        broken.setattr("orchestrator.app.route", broken_route)
+        broken.setattr(SagaType, "route", broken_route)
         await put(agent, SAGA, requested(SAGA))
     assert [reason for _k, _v, reason in recorder.dead] == ["RuntimeError"]
     assert SAGA.encode() not in service.sagas and SAGA.encode() not in service.watch.open

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from orchestrator.definition import CREATE_ORDER_SAGA, Command, command_id
+from orchestrator.engine import command_id
+from orchestrator.sagas.create_order import DEFINITION as CREATE_ORDER_SAGA
 from schemas.messages import (
     MissingItem,
     Money,
@@ -97,7 +98,7 @@ def reply_for(saga: SagaState, success: bool = True, attempt: int | None = None)
     return reply(reply_type, saga.step, saga.attempt if attempt is None else attempt)
 
 
-def answer(command: Command, success: bool = True, at: datetime = T0) -> Any:
+def answer(command: Any, success: bool = True, at: datetime = T0) -> Any:
     """A participant's reply to a command it received."""
     step = CREATE_ORDER_SAGA.step_for_command(type(command))
     assert step is not None
@@ -130,7 +131,7 @@ def requested(
 
 
 def saga_in(state: str, attempt: int = 1, reason: str | None = None) -> SagaState:
-    """A saga in `state`, as decide() would have left it (sequence 4)."""
+    """A saga in `state`, as decide(CREATE_ORDER, ) would have left it (sequence 4)."""
     step = CREATE_ORDER_SAGA.waiting_step(state)
     has_total = state not in ("CREATING_ORDER", "VERIFYING_PRODUCTS", "ORDER_REJECTED")
     return SagaState(

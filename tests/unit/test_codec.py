@@ -58,8 +58,13 @@ MESSAGE_TYPES = message_types()
 # Dataclasses that only appear inside other messages (inlined as named records).
 NESTED_ONLY = {"Money", "OrderItem", "MissingItem"}
 NAMESPACES = {
-    "saga.request": {"OrderRequested"},
+    "saga.request": {"OrderRequested", "CancelOrderRequested"},
     "saga.commands": {
+        "BeginCancelOrder",
+        "UndoBeginCancelOrder",
+        "ConfirmCancelOrder",
+        "RefundPayment",
+        "ReturnProducts",
         "CreateOrder",
         "ApproveOrder",
         "RejectOrder",
@@ -70,6 +75,12 @@ NAMESPACES = {
         "SellProducts",
     },
     "saga.replies": {
+        "OrderCancelBegun",
+        "OrderCancelRefused",
+        "OrderCancelUndone",
+        "OrderCancelled",
+        "PaymentRefunded",
+        "ProductsReturned",
         "OrderCreated",
         "OrderApproved",
         "OrderRejected",
@@ -91,6 +102,7 @@ NAMESPACES = {
     "saga.admin": {"Restock", "TopUp"},
     "saga.state": {
         "SagaState",
+        "CancelSagaState",
         "OrderRow",
         "StockRow",
         "StockHold",

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import replace
 from datetime import timedelta
 
-from orchestrator.app import DeadlineWatch
+from orchestrator.engine.deadlines import DeadlineWatch
 from tests.unit.saga_factories import saga_in
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from faust.types import TP
 
-from orchestrator.app import HOLD_LIMIT_SECONDS, MAX_HELD_REPLIES, EarlyReplies
+from orchestrator.engine.early_replies import HOLD_LIMIT_SECONDS, MAX_HELD_REPLIES, EarlyReplies
 
 REPLIES, REQUESTS = "saga.replies", "orders.requested"
 STREAM: Any = None  # passed through untouched

@@ -11,19 +11,24 @@ from typing import Any
 
 import pytest
 
-from orchestrator import definition as sd
-from orchestrator.definition import (
-    CREATE_ORDER_SAGA,
+from orchestrator.engine.definition import (
     DEADLINE,
     DefinitionError,
     SagaDefinition,
     State,
     StepKind,
+    Timeout,
     Transition,
-    route,
+    backoff,
+    forward_steps,
+    single_deadline,
     validate,
 )
-from orchestrator.diagram import mermaid
+from orchestrator.engine.diagram import mermaid
+from orchestrator.engine.runner import EVENTS_TOPIC, REPLY_TOPIC
+from orchestrator.sagas import create_order as sd
+from orchestrator.sagas.create_order import DEFINITION as CREATE_ORDER_SAGA
+from orchestrator.sagas.create_order import SAGA as CREATE_ORDER
 from schemas.messages import (
     ApproveOrder,
     AuthorizePayment,
@@ -42,6 +47,8 @@ from schemas.messages import (
     SellProducts,
     TopUp,
 )
+
+route = CREATE_ORDER.route
 
 # ---- helpers building broken definitions ----
 
@@ -84,7 +91,7 @@ def test_real_definition_is_valid() -> None:
 
 
 def test_forward_path_is_compensatable_then_pivot_then_retriable() -> None:
-    forward = sd.forward_steps(CREATE_ORDER_SAGA)
+    forward = forward_steps(CREATE_ORDER_SAGA)
     assert [step.name for step in forward] == [
         sd.CREATE_ORDER,
         sd.VERIFY_PRODUCTS,
@@ -107,7 +114,7 @@ def test_error_lists_every_problem_with_a_clear_message() -> None:
     with pytest.raises(DefinitionError) as error:
         validate(broken)
     message = str(error.value)
-    assert message.startswith("invalid saga definition CreateOrderSaga:")
+    assert message.startswith("invalid saga definition CreateOrderSaga v1:")
     assert "initial state NOWHERE_EITHER is unknown" in message
     assert "targets unknown state NOWHERE" in message
     assert "leaves terminal state ORDER_APPROVED" in message
@@ -158,8 +165,8 @@ def test_non_terminal_state_without_step_has_no_deadline_policy() -> None:
 
 
 def test_non_positive_or_inverted_timeout_is_reported() -> None:
-    zero = sd.Timeout(timedelta(0), timedelta(seconds=1))
-    inverted = sd.Timeout(timedelta(seconds=10), timedelta(seconds=5))
+    zero = Timeout(timedelta(0), timedelta(seconds=1))
+    inverted = Timeout(timedelta(seconds=10), timedelta(seconds=5))
     assert_only_problem(with_step(sd.CREATE_ORDER, timeout=zero), r"0 < base <= cap")
     assert_only_problem(with_step(sd.CREATE_ORDER, timeout=inverted), r"0 < base <= cap")
 
@@ -350,13 +357,13 @@ def test_terminal_initial_state_is_reported() -> None:
 
 
 def test_backoff_doubles_from_base_up_to_cap() -> None:
-    policy = sd.backoff(base_seconds=5, cap_seconds=60)
+    policy = backoff(base_seconds=5, cap_seconds=60)
     assert [policy.after(n).total_seconds() for n in range(1, 8)] == [5, 10, 20, 40, 60, 60, 60]
     assert policy.after(10_000) == timedelta(seconds=60)
 
 
 def test_single_deadline_is_fixed() -> None:
-    policy = sd.single_deadline(30)
+    policy = single_deadline(30)
     assert policy.after(1) == policy.after(5) == timedelta(seconds=30)
 
 
@@ -385,17 +392,17 @@ HEAD: dict[str, Any] = {"saga_id": "saga-1", "command_id": "saga-1:x", "attempt"
          "payment.commands", b"cus-1"),
     ],
 )  # fmt: skip
-def test_route_gives_participant_topic_and_key(command: sd.Command, topic: str, key: bytes) -> None:
+def test_route_gives_participant_topic_and_key(command: Any, topic: str, key: bytes) -> None:
     assert route(command) == (topic, key)
 
 
 def test_route_rejects_what_is_not_a_saga_command() -> None:
     with pytest.raises(TypeError, match="TopUp is not a command"):
-        route(TopUp("t-1", "cus-1", EUR10))  # type: ignore[arg-type]
+        route(TopUp("t-1", "cus-1", EUR10))
 
 
 def test_topic_names() -> None:
-    assert (sd.REQUEST_TOPIC, sd.REPLY_TOPIC, sd.EVENTS_TOPIC) == (
+    assert (sd.REQUEST_TOPIC, REPLY_TOPIC, EVENTS_TOPIC) == (
         "orders.requested",
         "saga.replies",
         "saga.events",
@@ -406,7 +413,7 @@ def test_topic_names() -> None:
 
 
 def test_diagram_mentions_every_state_and_transition() -> None:
-    text = mermaid()
+    text = mermaid(CREATE_ORDER)
     lines = {line.strip() for line in text.splitlines()}
     assert text.startswith("stateDiagram-v2\n")
     assert "[*] --> CREATING_ORDER : OrderRequested / CreateOrder" in lines
@@ -438,14 +445,14 @@ MERMAID_BLOCK = re.compile(r"^```mermaid\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 def test_readme_diagram_is_the_generated_one() -> None:
     blocks = MERMAID_BLOCK.findall(README.read_text(encoding="utf-8"))
     assert len(blocks) == 1, f"README.md should hold one mermaid block, found {len(blocks)}"
-    assert blocks[0] == mermaid(), (
+    assert blocks[0] == mermaid(CREATE_ORDER), (
         "README.md's saga diagram differs from orchestrator/definition.py: replace the"
         " ```mermaid block with the output of `python -m orchestrator.diagram`"
     )
 
 
 def test_diagram_edge_count_matches_definition() -> None:
-    edges = [line for line in mermaid().splitlines() if "-->" in line]
+    edges = [line for line in mermaid(CREATE_ORDER).splitlines() if "-->" in line]
     retries = [
         s
         for s in CREATE_ORDER_SAGA.states

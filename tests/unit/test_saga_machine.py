@@ -1,4 +1,4 @@
-"""decide(): the full (state x message type) table, then the tricky sequences."""
+"""decide(CREATE_ORDER, ): the full (state x message type) table, then the tricky sequences."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.definition import CREATE_ORDER_SAGA, Command, route
-from orchestrator.machine import Decision, decide, expired
+from orchestrator.engine import Decision, decide, expired
+from orchestrator.sagas.create_order import DEFINITION as CREATE_ORDER_SAGA
+from orchestrator.sagas.create_order import SAGA as CREATE_ORDER
 from schemas import codec
 from schemas.messages import (
     ApproveOrder,
@@ -156,12 +157,12 @@ def assert_unchanged(decision: Decision, saga: SagaState | None) -> None:
     assert decision.events == ()
 
 
-def assert_command(command: Command, step: str, attempt: int) -> None:
+def assert_command(command: Any, step: str, attempt: int) -> None:
     assert command.saga_id == SAGA
     assert command.command_id == f"{SAGA}:{step}"
     assert command.attempt == attempt
     assert command.sent_at == NOW
-    assert route(command) == ROUTES[type(command)]
+    assert CREATE_ORDER.route(command) == ROUTES[type(command)]
 
 
 @pytest.mark.parametrize("message_type", MESSAGE_TYPES, ids=lambda t: t.__name__)
@@ -169,7 +170,7 @@ def assert_command(command: Command, step: str, attempt: int) -> None:
 def test_every_state_and_message_type(state: str, message_type: type) -> None:
     saga = saga_in(state, reason=EARLIER)
     message = message_of(message_type, saga)
-    decision = decide(saga, message, NOW)
+    decision = decide(CREATE_ORDER, saga, message, NOW)
     expect = TABLE.get((state, message_type))
     if expect is None:
         assert_unchanged(decision, saga)
@@ -212,6 +213,8 @@ def test_every_state_and_message_type(state: str, message_type: type) -> None:
             reason=expect.reason,
             commands=[c.__name__ for c in (expect.command, *expected_notices) if c is not None],
             terminal=terminal,
+            saga="CreateOrderSaga",
+            version=1,
         ),
     )
 
@@ -233,7 +236,7 @@ def test_table_covers_exactly_the_definition() -> None:
 
 
 def test_order_requested_starts_a_saga() -> None:
-    decision = decide(None, requested(), NOW)
+    decision = decide(CREATE_ORDER, None, requested(), NOW)
     saga = decision.state
     assert saga == SagaState(
         saga_id=SAGA,
@@ -253,7 +256,7 @@ def test_order_requested_starts_a_saga() -> None:
     assert decision.commands == (
         CreateOrder(SAGA, f"{SAGA}:create_order", 1, NOW, SAGA, CUSTOMER, ITEMS),
     )
-    assert route(decision.commands[0]) == ("order.commands", SAGA.encode())
+    assert CREATE_ORDER.route(decision.commands[0]) == ("order.commands", SAGA.encode())
     (event,) = decision.events
     assert (event.sequence, event.from_state, event.to_state, event.trigger) == (
         1,
@@ -271,7 +274,7 @@ def test_order_requested_starts_a_saga() -> None:
 
 def test_products_reserved_stores_total_and_charges_it() -> None:
     saga = saga_in("VERIFYING_PRODUCTS")
-    decision = decide(saga, reply_for(saga), NOW)
+    decision = decide(CREATE_ORDER, saga, reply_for(saga), NOW)
     assert decision.state is not None and decision.state.total == TOTAL
     assert decision.commands == (
         AuthorizePayment(SAGA, f"{SAGA}:authorize_payment", 1, NOW, SAGA, CUSTOMER, TOTAL),
@@ -279,7 +282,7 @@ def test_products_reserved_stores_total_and_charges_it() -> None:
 
 
 def test_reserve_products_carries_the_items() -> None:
-    decision = decide(saga_in("CREATING_ORDER"), reply(OrderCreated), NOW)
+    decision = decide(CREATE_ORDER, saga_in("CREATING_ORDER"), reply(OrderCreated), NOW)
     assert decision.commands == (
         ReserveProducts(SAGA, f"{SAGA}:verify_products", 1, NOW, SAGA, ITEMS),
     )
@@ -287,7 +290,7 @@ def test_reserve_products_carries_the_items() -> None:
 
 def test_reject_order_carries_the_saga_reason() -> None:
     saga = saga_in("RELEASING_PRODUCTS", reason="payment failed: insufficient funds")
-    decision = decide(saga, reply(ProductsReleased), NOW)
+    decision = decide(CREATE_ORDER, saga, reply(ProductsReleased), NOW)
     assert decision.commands == (
         RejectOrder(
             SAGA, f"{SAGA}:reject_order", 1, NOW, SAGA, "payment failed: insufficient funds"
@@ -297,14 +300,14 @@ def test_reject_order_carries_the_saga_reason() -> None:
 
 def test_cancel_payment_goes_to_the_customer_partition() -> None:
     saga = saga_in("AUTHORIZING_PAYMENT", attempt=3)
-    decision = decide(saga, timed_out(saga), NOW)
+    decision = decide(CREATE_ORDER, saga, timed_out(saga), NOW)
     assert decision.commands == (
         CancelPayment(SAGA, f"{SAGA}:cancel_payment", 1, NOW, SAGA, CUSTOMER),
     )
 
 
 def test_a_request_breaking_the_limits_ends_its_saga_at_once_with_the_reason() -> None:
-    decision = decide(None, requested(items=[]), NOW)
+    decision = decide(CREATE_ORDER, None, requested(items=[]), NOW)
     saga = decision.state
     assert saga is not None and decision.commands == ()
     assert (saga.state, saga.step, saga.deadline) == ("ORDER_REJECTED", None, None)
@@ -316,7 +319,7 @@ def test_a_request_breaking_the_limits_ends_its_saga_at_once_with_the_reason() -
 
 def test_the_row_of_the_largest_invalid_request_stays_small() -> None:
     lines = [OrderItem(f"product-{i:06d}" + "x" * 100, 1) for i in range(20_000)]
-    decision = decide(None, requested(items=lines, customer="c" * 500), NOW)
+    decision = decide(CREATE_ORDER, None, requested(items=lines, customer="c" * 500), NOW)
     saga = decision.state
     assert saga is not None and saga.state == "ORDER_REJECTED" and saga.items == []
     assert saga.customer_id == ""  # not a valid id: not kept
@@ -327,11 +330,14 @@ def test_the_row_of_the_largest_invalid_request_stays_small() -> None:
 
 def test_approval_tells_the_product_service_the_sale_is_final() -> None:
     saga = saga_in("APPROVING_ORDER")
-    decision = decide(saga, reply_for(saga), NOW)
+    decision = decide(CREATE_ORDER, saga, reply_for(saga), NOW)
     assert decision.state is not None and decision.state.state == "ORDER_APPROVED"
     items = list(ITEMS)
     assert decision.commands == (SellProducts(SAGA, f"{SAGA}:sell_products", 1, NOW, SAGA, items),)
-    assert route(decision.commands[0]) == ("product.commands", ITEMS[0].product_id.encode())
+    assert CREATE_ORDER.route(decision.commands[0]) == (
+        "product.commands",
+        ITEMS[0].product_id.encode(),
+    )
     assert decision.events[0].commands == ["SellProducts"]
 
 
@@ -340,28 +346,30 @@ def test_approval_tells_the_product_service_the_sale_is_final() -> None:
 
 def test_duplicate_reply_changes_nothing() -> None:
     saga = saga_in("CREATING_ORDER")
-    first = decide(saga, reply(OrderCreated), NOW)
+    first = decide(CREATE_ORDER, saga, reply(OrderCreated), NOW)
     assert first.state is not None
-    assert_unchanged(decide(first.state, reply(OrderCreated), NOW), first.state)
+    assert_unchanged(decide(CREATE_ORDER, first.state, reply(OrderCreated), NOW), first.state)
 
 
 def test_duplicate_order_requested_changes_nothing() -> None:
-    started = decide(None, requested(), NOW).state
+    started = decide(CREATE_ORDER, None, requested(), NOW).state
     for state in STATES:
         saga = saga_in(state)
-        assert_unchanged(decide(saga, requested(), NOW), saga)
-    assert_unchanged(decide(started, requested(), NOW + timedelta(seconds=1)), started)
+        assert_unchanged(decide(CREATE_ORDER, saga, requested(), NOW), saga)
+    assert_unchanged(
+        decide(CREATE_ORDER, started, requested(), NOW + timedelta(seconds=1)), started
+    )
 
 
 def test_reply_for_a_future_attempt_changes_nothing() -> None:
     saga = saga_in("CREATING_ORDER", attempt=1)
-    assert_unchanged(decide(saga, reply(OrderCreated, attempt=2), NOW), saga)
-    assert_unchanged(decide(saga, reply(OrderCreated, attempt=0), NOW), saga)
+    assert_unchanged(decide(CREATE_ORDER, saga, reply(OrderCreated, attempt=2), NOW), saga)
+    assert_unchanged(decide(CREATE_ORDER, saga, reply(OrderCreated, attempt=0), NOW), saga)
 
 
 def test_reply_to_an_earlier_attempt_of_the_same_command_counts() -> None:
     saga = saga_in("CREATING_ORDER", attempt=3)
-    decision = decide(saga, reply(OrderCreated, attempt=1), NOW)
+    decision = decide(CREATE_ORDER, saga, reply(OrderCreated, attempt=1), NOW)
     assert decision.state is not None and decision.state.state == "VERIFYING_PRODUCTS"
 
 
@@ -376,7 +384,7 @@ def test_reply_to_an_earlier_attempt_of_the_same_command_counts() -> None:
 )
 def test_reply_not_for_the_awaited_command_changes_nothing(message: Any) -> None:
     saga = saga_in("CREATING_ORDER")
-    assert_unchanged(decide(saga, message, NOW), saga)
+    assert_unchanged(decide(CREATE_ORDER, saga, message, NOW), saga)
 
 
 @pytest.mark.parametrize(
@@ -396,8 +404,10 @@ def test_reply_whose_outcome_contradicts_its_type_changes_nothing(
     saga = saga_in(state)
     right = reply(reply_type, step=saga.step)
     flipped = Outcome.FAILURE if right.outcome == Outcome.SUCCESS else Outcome.SUCCESS
-    assert_unchanged(decide(saga, replace(right, outcome=flipped), NOW), saga)
-    assert decide(saga, right, NOW).state is not saga  # the same reply, right outcome, counts
+    assert_unchanged(decide(CREATE_ORDER, saga, replace(right, outcome=flipped), NOW), saga)
+    assert (
+        decide(CREATE_ORDER, saga, right, NOW).state is not saga
+    )  # the same reply, right outcome, counts
 
 
 @pytest.mark.parametrize(
@@ -407,15 +417,15 @@ def test_reply_whose_outcome_contradicts_its_type_changes_nothing(
 )
 def test_stale_step_timed_out_changes_nothing(changes: dict[str, Any]) -> None:
     saga = saga_in("APPROVING_ORDER")
-    assert_unchanged(decide(saga, timed_out(saga, **changes), NOW), saga)
+    assert_unchanged(decide(CREATE_ORDER, saga, timed_out(saga, **changes), NOW), saga)
 
 
 def test_second_step_timed_out_for_the_same_attempt_changes_nothing() -> None:
     saga = saga_in("CREATING_ORDER")
     timeout = timed_out(saga)
-    retried = decide(saga, timeout, NOW).state
+    retried = decide(CREATE_ORDER, saga, timeout, NOW).state
     assert retried is not None and retried.attempt == 2
-    assert_unchanged(decide(retried, timeout, NOW), retried)
+    assert_unchanged(decide(CREATE_ORDER, retried, timeout, NOW), retried)
 
 
 @pytest.mark.parametrize(
@@ -434,7 +444,7 @@ def test_second_step_timed_out_for_the_same_attempt_changes_nothing() -> None:
 @pytest.mark.parametrize("state", [None, *STATES], ids=str)
 def test_unknown_messages_change_nothing(state: str | None, message: object) -> None:
     saga = None if state is None else saga_in(state)
-    assert_unchanged(decide(saga, message, NOW), saga)
+    assert_unchanged(decide(CREATE_ORDER, saga, message, NOW), saga)
 
 
 @pytest.mark.parametrize("message_type", (*REPLY_TYPES, StepTimedOut), ids=lambda t: t.__name__)
@@ -444,7 +454,7 @@ def test_messages_without_a_saga_change_nothing(message_type: type) -> None:
         if message_type is not StepTimedOut
         else timed_out(saga_in("CREATING_ORDER"))
     )
-    assert_unchanged(decide(None, message, NOW), None)
+    assert_unchanged(decide(CREATE_ORDER, None, message, NOW), None)
 
 
 @pytest.mark.parametrize("terminal", ["ORDER_APPROVED", "ORDER_REJECTED"])
@@ -454,9 +464,11 @@ def test_terminal_saga_ignores_everything(terminal: str) -> None:
         for attempt in (1, 2):
             message = reply(message_type, attempt=attempt) if message_type in REPLY_TYPES else None
             for candidate in (message, message_of(message_type, saga)):
-                assert_unchanged(decide(saga, candidate, NOW), saga)
+                assert_unchanged(decide(CREATE_ORDER, saga, candidate, NOW), saga)
     for step in ("create_order", "approve_order", "reject_order"):
-        assert_unchanged(decide(saga, timed_out(saga, step=step, attempt=1), NOW), saga)
+        assert_unchanged(
+            decide(CREATE_ORDER, saga, timed_out(saga, step=step, attempt=1), NOW), saga
+        )
 
 
 # ---- sequences ----
@@ -467,7 +479,7 @@ def run(
 ) -> tuple[SagaState | None, list[Decision]]:
     state, decisions = start, []
     for i, message in enumerate(messages):
-        decision = decide(state, message, NOW + timedelta(seconds=i))
+        decision = decide(CREATE_ORDER, state, message, NOW + timedelta(seconds=i))
         decisions.append(decision)
         state = decision.state
     return state, decisions
@@ -479,10 +491,10 @@ def events_of(decisions: list[Decision]) -> list[SagaEvent]:
 
 def test_happy_path_numbers_events_in_order() -> None:
     state, decisions = None, []
-    state = decide(None, requested(), NOW).state
+    state = decide(CREATE_ORDER, None, requested(), NOW).state
     assert state is not None
     for _ in range(4):
-        decision = decide(state, reply_for(state), NOW)
+        decision = decide(CREATE_ORDER, state, reply_for(state), NOW)
         decisions.append(decision)
         assert decision.state is not None
         state = decision.state
@@ -520,7 +532,7 @@ def test_last_attempt_of_a_compensatable_or_pivot_step_compensates_on_deadline(
     state: str, to_state: str, command: type, reason: str
 ) -> None:
     saga = saga_in(state, attempt=3)
-    decision = decide(saga, timed_out(saga), NOW)
+    decision = decide(CREATE_ORDER, saga, timed_out(saga), NOW)
     assert decision.state is not None
     assert (decision.state.state, decision.state.attempt, decision.state.reason) == (
         to_state,
@@ -534,7 +546,7 @@ def test_compensatable_and_pivot_commands_are_resent_before_compensating() -> No
     saga = saga_in("VERIFYING_PRODUCTS")
     sent: list[Any] = []
     for _ in range(2):
-        decision = decide(saga, timed_out(saga), NOW)
+        decision = decide(CREATE_ORDER, saga, timed_out(saga), NOW)
         assert decision.state is not None
         saga = decision.state
         sent.extend(decision.commands)
@@ -545,10 +557,10 @@ def test_compensatable_and_pivot_commands_are_resent_before_compensating() -> No
 
 def test_late_payment_reply_after_cancellation_is_ignored() -> None:
     saga = saga_in("AUTHORIZING_PAYMENT", attempt=3)
-    cancelling = decide(saga, timed_out(saga), NOW).state
+    cancelling = decide(CREATE_ORDER, saga, timed_out(saga), NOW).state
     assert cancelling is not None and cancelling.state == "CANCELLING_PAYMENT"
     for late in (reply(PaymentAuthorized), reply(PaymentFailed)):
-        assert_unchanged(decide(cancelling, late, NOW), cancelling)
+        assert_unchanged(decide(CREATE_ORDER, cancelling, late, NOW), cancelling)
     final, decisions = run(
         [
             reply(PaymentCancelled),
@@ -588,7 +600,7 @@ def test_retry_backoff_grows_and_caps(state: str) -> None:
     deadlines, commands = [], []
     clock = NOW
     for _ in range(7):
-        decision = decide(saga, timed_out(saga, at=clock), clock)
+        decision = decide(CREATE_ORDER, saga, timed_out(saga, at=clock), clock)
         assert decision.state is not None
         saga = decision.state
         (command,) = decision.commands
@@ -603,12 +615,12 @@ def test_retry_backoff_grows_and_caps(state: str) -> None:
     assert [type(c) for c in commands] == [type(commands[0])] * 7
     assert saga.state == state and saga.sequence == 4 + 7
     # and a reply to any attempt sent so far still completes the step
-    assert decide(saga, reply_for(saga, attempt=3), clock).state is not saga
+    assert decide(CREATE_ORDER, saga, reply_for(saga, attempt=3), clock).state is not saga
 
 
 def test_retry_keeps_reason_and_total() -> None:
     saga = saga_in("REJECTING_ORDER", reason="products unavailable")
-    retried = decide(saga, timed_out(saga), NOW)
+    retried = decide(CREATE_ORDER, saga, timed_out(saga), NOW)
     assert retried.state == replace(
         saga, attempt=2, deadline=NOW + timedelta(seconds=10), sequence=5, updated_at=NOW
     )
@@ -625,7 +637,7 @@ def test_retry_keeps_reason_and_total() -> None:
 
 
 def test_participants_answering_every_command_drive_the_saga_to_the_end() -> None:
-    decision = decide(None, requested(), NOW)
+    decision = decide(CREATE_ORDER, None, requested(), NOW)
     saga, outbox = decision.state, list(decision.commands)
     notified = []
     while outbox:
@@ -633,7 +645,7 @@ def test_participants_answering_every_command_drive_the_saga_to_the_end() -> Non
         if CREATE_ORDER_SAGA.step_for_command(type(command)) is None:  # a notification
             notified.append(type(command))
             continue
-        decision = decide(saga, answer(command), NOW)
+        decision = decide(CREATE_ORDER, saga, answer(command), NOW)
         saga = decision.state
         outbox.extend(decision.commands)
     assert saga is not None and saga.state == "ORDER_APPROVED" and saga.sequence == 5
@@ -653,7 +665,7 @@ def test_expired_only_after_the_deadline() -> None:
     later = saga.deadline + timedelta(seconds=3)
     timeout = expired(saga, later)
     assert timeout is not None and timeout.fired_at == later
-    assert decide(saga, timeout, later).state is not saga
+    assert decide(CREATE_ORDER, saga, timeout, later).state is not saga
 
 
 @pytest.mark.parametrize("terminal", ["ORDER_APPROVED", "ORDER_REJECTED"])

@@ -1,4 +1,4 @@
-"""Property tests of decide(): random, duplicated, reordered and stale messages.
+"""Property tests of decide(CREATE_ORDER, ): random, duplicated, reordered and stale messages.
 
 Participants are modelled as answering *any* command the saga ever sent, at any time,
 any number of times, with success or failure: that covers in-order replies, duplicates,
@@ -21,8 +21,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from orchestrator.definition import CREATE_ORDER_SAGA, Command, command_id, route
-from orchestrator.machine import decide, expired
+from orchestrator.engine import command_id, decide, expired
+from orchestrator.sagas.create_order import DEFINITION as CREATE_ORDER_SAGA
+from orchestrator.sagas.create_order import SAGA as CREATE_ORDER
 from schemas.messages import (
     ApproveOrder,
     CancelPayment,
@@ -53,14 +54,14 @@ class SagaUnderFire(RuleBasedStateMachine):
         self.now = T0
         self.saga: SagaState | None = None
         self.events: list[SagaEvent] = []
-        self.sent: list[Command] = []
+        self.sent: list[Any] = []
         self.fed: list[Any] = []
 
-    # ---- feeding decide() and checking every single decision ----
+    # ---- feeding decide(CREATE_ORDER, ) and checking every single decision ----
 
     def feed(self, message: Any) -> None:
         before = self.saga
-        decision = decide(before, message, self.now)
+        decision = decide(CREATE_ORDER, before, message, self.now)
         self.fed.append(message)
         if before is not None and CREATE_ORDER_SAGA.is_terminal(before.state):
             assert decision.state is before, "a terminal saga changed"
@@ -84,7 +85,7 @@ class SagaUnderFire(RuleBasedStateMachine):
             name = step.name if step is not None else notices[type(command)].name
             assert command.command_id == command_id(SAGA, name)
             assert command.attempt >= 1 and command.sent_at == self.now
-            route(command)
+            CREATE_ORDER.route(command)
         self.saga = decision.state
         self.events.extend(decision.events)
         self.sent.extend(decision.commands)

@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from messaging import web as w
-from orchestrator import views as saga_views
+from orchestrator.engine import views as saga_views
+from orchestrator.sagas import SAGAS
 from participants.product import views as stock_views
 
 A, B, C = "http://127.0.0.1:7001", "http://127.0.0.1:7002", "http://127.0.0.1:7003"
@@ -51,6 +52,7 @@ def stock_part(worker: str, partitions: list[int], ids: list[str], **extra: Any)
 def saga(saga_id: str, state: str, updated_at: str) -> dict[str, Any]:
     return {
         "saga_id": saga_id,
+        "saga": "CreateOrderSaga",
         "state": state,
         "terminal": state in ("ORDER_APPROVED", "ORDER_REJECTED"),
         "step": None,
@@ -74,7 +76,7 @@ def saga_part(
         "partitions": partitions,
         "total": sum(counts.values()),
         "complete": True,
-        "counts": {state: counts.get(state, 0) for state in saga_views.STATES},
+        "counts": {state: counts.get(state, 0) for state in saga_views.states_of(SAGAS)},
         "filter": {"state": None},
         "limit": 2,
         "sagas": sagas,
@@ -165,7 +167,7 @@ def test_saga_parts_sum_counts_and_keep_the_latest() -> None:
     assert merged["counts"]["ORDER_APPROVED"] == 3
     assert merged["counts"]["ORDER_REJECTED"] == 4
     assert merged["counts"]["CREATING_ORDER"] == 1
-    assert list(merged["counts"]) == list(saga_views.STATES)  # every state, in order
+    assert list(merged["counts"]) == list(saga_views.states_of(SAGAS))  # every state, in order
     assert sum(merged["counts"].values()) == merged["total"]
     # Latest first, cut to the limit of 2; a tie on updated_at goes by saga id.
     assert [s["saga_id"] for s in merged["sagas"]] == ["b0", "a1"]

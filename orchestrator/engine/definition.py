@@ -1,126 +1,39 @@
-"""CreateOrderSaga declared as data: steps, states, transitions, deadlines and routing.
+"""A saga declared as data: steps, states, transitions, deadlines. Knows no saga.
 
-Nothing here performs I/O. `orchestrator.machine.decide` interprets this data; the
-diagram in the README is generated from it (`python -m orchestrator.diagram`).
-`validate` checks the definition when this module is imported.
+`SagaDefinition` is what a saga module (orchestrator/sagas/) declares; `validate` checks
+it (a SagaType validates each of its definitions when it is built); `machine.decide`
+interprets it; `diagram.mermaid` draws it.
 
 Conventions:
 - Every waiting state waits for the reply of exactly one step; entering a waiting state
   sends that step's command (attempt 1). Terminal states wait for nothing.
 - A transition is triggered by a reply type of the source state's step, or by
-  `StepTimedOut` (the step's deadline passed, see `DEADLINE`).
+  `DEADLINE` (StepTimedOut: the step's deadline passed).
 - A RETRIABLE step has no deadline transition: on its deadline the same command is
   re-sent with exponential backoff, forever. COMPENSATABLE and PIVOT steps get a single
-  deadline whose transition starts compensation.
+  deadline whose transition starts compensation (after `attempts` sends).
 - A step's `compensation` is the retriable step of the same participant that undoes it;
   every way back taken once the step may have had its effect runs it (`validate` checks).
 - A `Notification` is a one-way command sent when a state is entered: the participant
   applies it (idempotently) and replies nothing. It is as reliable as any command: the
   saga's row is written only once the broker has it, so a crash sends it again.
-- A request that breaks the input limits (schemas/limits.py) goes straight to
-  `invalid_request`, a terminal state, with the reason: no participant is asked anything.
+- A request that breaks its saga's input rules goes straight to `invalid_request`, a
+  terminal state, with the reason: no participant is asked anything.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
-from operator import attrgetter
-from types import MappingProxyType
-from typing import Any, TypeAlias
 
-from schemas.limits import merged_items
-from schemas.messages import (
-    ApproveOrder,
-    AuthorizePayment,
-    CancelPayment,
-    CreateOrder,
-    OrderApproved,
-    OrderCreated,
-    OrderRejected,
-    PaymentAuthorized,
-    PaymentCancelled,
-    PaymentFailed,
-    ProductsReleased,
-    ProductsReserved,
-    ProductsUnavailable,
-    RejectOrder,
-    ReleaseProducts,
-    ReserveProducts,
-    SellProducts,
-    StepTimedOut,
-)
-
-# ---- topics ----
-
-REQUEST_TOPIC = "orders.requested"
-REPLY_TOPIC = "saga.replies"
-EVENTS_TOPIC = "saga.events"
-
-Command: TypeAlias = (
-    CreateOrder
-    | ReserveProducts
-    | AuthorizePayment
-    | ApproveOrder
-    | RejectOrder
-    | ReleaseProducts
-    | CancelPayment
-    | SellProducts
-)
-Reply: TypeAlias = (
-    OrderCreated
-    | ProductsReserved
-    | ProductsUnavailable
-    | PaymentAuthorized
-    | PaymentFailed
-    | PaymentCancelled
-    | ProductsReleased
-    | OrderApproved
-    | OrderRejected
-)
+from schemas.messages import StepTimedOut
 
 DEADLINE = StepTimedOut
 """Trigger of a transition taken when the source state's deadline passes."""
-
-
-class Participant(enum.StrEnum):
-    ORDER = "order"
-    PRODUCT = "product"
-    PAYMENT = "payment"
-
-
-COMMAND_TOPICS: Mapping[Participant, str] = MappingProxyType(
-    {
-        Participant.ORDER: "order.commands",
-        Participant.PRODUCT: "product.commands",
-        Participant.PAYMENT: "payment.commands",
-    }
-)
-"""Command topic of each participant."""
-
-
-def first_product(command: Any) -> str:
-    """The product a Product Service command goes to first: the order's first product
-    (repeated lines merged). The command travels on from there, product by product."""
-    return merged_items(command.items)[0].product_id
-
-
-COMMAND_KEYS: Mapping[Participant, Callable[[object], str]] = MappingProxyType(
-    {
-        Participant.ORDER: attrgetter("order_id"),
-        Participant.PRODUCT: first_product,
-        Participant.PAYMENT: attrgetter("customer_id"),
-    }
-)
-"""The Kafka key (as text) of a command on its participant's topic: where the row it
-changes lives (an order, a product, a customer's account)."""
-
-
-# ---- building blocks ----
 
 
 class StepKind(enum.Enum):
@@ -156,7 +69,7 @@ class DefinitionError(ValueError):
 @dataclass(frozen=True)
 class Step:
     name: str  # also the suffix of the command id: "{saga_id}:{name}"
-    participant: Participant
+    participant: str  # who receives the command (a key of SagaType.routes)
     command: type
     success: type
     failure: type | None
@@ -198,12 +111,15 @@ class Notification:
 
     name: str  # also the suffix of the command id: "{saga_id}:{name}"
     state: str
-    participant: Participant
+    participant: str  # who receives the command (a key of SagaType.routes)
     command: type
 
 
 @dataclass(frozen=True)
 class SagaDefinition:
+    """One version of a saga: its steps, states and transitions. Rows record the version
+    they started on, and finish on it (SagaType.definitions)."""
+
     name: str
     steps: tuple[Step, ...]
     states: tuple[State, ...]
@@ -212,6 +128,7 @@ class SagaDefinition:
     terminal: frozenset[str]
     notifications: tuple[Notification, ...] = ()
     invalid_request: str | None = None  # where a request breaking the input limits goes
+    version: int = 1
 
     @cached_property
     def _steps(self) -> Mapping[str, Step]:
@@ -230,7 +147,7 @@ class SagaDefinition:
         return {step.command: step for step in self.steps}
 
     @cached_property
-    def _participants(self) -> Mapping[type, Participant]:
+    def _participants(self) -> Mapping[type, str]:
         return {
             **{n.command: n.participant for n in self.notifications},
             **{step.command: step.participant for step in self.steps},
@@ -250,7 +167,7 @@ class SagaDefinition:
     def step_for_command(self, command: type) -> Step | None:
         return self._by_command.get(command)
 
-    def participant_of(self, command: type) -> Participant | None:
+    def participant_of(self, command: type) -> str | None:
         """Who receives `command`: a step's or a notification's participant."""
         return self._participants.get(command)
 
@@ -267,161 +184,6 @@ class SagaDefinition:
 def command_id(saga_id: str, step: str) -> str:
     """Stable id of a saga step's command; every re-send of it carries the same id."""
     return f"{saga_id}:{step}"
-
-
-# ---- the CreateOrderSaga ----
-
-CREATING_ORDER = "CREATING_ORDER"
-VERIFYING_PRODUCTS = "VERIFYING_PRODUCTS"
-AUTHORIZING_PAYMENT = "AUTHORIZING_PAYMENT"
-APPROVING_ORDER = "APPROVING_ORDER"
-CANCELLING_PAYMENT = "CANCELLING_PAYMENT"
-RELEASING_PRODUCTS = "RELEASING_PRODUCTS"
-REJECTING_ORDER = "REJECTING_ORDER"
-ORDER_APPROVED = "ORDER_APPROVED"
-ORDER_REJECTED = "ORDER_REJECTED"
-
-CREATE_ORDER = "create_order"
-VERIFY_PRODUCTS = "verify_products"
-AUTHORIZE_PAYMENT = "authorize_payment"
-APPROVE_ORDER = "approve_order"
-CANCEL_PAYMENT = "cancel_payment"
-RELEASE_PRODUCTS = "release_products"
-REJECT_ORDER = "reject_order"
-SELL_PRODUCTS = "sell_products"
-
-RETRY = backoff(base_seconds=5, cap_seconds=60)
-RESEND = single_deadline(seconds=10)  # x3 attempts: 30 s before compensating
-
-CREATE_ORDER_SAGA = SagaDefinition(
-    name="CreateOrderSaga",
-    steps=(
-        # forward steps, in order
-        Step(
-            name=CREATE_ORDER,
-            participant=Participant.ORDER,
-            command=CreateOrder,
-            success=OrderCreated,
-            failure=None,
-            kind=StepKind.RETRIABLE,
-            timeout=RETRY,
-            compensation=REJECT_ORDER,
-        ),
-        Step(
-            name=VERIFY_PRODUCTS,
-            participant=Participant.PRODUCT,
-            command=ReserveProducts,
-            success=ProductsReserved,
-            failure=ProductsUnavailable,
-            kind=StepKind.COMPENSATABLE,
-            timeout=RESEND,
-            attempts=3,
-            compensation=RELEASE_PRODUCTS,
-        ),
-        Step(
-            name=AUTHORIZE_PAYMENT,
-            participant=Participant.PAYMENT,
-            command=AuthorizePayment,
-            success=PaymentAuthorized,
-            failure=PaymentFailed,
-            kind=StepKind.PIVOT,
-            timeout=RESEND,
-            attempts=3,
-            compensation=CANCEL_PAYMENT,  # only when its reply does not come in time
-        ),
-        Step(
-            name=APPROVE_ORDER,
-            participant=Participant.ORDER,
-            command=ApproveOrder,
-            success=OrderApproved,
-            failure=None,
-            kind=StepKind.RETRIABLE,
-            timeout=RETRY,
-        ),
-        # compensations
-        Step(
-            name=CANCEL_PAYMENT,
-            participant=Participant.PAYMENT,
-            command=CancelPayment,
-            success=PaymentCancelled,
-            failure=None,
-            kind=StepKind.RETRIABLE,
-            timeout=RETRY,
-        ),
-        Step(
-            name=RELEASE_PRODUCTS,
-            participant=Participant.PRODUCT,
-            command=ReleaseProducts,
-            success=ProductsReleased,
-            failure=None,
-            kind=StepKind.RETRIABLE,
-            timeout=RETRY,
-        ),
-        Step(
-            name=REJECT_ORDER,
-            participant=Participant.ORDER,
-            command=RejectOrder,
-            success=OrderRejected,
-            failure=None,
-            kind=StepKind.RETRIABLE,
-            timeout=RETRY,
-        ),
-    ),
-    states=(
-        State(CREATING_ORDER, CREATE_ORDER),
-        State(VERIFYING_PRODUCTS, VERIFY_PRODUCTS),
-        State(AUTHORIZING_PAYMENT, AUTHORIZE_PAYMENT),
-        State(APPROVING_ORDER, APPROVE_ORDER),
-        State(CANCELLING_PAYMENT, CANCEL_PAYMENT),
-        State(RELEASING_PRODUCTS, RELEASE_PRODUCTS),
-        State(REJECTING_ORDER, REJECT_ORDER),
-        State(ORDER_APPROVED, None),
-        State(ORDER_REJECTED, None),
-    ),
-    transitions=(
-        Transition(CREATING_ORDER, OrderCreated, VERIFYING_PRODUCTS),
-        Transition(VERIFYING_PRODUCTS, ProductsReserved, AUTHORIZING_PAYMENT),
-        # the Product Service already released whatever it had reserved
-        Transition(VERIFYING_PRODUCTS, ProductsUnavailable, REJECTING_ORDER),
-        Transition(
-            VERIFYING_PRODUCTS, DEADLINE, RELEASING_PRODUCTS, reason="products not verified in time"
-        ),
-        Transition(AUTHORIZING_PAYMENT, PaymentAuthorized, APPROVING_ORDER),
-        Transition(AUTHORIZING_PAYMENT, PaymentFailed, RELEASING_PRODUCTS),
-        # a late PaymentAuthorized is refunded by the CancelPayment queued behind it
-        Transition(
-            AUTHORIZING_PAYMENT,
-            DEADLINE,
-            CANCELLING_PAYMENT,
-            reason="payment not authorized in time",
-        ),
-        Transition(CANCELLING_PAYMENT, PaymentCancelled, RELEASING_PRODUCTS),
-        Transition(RELEASING_PRODUCTS, ProductsReleased, REJECTING_ORDER),
-        Transition(APPROVING_ORDER, OrderApproved, ORDER_APPROVED),
-        Transition(REJECTING_ORDER, OrderRejected, ORDER_REJECTED),
-    ),
-    initial=CREATING_ORDER,
-    terminal=frozenset({ORDER_APPROVED, ORDER_REJECTED}),
-    notifications=(
-        # the approved order's reserved stock becomes sold
-        Notification(SELL_PRODUCTS, ORDER_APPROVED, Participant.PRODUCT, SellProducts),
-    ),
-    invalid_request=ORDER_REJECTED,
-)
-
-
-# ---- routing ----
-
-
-def route(command: Command) -> tuple[str, bytes]:
-    """(topic, key) of a command: its participant's command topic, keyed per participant."""
-    participant = CREATE_ORDER_SAGA.participant_of(type(command))
-    if participant is None:
-        raise TypeError(f"{type(command).__name__} is not a command of CreateOrderSaga")
-    return COMMAND_TOPICS[participant], COMMAND_KEYS[participant](command).encode("utf-8")
-
-
-# ---- validation ----
 
 
 def validate(definition: SagaDefinition) -> None:
@@ -441,7 +203,9 @@ def validate(definition: SagaDefinition) -> None:
     ]
     if problems:
         lines = "\n".join(f"- {problem}" for problem in problems)
-        raise DefinitionError(f"invalid saga definition {definition.name}:\n{lines}")
+        raise DefinitionError(
+            f"invalid saga definition {definition.name} v{definition.version}:\n{lines}"
+        )
 
 
 def _duplicates(names: Iterable[str]) -> list[str]:
@@ -502,10 +266,10 @@ def _compensation_problem(d: SagaDefinition, step: Step) -> str | None:
     undo = d.step(step.compensation)
     if undo is None:
         return f"step {step.name} has unknown compensation step {step.compensation}"
-    if undo.participant is not step.participant:
+    if undo.participant != step.participant:
         return (
             f"step {step.name}: compensation {undo.name} belongs to participant"
-            f" {undo.participant.value}, not {step.participant.value}"
+            f" {undo.participant}, not {step.participant}"
         )
     if undo.kind is not StepKind.RETRIABLE:
         return (
@@ -684,6 +448,3 @@ def _terminal_avoiding(d: SagaDefinition, start: str, avoid: list[str]) -> str |
                 reached.add(t.target)
                 queue.append(t.target)
     return None
-
-
-validate(CREATE_ORDER_SAGA)

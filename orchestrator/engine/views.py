@@ -1,22 +1,26 @@
-"""The orchestrator's web views: `/sagas` and `/sagas/{saga_id}` (JSON or HTML).
+"""The engine's web views: `/sagas` and `/sagas/{saga_id}` (JSON or HTML), for every saga
+type a runner runs.
 
 - `/sagas?state=ORDER_REJECTED&limit=50`: counts by state and the latest sagas (by
   `updated_at`) over the whole table: each orchestrator worker owning partitions gives
   its part, merged here (`?scope=local`: only this worker's partitions).
-- `/sagas/{saga_id}`: the saga's row (state, order, current step, attempt, deadline,
-  reason) and its timeline read from `saga.events`. Routed by Faust to the worker that
-  owns the key (`table_route`), so any orchestrator worker answers for any saga.
+- `/sagas/{saga_id}`: the saga's row (type, state, current step, attempt, deadline,
+  reason, and what its saga type describes of it: e.g. the order) and its timeline read
+  from the events topic. Routed by Faust to the worker that owns the key (`table_route`),
+  so any orchestrator worker answers for any saga.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaException, TopicPartition
@@ -24,15 +28,15 @@ from faust.web import Request, Response
 
 from messaging import client, topics
 from messaging import web as w
-from orchestrator.definition import CREATE_ORDER_SAGA, EVENTS_TOPIC
+from orchestrator.engine.saga import SagaType
 from schemas import codec
 from schemas import messages as m
 
 if TYPE_CHECKING:
-    from orchestrator.app import OrchestratorService
+    from orchestrator.engine.runner import SagaRunner
 
 SERVICE = "orchestrator"
-STATES = tuple(state.name for state in CREATE_ORDER_SAGA.states)
+EVENTS_TOPIC = "saga.events"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 SCAN_CAP = 100_000  # rows of the sagas table one /sagas request reads at most
@@ -102,19 +106,47 @@ def _ordered(found: Mapping[int, m.SagaEvent]) -> list[m.SagaEvent]:
 # ---- JSON ----
 
 
-def saga_summary(state: m.SagaState) -> dict[str, Any]:
+def states_of(sagas: Sequence[SagaType]) -> tuple[str, ...]:
+    """Every state of every deployed definition, in declaration order."""
+    found: dict[str, None] = {}
+    for saga in sagas:
+        for definition in saga.definitions:
+            found.update((state.name, None) for state in definition.states)
+    return tuple(found)
+
+
+def jsonable(value: Any) -> Any:
+    """A row's value as JSON: money as {amount, currency}, times in ISO 8601, records
+    as objects."""
+    if isinstance(value, m.Money):
+        return w.money(value)
+    if isinstance(value, datetime):
+        return w.timestamp(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def saga_summary(saga: SagaType, row: Any) -> dict[str, Any]:
+    definition = saga.definition(row.version) or saga.latest
     return {
-        "saga_id": state.saga_id,
-        "state": state.state,
-        "terminal": CREATE_ORDER_SAGA.is_terminal(state.state),
-        "step": state.step,
-        "attempt": state.attempt,
-        "customer_id": state.customer_id,
-        "total": w.money(state.total),
-        "reason": state.reason,
-        "created_at": w.timestamp(state.created_at),
-        "updated_at": w.timestamp(state.updated_at),
-        "url": w.path("sagas", state.saga_id),
+        "saga_id": row.saga_id,
+        "saga": saga.name,
+        "state": row.state,
+        "terminal": definition.is_terminal(row.state),
+        "step": row.step,
+        "attempt": row.attempt,
+        **jsonable(saga.summary(row)),
+        "reason": row.reason,
+        "created_at": w.timestamp(row.created_at),
+        "updated_at": w.timestamp(row.updated_at),
+        "url": w.path("sagas", row.saga_id),
     }
 
 
@@ -133,24 +165,22 @@ def event_json(event: m.SagaEvent) -> dict[str, Any]:
     }
 
 
-def saga_detail(state: m.SagaState, timeline: Timeline, worker: str) -> dict[str, Any]:
+def saga_detail(saga: SagaType, row: Any, timeline: Timeline, worker: str) -> dict[str, Any]:
+    definition = saga.definition(row.version) or saga.latest
     return {
-        "saga_id": state.saga_id,
-        "state": state.state,
-        "terminal": CREATE_ORDER_SAGA.is_terminal(state.state),
-        "step": state.step,
-        "attempt": state.attempt,
-        "deadline": w.timestamp(state.deadline),
-        "reason": state.reason,
-        "order": {
-            "order_id": state.order_id,
-            "customer_id": state.customer_id,
-            "items": w.items(state.items),
-            "total": w.money(state.total),
-        },
-        "sequence": state.sequence,
-        "created_at": w.timestamp(state.created_at),
-        "updated_at": w.timestamp(state.updated_at),
+        "saga_id": row.saga_id,
+        "saga": saga.name,
+        "version": row.version,
+        "state": row.state,
+        "terminal": definition.is_terminal(row.state),
+        "step": row.step,
+        "attempt": row.attempt,
+        "deadline": w.timestamp(row.deadline),
+        "reason": row.reason,
+        **jsonable(saga.describe(row)),
+        "sequence": row.sequence,
+        "created_at": w.timestamp(row.created_at),
+        "updated_at": w.timestamp(row.updated_at),
         "timeline": [event_json(e) for e in timeline.events],
         "timeline_complete": timeline.complete,
         "timeline_error": timeline.error,
@@ -168,7 +198,7 @@ def merge_lists(parts: Sequence[Mapping[str, Any]], limit: int) -> dict[str, Any
         counts.update(part["counts"])
     return {
         "total": sum(part["total"] for part in parts),
-        "counts": {state: counts.get(state, 0) for state in STATES},
+        "counts": {state: counts[state] for state in parts[0]["counts"]} if parts else {},
         # The saga id breaks ties: the same order whichever worker merges.
         "sagas": w.top_rows(parts, "sagas", limit, key=_latest, largest=True),
     }
@@ -199,10 +229,10 @@ def render_list(payload: Mapping[str, Any]) -> str:
     rows = [
         (
             w.link(s["url"], w.tag("span", s["saga_id"], class_="mono")),
+            s["saga"],
             w.state_badge(s["state"]),
             s["step"],
-            s["customer_id"],
-            w.money_text(s["total"]),
+            about(s),
             w.tag("time", s["updated_at"], datetime=s["updated_at"]),
         )
         for s in payload["sagas"]
@@ -219,9 +249,8 @@ def render_list(payload: Mapping[str, Any]) -> str:
         w.section(
             f"Latest {len(rows)} by last update",
             w.table(
-                ["saga", "state", "waiting for", "customer", "total", "updated"],
+                ["saga", "type", "state", "waiting for", "about", "updated"],
                 rows,
-                numeric={4},
                 id="sagas",
                 empty="no saga here",
             ),
@@ -229,8 +258,53 @@ def render_list(payload: Mapping[str, Any]) -> str:
     )
 
 
+# The keys of a saga's JSON that every saga has; the others are what its type describes.
+SUMMARY_KEYS = frozenset({
+    "saga_id", "saga", "state", "terminal", "step", "attempt", "reason", "created_at",
+    "updated_at", "url",
+})  # fmt: skip
+DETAIL_KEYS = SUMMARY_KEYS | {
+    "version", "deadline", "sequence", "timeline", "timeline_complete", "timeline_error",
+    "worker",
+}  # fmt: skip
+
+
+def text(value: Any) -> str:
+    """A JSON value as words: money as "12.50 EUR"."""
+    if isinstance(value, Mapping) and set(value) == {"amount", "currency"}:
+        return w.money_text(value) or ""
+    return "" if value is None else str(value)
+
+
+def about(summary: Mapping[str, Any]) -> str:
+    """What the saga's type says of it in a list: its summary values."""
+    return " · ".join(text(v) for k, v in summary.items() if k not in SUMMARY_KEYS and v)
+
+
+def described(title: str, value: Any) -> Any:
+    """A section of what a saga's type describes: its plain values as fields, its lists of
+    records as tables."""
+    if not isinstance(value, Mapping):
+        return w.section(title.capitalize(), w.fields([(title, text(value))]))
+    plain = [(k.replace("_", " "), text(v)) for k, v in value.items() if not _records(v)]
+    tables = [
+        w.table(
+            list(v[0]),
+            [[text(cell) for cell in record.values()] for record in v],
+            id=k,
+            class_="compact",
+        )
+        for k, v in value.items()
+        if _records(v) and v
+    ]
+    return w.section(title.capitalize(), w.fields(plain), *tables)
+
+
+def _records(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, Mapping) for v in value)
+
+
 def render_saga(payload: Mapping[str, Any]) -> str:
-    order = payload["order"]
     events = payload["timeline"]
     first_at = datetime.fromisoformat(events[0]["at"]) if events else None
 
@@ -268,6 +342,7 @@ def render_saga(payload: Mapping[str, Any]) -> str:
         f"{SERVICE} · {payload['worker']}",
         w.fields(
             [
+                ("type", f"{payload['saga']} v{payload['version']}"),
                 ("state", w.state_badge(payload["state"])),
                 ("waiting for step", payload["step"]),
                 ("attempt", payload["attempt"]),
@@ -278,23 +353,7 @@ def render_saga(payload: Mapping[str, Any]) -> str:
             ],
             id="saga",
         ),
-        w.section(
-            "Order",
-            w.fields(
-                [
-                    ("order id", w.tag("span", order["order_id"], class_="mono")),
-                    ("customer", order["customer_id"]),
-                    ("total", w.money_text(order["total"])),
-                ]
-            ),
-            w.table(
-                ["product", "quantity"],
-                [(i["product_id"], i["quantity"]) for i in order["items"]],
-                numeric={1},
-                id="items",
-                class_="compact",
-            ),
-        ),
+        *(described(k, v) for k, v in payload.items() if k not in DETAIL_KEYS),
         w.section(
             f"Timeline ({len(events)} transitions)",
             timeline_note,
@@ -319,17 +378,18 @@ def render_saga(payload: Mapping[str, Any]) -> str:
 # ---- registration ----
 
 
-def register_views(service: OrchestratorService) -> None:
-    """Add the saga views to the orchestrator's Faust web server."""
-    app = service.app
-    sagas = service.sagas
+def register_views(runner: SagaRunner) -> None:
+    """Add the saga views to the runner's Faust web server."""
+    app = runner.app
+    sagas = runner.sagas
+    states = states_of(runner.saga_types)
 
     class SagaList(w.NegotiatedView):
         service_name = SERVICE
 
         async def get(self, request: Request) -> Response:
             w.wants_html(request)  # a bad ?format= is a 400 before any work
-            state_filter = w.choice_param(request, "state", STATES)
+            state_filter = w.choice_param(request, "state", states)
             limit = w.int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
 
             async def local() -> dict[str, Any]:
@@ -344,10 +404,10 @@ def register_views(service: OrchestratorService) -> None:
                 return {
                     "total": len(scan.rows),
                     "complete": scan.complete,
-                    "counts": {state: counts.get(state, 0) for state in STATES},
+                    "counts": {state: counts.get(state, 0) for state in states},
                     "filter": {"state": state_filter},
                     "limit": limit,
-                    "sagas": [saga_summary(row) for row in latest],
+                    "sagas": [saga_summary(runner.by_row[type(row)], row) for row in latest],
                 }
 
             payload = await w.whole_table(app, sagas, request, local, merge_lists)
@@ -359,14 +419,14 @@ def register_views(service: OrchestratorService) -> None:
         @w.table_route(app, sagas, "saga_id")
         async def get(self, request: Request, saga_id: str) -> Response:
             w.wants_html(request)  # a bad ?format= is a 400 before any work
-            state: m.SagaState | None = sagas.get(saga_id.encode())
-            if state is None:
+            row = sagas.get(saga_id.encode())
+            if row is None:
                 raise w.not_found(f"no saga {saga_id!r}", saga_id=saga_id)
             loop = asyncio.get_running_loop()
             timeline = await loop.run_in_executor(
-                None, read_timeline, saga_id, state.created_at - TIMELINE_MARGIN
+                None, read_timeline, saga_id, row.created_at - TIMELINE_MARGIN
             )
-            payload = saga_detail(state, timeline, w.worker_url(app))
+            payload = saga_detail(runner.by_row[type(row)], row, timeline, w.worker_url(app))
             return self.respond(request, payload, render_saga)
 
     w.add_page(app, "/sagas", SagaList)

@@ -1,0 +1,52 @@
+"""The saga engine: runs any saga declared as data. It imports no saga.
+
+Public surface (everything a saga module or a worker needs):
+
+- declaring a saga: `SagaDefinition` of `Step`, `State`, `Transition` and `Notification`,
+  `StepKind`, deadlines (`backoff`, `single_deadline`), `DEADLINE` (the trigger of a
+  deadline transition); and `SagaType`, which adds what the engine cannot know: `Start`
+  (what a request puts in the row), command builders, `Route`s, `absorb`, reasons.
+  Definitions are checked when the SagaType is built (`DefinitionError`).
+- deciding: `decide(saga, row, message, now) -> Decision`, pure.
+- running: `orchestrator.engine.runner.SagaRunner`, a Faust worker for a set of saga
+  types; `orchestrator.engine.diagram.mermaid` draws a definition.
+"""
+
+from orchestrator.engine.definition import (
+    DEADLINE,
+    DefinitionError,
+    Notification,
+    SagaDefinition,
+    State,
+    Step,
+    StepKind,
+    Timeout,
+    Transition,
+    backoff,
+    command_id,
+    single_deadline,
+)
+from orchestrator.engine.machine import Decision, DefinitionMissing, decide, expired
+from orchestrator.engine.saga import Route, SagaType, Start
+
+__all__ = [
+    "DEADLINE",
+    "Decision",
+    "DefinitionError",
+    "DefinitionMissing",
+    "Notification",
+    "Route",
+    "SagaDefinition",
+    "SagaType",
+    "Start",
+    "State",
+    "Step",
+    "StepKind",
+    "Timeout",
+    "Transition",
+    "backoff",
+    "command_id",
+    "decide",
+    "expired",
+    "single_deadline",
+]

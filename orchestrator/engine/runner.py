@@ -1,0 +1,264 @@
+"""SagaRunner: one Faust agent runs every saga type it is given on one `sagas` table.
+
+I/O only: read the saga's row, call the pure `decide`, send the commands and the
+SagaEvents, write the row once the broker has them (WriteAfterSend). Requests of every
+saga type come on one request topic, replies (and StepTimedOut) on the reply topic, both
+keyed by saga id and co-partitioned with the table. A deadline timer sends StepTimedOut to
+the reply topic; it never writes the table (only the agent that owns a key's partition
+may). A reply read before its saga's request waits for it (EarlyReplies).
+
+Which saga a message belongs to: a request by its type (each saga type has its own), a
+reply by the row it finds (each saga type has its own row type). A row finishes on the
+definition version it started on; a deploy that no longer has it is refused at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from functools import partial
+from typing import Any, cast
+
+import faust
+from faust.types import TP, EventT, StreamT
+
+from messaging.faust_app import (
+    WORKER_FAILURES,
+    Row,
+    Sender,
+    WriteAfterSend,
+    create_app,
+    dead_letter_event,
+    decoded_events,
+    raw_topic,
+    stop_worker,
+    typed_table,
+    utc_now,
+)
+from orchestrator.engine.deadlines import DeadlineWatch
+from orchestrator.engine.early_replies import EarlyReplies
+from orchestrator.engine.machine import Decision, DefinitionMissing, decide, definition_of
+from orchestrator.engine.saga import SagaType
+from schemas.limits import id_problem
+from schemas.messages import StepTimedOut
+
+log = logging.getLogger(__name__)
+
+REPLY_TOPIC = "saga.replies"
+EVENTS_TOPIC = "saga.events"
+TABLE = "sagas"
+
+
+class SagaRunner:
+    """The Faust app, its `sagas` table, agent and deadline timer, for one worker."""
+
+    def __init__(
+        self,
+        sagas: Sequence[SagaType],
+        *,
+        app_id: str,
+        web_port: int,
+        **app_options: Any,
+    ) -> None:
+        self.saga_types = tuple(sagas)
+        self.by_request = {saga.request: saga for saga in self.saga_types}
+        self.by_row = {saga.row: saga for saga in self.saga_types}
+        self.request_topic = _one_request_topic(self.saga_types)
+        replies = {reply for saga in self.saga_types for reply in saga.replies}
+        # Only requests start sagas and only replies move them, each on its own topic: a
+        # reply on the request topic (or a request on the reply topic) is dead-lettered.
+        self.inputs_by_topic: Mapping[str, tuple[type, ...]] = {
+            self.request_topic: tuple(self.by_request),
+            REPLY_TOPIC: (*sorted(replies, key=lambda t: t.__name__), StepTimedOut),
+        }
+        self.app = create_app(app_id, web_port=web_port, **app_options)
+        self.sagas = typed_table(self.app, TABLE)
+        self.sagas.check_row = self.check_version
+        self.sender = Sender(self.app)
+        self.writer = WriteAfterSend(self.app, self.sender)
+        self.watch = DeadlineWatch()
+        self.early = self._early_replies()
+        # The agent and the deadline timer both decide records (the timer: held replies
+        # given up); one at a time, or a saga's replies could be decided out of order.
+        self.deciding = asyncio.Lock()
+        self.inputs = raw_topic(self.app, self.request_topic, REPLY_TOPIC)
+        self.agent = self.app.agent(self.inputs, name="run_sagas")(self._run)
+        self.app.timer(interval=1.0)(self._fire_deadlines)
+        self.app.on_rebalance_complete.connect(self._on_rebalance)
+
+    # ---- which saga ----
+
+    def saga_of(self, message: object, row: Any | None) -> SagaType | None:
+        """The saga type `message` belongs to: a request's, or the row's."""
+        saga = self.by_request.get(type(message))
+        if saga is None and row is not None:
+            saga = self.by_row.get(type(row))
+        return saga
+
+    def saga_key(self, message: object) -> str:
+        """The saga id a message belongs to: its record key must be this."""
+        saga = self.by_request.get(type(message))
+        if saga is not None:
+            return saga.saga_id(message)
+        return str(message.saga_id)  # type: ignore[attr-defined]
+
+    def saga_id_problem(self, message: object) -> str | None:
+        """Why a request's saga id cannot be one (any other problem it has ends its saga
+        at once, with the reason: see `decide`)."""
+        saga = self.by_request.get(type(message))
+        return None if saga is None else id_problem("saga id", saga.saga_id(message))
+
+    def check_version(self, key: bytes, row: Any) -> None:
+        """Refuse a row whose saga type or definition version this deploy lacks."""
+        saga = self.by_row.get(type(row))
+        if saga is not None:
+            definition_of(saga, row)  # raises DefinitionMissing
+
+    # ---- the agent ----
+
+    def _early_replies(self) -> EarlyReplies:
+        def request_end(partition: int) -> int | None:
+            try:
+                end = self.app.consumer.highwater(TP(self.request_topic, partition))
+            except Exception:  # no consumer (yet): unknown
+                return None
+            return None if end is None else int(end)
+
+        def request_committed(partition: int) -> int | None:
+            offsets = getattr(self.app.consumer, "_committed_offset", {})  # Faust's own
+            committed = offsets.get(TP(self.request_topic, partition))
+            return None if committed is None else int(committed)
+
+        return EarlyReplies(request_end, request_committed)
+
+    async def _run(self, stream: faust.StreamT) -> None:
+        # Manual acks: the writer acks each record once its row is written.
+        stream = cast(faust.Stream, stream).noack()
+        # A fresh writer per run of the agent: rows staged by a cancelled run never landed.
+        self.writer = WriteAfterSend(self.app, self.sender)
+        self.early = self._early_replies()
+        writer = asyncio.ensure_future(self.writer.run())
+        try:
+            async for event, message in decoded_events(
+                self.app,
+                stream,
+                self.inputs_by_topic,
+                key_of=self.saga_key,
+                problem_of=self.saga_id_problem,
+            ):
+                async with self.deciding:
+                    if not await self.process(stream, event, message):
+                        return
+                    if type(message) in self.by_request:
+                        self.early.saw_request(event)
+                    if self.early.held and not await self.release_early_replies():
+                        return
+        finally:
+            writer.cancel()
+
+    async def process(
+        self, stream: StreamT, event: EventT, message: object, *, held: bool = False
+    ) -> bool:
+        """Handle one record; False when the worker stops."""
+        try:
+            await self.handle(stream, event, message, held=held)
+        except WORKER_FAILURES as exc:  # not the record's fault: stop, replay later
+            await stop_worker(self.app, exc)
+            return False
+        except Exception as exc:  # one bad record must not stop the saga engine
+            await dead_letter_event(self.app, event, exc)
+            await self.writer.submit(stream, event)
+        return True
+
+    async def release_early_replies(self) -> bool:
+        """Decide the held replies that may be decided now; False when the worker stops."""
+        for held in self.early.release(lambda key: self.writer.read(self.sagas, key) is not None):
+            if not await self.process(held.stream, held.event, held.message, held=True):
+                return False
+        return True
+
+    async def handle(
+        self, stream: faust.StreamT, event: EventT, message: object, *, held: bool = False
+    ) -> None:
+        key = cast(bytes, event.key)  # checked by key_of
+        row = self.writer.read(self.sagas, key)
+        if (
+            not held
+            and type(message) not in self.by_request
+            and self.early.should_hold(stream, event, message, row is not None)
+        ):
+            return  # decided by release_early_replies, once its request was processed
+        saga = self.saga_of(message, row)
+        decision = Decision(row) if saga is None else decide(saga, row, message, utc_now())
+        # The row is written only once the broker has the commands and events: the other
+        # order lets a crash keep a transition whose messages were lost (the re-processed
+        # input is then stale, and e.g. a lost ORDER_APPROVED event leaves the stock
+        # reserved for ever).
+        outputs: list[tuple[str, bytes, object]] = []
+        if saga is not None:
+            outputs += [(*saga.route(command), command) for command in decision.commands]
+        outputs += [(EVENTS_TOPIC, key, saga_event) for saga_event in decision.events]
+        rows: list[Row] = []
+        on_written = None
+        new_row = decision.state
+        if new_row is not None and new_row is not row:
+            rows.append((self.sagas, key, new_row))
+            # The deadline index follows written rows only: a send that fails leaves the
+            # row, and so the deadline of its real state, as they were.
+            on_written = partial(self.watch.update, key, new_row)
+        await self.writer.submit(stream, event, outputs, rows, on_written)
+
+    # ---- deadlines ----
+
+    async def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
+        self.watch.needs_rescan = True
+        self.early.drop_revoked(set(self.app.consumer.assignment()))
+
+    async def _fire_deadlines(self) -> None:
+        # No parameters: Faust passes the app to a timer that takes one.
+        await self.fire_deadlines(utc_now())
+
+    async def fire_deadlines(self, now: datetime) -> None:
+        """Send a StepTimedOut to the reply topic for each saga whose deadline passed."""
+        if self.app.rebalancing or self.app.in_recovery or self.app.should_stop:
+            return
+        try:
+            if self.early.held:  # e.g. held past HOLD_LIMIT_SECONDS with no new records
+                async with self.deciding:
+                    await self.release_early_replies()
+            if self.watch.needs_rescan:
+                await self.watch.rescan(self._versions_checked(self.sagas.items()))
+            for key, timeout in self.watch.due(now):
+                log.info(
+                    "deadline passed: saga %s step %s attempt %s",
+                    key,
+                    timeout.step,
+                    timeout.attempt,
+                )
+                self.sender.send(REPLY_TOPIC, key, timeout)
+        except DefinitionMissing as exc:
+            await stop_worker(self.app, exc)
+        except Exception:
+            # Timers outlive the table and the producer while the worker stops: failing
+            # then would crash the app (exit 1). Unsent deadlines fire after the restart.
+            if not self.app.should_stop:
+                raise
+
+    def _versions_checked(self, rows: Any) -> Iterator[tuple[bytes, Any]]:
+        for key, row in rows:
+            self.check_version(key, row)
+            yield key, row
+
+
+def _one_request_topic(sagas: Sequence[SagaType]) -> str:
+    """The request topic of every saga type (one, co-partitioned with the replies and the
+    table: EarlyReplies follows its progress)."""
+    topics = {saga.request_topic for saga in sagas}
+    if len(topics) != 1:
+        raise ValueError(f"the sagas of one runner share one request topic, not {sorted(topics)}")
+    requests = [saga.request for saga in sagas]
+    if len(set(requests)) != len(requests) or len({s.row for s in sagas}) != len(sagas):
+        raise ValueError("each saga type needs a request type and a row type of its own")
+    return topics.pop()

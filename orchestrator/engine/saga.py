@@ -1,0 +1,161 @@
+"""SagaType: everything specific to one kind of saga, declared by its module.
+
+A saga module (orchestrator/sagas/) declares its definitions (one per deployed version)
+and the few functions the engine cannot know: what a request puts in the saga's row, how
+each command is built from the row, where each participant's commands go, and what a
+reply adds to the row. The engine (machine, runner, views) reads nothing else.
+
+The saga's row is a dataclass of schemas.messages with the engine's fields (ROW_FIELDS)
+and the saga's own data (an order id, the order's items, a total...). Each kind of saga
+has its own row type, so the sagas table tells them apart by the row's schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from orchestrator.engine.definition import DefinitionError, SagaDefinition, validate
+
+# Fields every saga row has, kept by the engine.
+ROW_FIELDS = (
+    "saga_id",
+    "state",
+    "step",
+    "attempt",
+    "deadline",
+    "reason",
+    "sequence",
+    "created_at",
+    "updated_at",
+    "version",
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a participant's commands go: its command topic, keyed by `key(command)`
+    (where the row the command changes lives: an order, a product, an account)."""
+
+    topic: str
+    key: Callable[[Any], str]
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a request puts in its saga's row (the saga's own fields), and why it cannot
+    be served (empty if it can: then the saga starts; else it ends at once, rejected)."""
+
+    data: Mapping[str, Any]
+    problems: list[str] = field(default_factory=list)
+
+
+# build(row, command_id, now) -> the command, for the row's current attempt.
+Build = Callable[[Any, str, datetime], Any]
+
+
+def _nothing(_row: Any, _reply: Any) -> Mapping[str, Any]:
+    return {}
+
+
+def _nothing_of(_row: Any) -> Mapping[str, Any]:
+    return {}
+
+
+def _no_reason(_reply: Any) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class SagaType:
+    name: str
+    definitions: tuple[SagaDefinition, ...]  # every deployed version; the last starts sagas
+    request: type  # the message that starts one
+    request_topic: str  # where requests come (key: the saga id)
+    row: type  # its row in the sagas table
+    saga_id: Callable[[Any], str]  # of a request
+    start: Callable[[Any], Start]
+    commands: Mapping[type, Build]
+    routes: Mapping[str, Route]  # by participant
+    absorb: Callable[[Any, Any], Mapping[str, Any]] = _nothing  # row fields a reply sets
+    failure_reason: Callable[[Any], str | None] = _no_reason  # of a failure reply
+    # What the web views show of a row besides the engine's fields: a few values in
+    # lists (summary), everything that matters on its page (describe).
+    summary: Callable[[Any], Mapping[str, Any]] = _nothing_of
+    describe: Callable[[Any], Mapping[str, Any]] = _nothing_of
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            lines = "\n".join(f"- {problem}" for problem in problems)
+            raise DefinitionError(f"invalid saga type {self.name}:\n{lines}")
+
+    @cached_property
+    def _versions(self) -> Mapping[int, SagaDefinition]:
+        return {d.version: d for d in self.definitions}
+
+    @property
+    def latest(self) -> SagaDefinition:
+        """The definition new sagas start on."""
+        return self.definitions[-1]
+
+    def owns(self, row: object) -> bool:
+        """Is `row` a row of this saga type?"""
+        return type(row) is self.row
+
+    def definition(self, version: int) -> SagaDefinition | None:
+        """The definition of `version`, if it is deployed."""
+        return self._versions.get(version)
+
+    @cached_property
+    def replies(self) -> frozenset[type]:
+        """Every reply type a step of any deployed version waits for."""
+        return frozenset(r for d in self.definitions for step in d.steps for r in step.replies)
+
+    def route(self, command: Any) -> tuple[str, bytes]:
+        """(topic, key) of a command of this saga."""
+        for definition in reversed(self.definitions):
+            participant = definition.participant_of(type(command))
+            if participant is not None:
+                route = self.routes[participant]
+                return route.topic, route.key(command).encode("utf-8")
+        raise TypeError(f"{type(command).__name__} is not a command of {self.name}")
+
+    def _problems(self) -> list[str]:
+        problems = []
+        if not self.definitions:
+            problems.append("it has no definition")
+        for definition in self.definitions:
+            try:
+                validate(definition)
+            except DefinitionError as exc:
+                problems.append(str(exc))
+            if definition.name != self.name:
+                problems.append(f"definition v{definition.version} is named {definition.name}")
+            for command in [
+                *(step.command for step in definition.steps),
+                *(n.command for n in definition.notifications),
+            ]:
+                if command not in self.commands:
+                    problems.append(f"no builder for {command.__name__}")
+            for participant in [
+                *(step.participant for step in definition.steps),
+                *(n.participant for n in definition.notifications),
+            ]:
+                if participant not in self.routes:
+                    problems.append(f"no route for participant {participant}")
+        versions = [d.version for d in self.definitions]
+        if versions != sorted(set(versions)):
+            problems.append(f"versions must increase, oldest first: {versions}")
+        if not dataclasses.is_dataclass(self.row):
+            problems.append(f"row {self.row.__name__} is not a dataclass")
+        else:
+            names = {f.name for f in dataclasses.fields(self.row)}
+            missing = [name for name in ROW_FIELDS if name not in names]
+            if missing:
+                problems.append(f"row {self.row.__name__} lacks the engine's fields {missing}")
+        return sorted(set(problems), key=problems.index)
