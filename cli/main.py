@@ -7,7 +7,7 @@ import click
 from cli.bench_cmd import bench
 from cli.chaos_cmd import chaos
 from cli.kafka_cmd import kafka
-from cli.orders_cmd import order, seed, status
+from cli.orders_cmd import cancel, order, seed, status
 from cli.tail_cmd import tail
 from cli.topics_cmd import topics
 from cli.up_cmd import up
@@ -25,7 +25,7 @@ cli.add_command(worker)
 cli.add_command(tail)
 cli.add_command(bench)
 cli.add_command(chaos)
-for command in (up, order, seed, status):
+for command in (up, order, cancel, seed, status):
     cli.add_command(command)
 
 

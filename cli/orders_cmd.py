@@ -1,11 +1,11 @@
-"""`saga order`, `saga seed`, `saga status`: what a user of the saga does."""
+"""`saga order`, `saga cancel`, `saga seed`, `saga status`: what a user of the sagas does."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
@@ -129,6 +129,24 @@ def order(
     click.echo(f"order {request.order_id} requested")
     if not wait:
         return
+    since = request.requested_at
+    if earlier:
+        since = earlier[0].at
+        click.echo(f"order {request.order_id} already has a saga; a second request starts none")
+    follow(request.order_id, since, deadline, timeout, stopped, keep_waiting, "ORDER_APPROVED")
+
+
+def follow(
+    saga_id: str,
+    since: datetime,
+    deadline: float,
+    timeout: float,
+    stopped: list[str],
+    keep_waiting: bool,
+    succeeded: str,
+) -> None:
+    """Print the saga's timeline until it ends; exit 0 if it ends in `succeeded`, 3 if in
+    another terminal state, 4 if not in time, 5 at once when no orchestrator runs."""
     if stopped:
         click.echo(
             f"{not_running(stopped)}: {START_WORKERS} (the request waits in "
@@ -137,26 +155,73 @@ def order(
         )
         if not keep_waiting:
             sys.exit(EXIT_NO_ORCHESTRATOR)
-    since = request.requested_at
-    if earlier:
-        since = earlier[0].at
-        click.echo(f"order {request.order_id} already has a saga; a second request starts none")
     started = since.timestamp()
     final = last = None
-    for event in client.follow_sagas([request.order_id], since, deadline - time.monotonic()):
+    for event in client.follow_sagas([saga_id], since, deadline - time.monotonic()):
         click.echo(describe(event, started))
         last = event
         if event.terminal:
             final = event
     if final is None:
-        click.echo(f"saga {request.order_id} not finished after {timeout:g}s", err=True)
+        click.echo(f"saga {saga_id} not finished after {timeout:g}s", err=True)
         stopped = stopped_workers(last.step, last.saga) if last else stopped_workers()
         if stopped:
             click.echo(f"{not_running(stopped)}: {START_WORKERS}", err=True)
         sys.exit(EXIT_TIMED_OUT)
     click.echo(f"{final.to_state}" + (f": {final.reason}" if final.reason else ""))
-    if final.to_state != "ORDER_APPROVED":
+    if final.to_state != succeeded:
         sys.exit(EXIT_REJECTED)
+
+
+@click.command()
+@click.argument("order_id")
+@click.option("--cancel-id", default=None, help="Cancel id (= saga id); a new UUID by default.")
+@click.option("--wait", is_flag=True, help="Follow the cancel until it ends; exit 0 if cancelled.")
+@click.option(
+    "--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to wait with --wait.",
+)  # fmt: skip
+@click.option(
+    "--keep-waiting", is_flag=True,
+    help="With --wait: wait even when no orchestrator is running (for one about to start).",
+)  # fmt: skip
+def cancel(
+    order_id: str, cancel_id: str | None, wait: bool, timeout: float, keep_waiting: bool
+) -> None:
+    """Cancel an approved order: produce a CancelOrderRequested to orders.requested, which
+    starts a CancelOrderSaga of its own (refund, return the products, cancel the order).
+
+    With --wait, print the saga's timeline; exit 0 when the order is cancelled, 3 when the
+    cancel is rejected (e.g. the order is not approved yet), 4 when it did not finish
+    within --timeout, 5 at once when no orchestrator is running (unless --keep-waiting).
+    """
+    for name, value in (("ORDER_ID", order_id), ("--cancel-id", cancel_id)):
+        if value is None:
+            continue
+        problem = limits.id_problem("the id", value) if value.strip() else "must not be empty"
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint=name)
+    request = client.cancel_requested(order_id, cancel_id)
+    deadline = time.monotonic() + timeout
+    try:
+        client.require_broker()
+        producer = client.producer()
+        client.send(producer, client.REQUEST_TOPIC, request.cancel_id, request)
+        client.flush(producer)
+        stopped = stopped_workers() if wait else []
+    except client.ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"cancel {request.cancel_id} of order {order_id} requested")
+    if wait:
+        follow(
+            request.cancel_id,
+            request.requested_at,
+            deadline,
+            timeout,
+            stopped,
+            keep_waiting,
+            "ORDER_CANCELLED",
+        )
 
 
 @click.command()
@@ -184,7 +249,7 @@ def seed(file: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the events as JSON lines.")
 def status(saga_id: str, as_json: bool) -> None:
     """Show one saga: its timeline from saga.events and its current state."""
-    from datetime import UTC, datetime
+    from datetime import UTC
 
     try:
         client.require_broker()

@@ -131,6 +131,14 @@ def order_requested(
     )
 
 
+def cancel_requested(order_id: str, cancel_id: str | None = None) -> m.CancelOrderRequested:
+    from messaging.faust_app import utc_now
+
+    return m.CancelOrderRequested(
+        cancel_id=cancel_id or str(uuid.uuid4()), order_id=order_id, requested_at=utc_now()
+    )
+
+
 def consumer(group: str | None = None, **extra: Any) -> Consumer:
     return Consumer(
         settings.confluent_config(

@@ -8,7 +8,9 @@ once the broker has them.
 `decide` is total: any message it cannot use (a reply for another step, a future attempt,
 a stale StepTimedOut, anything for a terminal saga, a second request with the same saga
 id) returns the row object unchanged with no commands and no events. A row finishes on
-the definition version it started on; a new saga starts on the latest.
+the definition version it started on; a new saga starts on the latest. A terminal row
+(its `step` is None: it waits for nothing) needs no definition, so a deploy may drop a
+version once no saga on it is in flight.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class DefinitionMissing(StateRefused):
 
 @dataclass(frozen=True)
 class Decision:
-    state: Any | None  # the saga's row after the message
+    state: Any  # the saga's row after the message (None: there is no saga)
     commands: tuple[Any, ...] = ()
     events: tuple[SagaEvent, ...] = ()
 
@@ -58,9 +60,9 @@ def decide(saga: SagaType, row: Any | None, message: object, now: datetime) -> D
         return start(saga, message, now) if row is None else Decision(row)
     if row is None or not saga.owns(row):  # none yet, or of another saga
         return Decision(row)
-    definition = definition_of(saga, row)
-    if definition.is_terminal(row.state):
+    if row.step is None:  # terminal (it waits for nothing), whatever its version
         return Decision(row)
+    definition = definition_of(saga, row)
     if isinstance(message, StepTimedOut):
         return on_deadline(saga, definition, row, message, now)
     return on_reply(saga, definition, row, message, now)

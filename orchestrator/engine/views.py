@@ -134,12 +134,11 @@ def jsonable(value: Any) -> Any:
 
 
 def saga_summary(saga: SagaType, row: Any) -> dict[str, Any]:
-    definition = saga.definition(row.version) or saga.latest
     return {
         "saga_id": row.saga_id,
         "saga": saga.name,
         "state": row.state,
-        "terminal": definition.is_terminal(row.state),
+        "terminal": row.step is None,  # it waits for nothing
         "step": row.step,
         "attempt": row.attempt,
         **jsonable(saga.summary(row)),
@@ -166,13 +165,12 @@ def event_json(event: m.SagaEvent) -> dict[str, Any]:
 
 
 def saga_detail(saga: SagaType, row: Any, timeline: Timeline, worker: str) -> dict[str, Any]:
-    definition = saga.definition(row.version) or saga.latest
     return {
         "saga_id": row.saga_id,
         "saga": saga.name,
         "version": row.version,
         "state": row.state,
-        "terminal": definition.is_terminal(row.state),
+        "terminal": row.step is None,  # it waits for nothing
         "step": row.step,
         "attempt": row.attempt,
         "deadline": w.timestamp(row.deadline),

@@ -26,6 +26,7 @@ from orchestrator.engine.definition import (
 )
 from orchestrator.engine.diagram import mermaid
 from orchestrator.engine.runner import EVENTS_TOPIC, REPLY_TOPIC
+from orchestrator.sagas import SAGAS
 from orchestrator.sagas import create_order as sd
 from orchestrator.sagas.create_order import DEFINITION as CREATE_ORDER_SAGA
 from orchestrator.sagas.create_order import SAGA as CREATE_ORDER
@@ -442,13 +443,17 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 MERMAID_BLOCK = re.compile(r"^```mermaid\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
-def test_readme_diagram_is_the_generated_one() -> None:
+def test_readme_diagrams_are_the_generated_ones() -> None:
     blocks = MERMAID_BLOCK.findall(README.read_text(encoding="utf-8"))
-    assert len(blocks) == 1, f"README.md should hold one mermaid block, found {len(blocks)}"
-    assert blocks[0] == mermaid(CREATE_ORDER), (
-        "README.md's saga diagram differs from orchestrator/definition.py: replace the"
-        " ```mermaid block with the output of `python -m orchestrator.diagram`"
+    expected = [mermaid(saga) for saga in SAGAS]
+    assert len(blocks) == len(expected), (
+        f"README.md should hold one mermaid block per saga ({len(expected)}), found {len(blocks)}"
     )
+    for saga, block, diagram in zip(SAGAS, blocks, expected, strict=True):
+        assert block == diagram, (
+            f"README.md's {saga.name} diagram differs from its definition: replace its"
+            " ```mermaid block with the output of `python -m orchestrator.diagram`"
+        )
 
 
 def test_diagram_edge_count_matches_definition() -> None:
