@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from messaging import local_broker, settings
+from messaging import local_broker, settings, topics
 from tests.ports import cluster_port
 
 BASE = 21092
@@ -162,10 +162,12 @@ def test_every_client_gets_every_node_while_the_cluster_is_started(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert settings.bootstrap_servers() == "127.0.0.1:21092"
+    assert topics.chosen_environment().name == "single"
     mark_cluster_started(local_broker.layout(3))
     every_node = "127.0.0.1:21092,127.0.0.1:21094,127.0.0.1:21096"
     assert settings.bootstrap_servers() == every_node
     assert settings.confluent_config()["bootstrap.servers"] == every_node
+    assert topics.chosen_environment().name == "cluster"
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "elsewhere:9092")  # still overrides all
     assert settings.bootstrap_servers() == "elsewhere:9092"
 
