@@ -406,7 +406,7 @@ def broker_java_command(node: Node, nodes: Sequence[Node]) -> list[str]:
 
 # ---- processes ----
 
-# JVMs this process started, reaped once they exit (a dead child stays a zombie otherwise).
+# JVMs this process started, reaped by node_pid once they exit (else they stay zombies).
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
@@ -415,6 +415,10 @@ def node_pid(node: Node) -> int | None:
     try:
         pid = int(node.files.pid.read_text().strip())
     except (FileNotFoundError, ValueError):
+        return None
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:  # started here and exited: reaped
+        del _children[pid]
         return None
     try:
         os.kill(pid, 0)
@@ -492,12 +496,6 @@ def _launch(node: Node, nodes: Sequence[Node]) -> subprocess.Popen[bytes]:
     node.files.pid.write_text(str(process.pid))
     _children[process.pid] = process
     return process
-
-
-def _reap(pid: int) -> None:
-    child = _children.pop(pid, None)
-    if child is not None:
-        child.wait()
 
 
 def _check_ports_free(nodes: Sequence[Node]) -> None:
@@ -643,8 +641,6 @@ def _terminate(running: dict[Node, int], timeout: float, log: _Log) -> None:
         os.kill(pid, signal.SIGKILL)
         while node_pid(node) is not None:
             time.sleep(0.1)
-    for pid in running.values():
-        _reap(pid)
 
 
 def stop(timeout: float = 60.0, log: _Log = print) -> bool:
@@ -693,7 +689,6 @@ def kill_node(node_id: int) -> int:
     os.kill(pid, signal.SIGKILL)
     while node_pid(node) is not None:
         time.sleep(0.05)
-    _reap(pid)
     return pid
 
 
