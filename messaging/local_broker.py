@@ -567,10 +567,9 @@ def _nodes_to_start(brokers: int) -> list[Node]:
         return layout(1)
     nodes = layout(brokers)
     quorum = read_quorum()
-    if quorum is not None and (quorum.base_port, len(quorum.directory_ids)) != (
-        nodes[0].port,
-        brokers,
-    ):
+    if quorum is None:
+        return nodes
+    if quorum.base_port != nodes[0].port or len(quorum.directory_ids) != brokers:
         raise BrokerError(
             f"the local cluster was created with {len(quorum.directory_ids)} brokers from "
             f"port {quorum.base_port} (SAGA_KAFKA_PORT={quorum.base_port}), and its nodes "
