@@ -80,6 +80,9 @@ def create_app(
         "web_host": os.environ.get("SAGA_WEB_HOST")
         or ("127.0.0.1" if web_bind == "127.0.0.1" else socket.gethostname()),
     }
+    replication = topics.project_topics().replication
+    if replication is not None:  # any topic Faust creates is replicated like topics.yaml's
+        conf["topic_replication_factor"] = replication.replication_factor
     conf.update(overrides)
     app = faust.App(app_id, **conf)
     producer = KafkaProducer(
@@ -203,6 +206,7 @@ def typed_table(app: faust.App, name: str) -> RowTable:
         key_serializer="raw",
         value_serializer="raw",
         partitions=spec.partitions,
+        replicas=spec.replication_factor,
         compacting=True,
         acks=False,
         internal=True,
