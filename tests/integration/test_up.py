@@ -73,10 +73,13 @@ def stock_of(product_id: str) -> dict[str, Any]:
         return cast(dict[str, Any], json.load(page))
 
 
-def test_up_runs_the_demo_on_any_state_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    # Its own broker and consumer groups: the session's workers are not disturbed.
+def test_up_runs_the_demo_on_any_state_and_stops_cleanly_on_ctrl_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its own broker and consumer groups: the session's workers are not disturbed. Workers
+    # take this process's environment too: no external cluster there either.
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     env = {**os.environ, "SAGA_HOME": str(tmp_path), "SAGA_KAFKA_PORT": str(broker_port())}
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     saga = [sys.executable, "-m", "cli.main"]
 
     def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
