@@ -408,6 +408,44 @@ class SagaEvent:
     terminal: bool
     saga: str | None = None  # the saga's type (None: CreateOrderSaga, from before others)
     version: int | None = None  # of the saga's definition (None: 1)
+    operator: str | None = None  # whose action caused it (reason says why); None otherwise
+
+
+# ---- operator actions (saga.operations, key saga id; answers on saga.operations.answers) ----
+
+
+@dataclass(frozen=True)
+class AbortSaga:
+    """Before its pivot a saga compensates now and ends rejected; at or after, refused."""
+
+    saga_id: str
+    action_id: str
+    operator: str
+    reason: str
+    requested_at: datetime
+
+
+@dataclass(frozen=True)
+class RetrySaga:
+    """Re-send the command of the step the saga waits for, now: next attempt, backoff reset."""
+
+    saga_id: str
+    action_id: str
+    operator: str
+    reason: str
+    requested_at: datetime
+
+
+@dataclass(frozen=True)
+class SagaActionAnswered:
+    saga_id: str
+    action_id: str
+    action: str  # AbortSaga | RetrySaga
+    accepted: bool
+    answer: str  # what was done, or why nothing was
+    state: str | None  # the saga's state after; None for an unknown saga
+    operator: str
+    answered_at: datetime
 
 
 # ---- Product Service internal (product.commands, key product id) ----

@@ -7,7 +7,8 @@ Public surface (everything a saga module or a worker needs):
   deadline transition); and `SagaType`, which adds what the engine cannot know: `Start`
   (what a request puts in the row), command builders, `Route`s, `absorb`, reasons.
   Definitions are checked when the SagaType is built (`DefinitionError`).
-- deciding: `decide(saga, row, message, now) -> Decision`, pure.
+- deciding: `decide(saga, row, message, now) -> Decision`, pure; an operator's action
+  (AbortSaga, RetrySaga) with `act(saga, row, action, now)`, answered in `Decision.answer`.
 - running: `orchestrator.engine.runner.SagaRunner`, a Faust worker for a set of saga
   types; `orchestrator.engine.diagram.mermaid` draws a definition.
 """
@@ -25,8 +26,9 @@ from orchestrator.engine.definition import (
     backoff,
     command_id,
     single_deadline,
+    validate,
 )
-from orchestrator.engine.machine import Decision, DefinitionMissing, decide, expired
+from orchestrator.engine.machine import Decision, DefinitionMissing, act, decide, expired
 from orchestrator.engine.saga import Route, SagaType, Start
 
 __all__ = [
@@ -44,9 +46,11 @@ __all__ = [
     "StepKind",
     "Timeout",
     "Transition",
+    "act",
     "backoff",
     "command_id",
     "decide",
     "expired",
     "single_deadline",
+    "validate",
 ]

@@ -180,6 +180,23 @@ class SagaDefinition:
     def outgoing(self, state: str) -> Iterator[Transition]:
         return (t for t in self.transitions if t.source == state)
 
+    @cached_property
+    def pivot(self) -> Step | None:
+        return next((s for s in forward_steps(self) if s.kind is StepKind.PIVOT), None)
+
+    def abort_target(self, state: str) -> str | None:
+        """Where an operator's abort takes a saga waiting in `state`: before the pivot, to
+        the state that runs the compensation of the step it waits for (the step may have
+        taken effect). None at or after the pivot (the saga only goes forward), while it
+        compensates already, and when it has ended."""
+        step = self.waiting_step(state)
+        forward = forward_steps(self)
+        if step is None or step not in forward or self.pivot is None:
+            return None
+        if forward.index(step) >= forward.index(self.pivot):
+            return None
+        return next((s.name for s in self.states if s.step == step.compensation), None)
+
 
 def command_id(saga_id: str, step: str) -> str:
     """Stable id of a saga step's command; every re-send of it carries the same id."""
@@ -200,6 +217,7 @@ def validate(definition: SagaDefinition) -> None:
         *_misordered_steps(definition),
         *_skipped_compensations(definition),
         *_bad_notifications(definition),
+        *_unabortable_states(definition),
     ]
     if problems:
         lines = "\n".join(f"- {problem}" for problem in problems)
@@ -448,3 +466,14 @@ def _terminal_avoiding(d: SagaDefinition, start: str, avoid: list[str]) -> str |
                 reached.add(t.target)
                 queue.append(t.target)
     return None
+
+
+def _unabortable_states(d: SagaDefinition) -> Iterator[str]:
+    """Before the pivot, an operator may abort: each such state needs a way back."""
+    forward = forward_steps(d)
+    if d.pivot is None or d.pivot not in forward:
+        return  # reported by _misordered_steps
+    before = forward[: forward.index(d.pivot)]
+    for state in d.states:
+        if state.step in {step.name for step in before} and d.abort_target(state.name) is None:
+            yield f"state {state.name} comes before the pivot but no state runs its undo"

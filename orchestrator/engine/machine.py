@@ -27,10 +27,18 @@ from orchestrator.engine.definition import (
     StepKind,
     Transition,
     command_id,
+    forward_steps,
 )
 from orchestrator.engine.saga import SagaType
 from schemas.limits import reason
-from schemas.messages import Outcome, SagaEvent, StepTimedOut
+from schemas.messages import (
+    AbortSaga,
+    Outcome,
+    RetrySaga,
+    SagaActionAnswered,
+    SagaEvent,
+    StepTimedOut,
+)
 from schemas.state import StateRefused
 
 
@@ -52,6 +60,7 @@ class Decision:
     state: Any  # the saga's row after the message (None: there is no saga)
     commands: tuple[Any, ...] = ()
     events: tuple[SagaEvent, ...] = ()
+    answer: SagaActionAnswered | None = None  # to an operator's action
 
 
 def decide(saga: SagaType, row: Any | None, message: object, now: datetime) -> Decision:
@@ -156,6 +165,77 @@ def on_deadline(
     if transition is None:
         return Decision(row)
     return take(saga, definition, row, transition, timeout, now)
+
+
+# ---- operator actions ----
+
+Action = AbortSaga | RetrySaga
+
+
+def act(saga: SagaType | None, row: Any | None, action: Action, now: datetime) -> Decision:
+    """An operator's action on a saga, and its answer (the last of `Decision.commands`'
+    companions: `Decision.answer`). Accepted, it is a transition recorded like any other,
+    with the operator and the reason; refused, nothing changes but the answer says why."""
+    name = type(action).__name__
+    if saga is None or row is None:
+        return _answered(row, action, now, False, f"no saga {action.saga_id}")
+    if row.step is None:
+        return _answered(row, action, now, False, f"the saga has ended ({row.state})")
+    definition = definition_of(saga, row)
+    why = reason(f"{name} by {action.operator}: {action.reason}")
+    if isinstance(action, RetrySaga):
+        step = definition.waiting_step(row.state)
+        assert step is not None  # it waits for a step: it has not ended
+        moved = replace(
+            row,
+            attempt=row.attempt + 1,
+            deadline=now + step.deadline_after(1),  # the backoff starts again
+            sequence=row.sequence + 1,
+            updated_at=now,
+        )
+        commands = (build_command(saga, step, moved, now),)
+        retried = event(saga, definition, row.state, moved, action, commands)
+        events = (replace(retried, reason=why, operator=action.operator),)
+        answer = f"re-sent {step.command.__name__} of {step.name} (attempt {moved.attempt})"
+        return _answered(moved, action, now, True, answer, commands, events)
+    target = definition.abort_target(row.state)
+    if target is None:
+        return _answered(row, action, now, False, _why_not_aborted(definition, row.state))
+    transition = Transition(row.state, type(action), target, reason=why)
+    taken = take(saga, definition, row, transition, action, now)
+    aborted = tuple(replace(e, operator=action.operator) for e in taken.events)
+    answer = f"aborted: {row.state} -> {target}, compensating"
+    return _answered(taken.state, action, now, True, answer, taken.commands, aborted)
+
+
+def _why_not_aborted(definition: SagaDefinition, state: str) -> str:
+    step = definition.waiting_step(state)
+    if step is not None and step not in forward_steps(definition):
+        return f"{state} undoes the saga already: it will end rejected"
+    pivot = definition.pivot.name if definition.pivot else "?"
+    return f"{state} is at or after the pivot ({pivot}): the saga can only go forward"
+
+
+def _answered(
+    row: Any | None,
+    action: Action,
+    now: datetime,
+    accepted: bool,
+    answer: str,
+    commands: tuple[Any, ...] = (),
+    events: tuple[SagaEvent, ...] = (),
+) -> Decision:
+    answered = SagaActionAnswered(
+        saga_id=action.saga_id,
+        action_id=action.action_id,
+        action=type(action).__name__,
+        accepted=accepted,
+        answer=answer,
+        state=None if row is None else row.state,
+        operator=action.operator,
+        answered_at=now,
+    )
+    return Decision(row, commands, events, answered)
 
 
 # ---- matching ----

@@ -39,15 +39,18 @@ from messaging.faust_app import (
 )
 from orchestrator.engine.deadlines import DeadlineWatch
 from orchestrator.engine.early_replies import EarlyReplies
-from orchestrator.engine.machine import Decision, DefinitionMissing, decide, definition_of
+from orchestrator.engine.machine import Decision, DefinitionMissing, act, decide, definition_of
 from orchestrator.engine.saga import SagaType
 from schemas.limits import id_problem
-from schemas.messages import StepTimedOut
+from schemas.messages import AbortSaga, RetrySaga, StepTimedOut
 
 log = logging.getLogger(__name__)
 
 REPLY_TOPIC = "saga.replies"
 EVENTS_TOPIC = "saga.events"
+OPERATIONS_TOPIC = "saga.operations"  # operator actions, co-partitioned with the table
+ANSWERS_TOPIC = "saga.operations.answers"
+ACTIONS = (AbortSaga, RetrySaga)
 TABLE = "sagas"
 
 
@@ -72,6 +75,7 @@ class SagaRunner:
         self.inputs_by_topic: Mapping[str, tuple[type, ...]] = {
             self.request_topic: tuple(self.by_request),
             REPLY_TOPIC: (*sorted(replies, key=lambda t: t.__name__), StepTimedOut),
+            OPERATIONS_TOPIC: ACTIONS,
         }
         self.app = create_app(app_id, web_port=web_port, **app_options)
         self.sagas = typed_table(self.app, TABLE)
@@ -83,7 +87,7 @@ class SagaRunner:
         # The agent and the deadline timer both decide records (the timer: held replies
         # given up); one at a time, or a saga's replies could be decided out of order.
         self.deciding = asyncio.Lock()
-        self.inputs = raw_topic(self.app, self.request_topic, REPLY_TOPIC)
+        self.inputs = raw_topic(self.app, self.request_topic, REPLY_TOPIC, OPERATIONS_TOPIC)
         self.agent = self.app.agent(self.inputs, name="run_sagas")(self._run)
         self.app.timer(interval=1.0)(self._fire_deadlines)
         self.app.on_rebalance_complete.connect(self._on_rebalance)
@@ -188,11 +192,17 @@ class SagaRunner:
         if (
             not held
             and type(message) not in self.by_request
+            and not isinstance(message, ACTIONS)
             and self.early.should_hold(stream, event, message, row is not None)
         ):
             return  # decided by release_early_replies, once its request was processed
         saga = self.saga_of(message, row)
-        decision = Decision(row) if saga is None else decide(saga, row, message, utc_now())
+        if isinstance(message, ACTIONS):
+            decision = act(saga, row, message, utc_now())
+        elif saga is None:
+            decision = Decision(row)
+        else:
+            decision = decide(saga, row, message, utc_now())
         # The row is written only once the broker has the commands and events: the other
         # order lets a crash keep a transition whose messages were lost (the re-processed
         # input is then stale, and e.g. a lost ORDER_APPROVED event leaves the stock
@@ -201,6 +211,8 @@ class SagaRunner:
         if saga is not None:
             outputs += [(*saga.route(command), command) for command in decision.commands]
         outputs += [(EVENTS_TOPIC, key, saga_event) for saga_event in decision.events]
+        if decision.answer is not None:
+            outputs.append((ANSWERS_TOPIC, key, decision.answer))
         rows: list[Row] = []
         on_written = None
         new_row = decision.state

@@ -100,6 +100,7 @@ NAMESPACES = {
         "ItemResult",
     },
     "saga.admin": {"Restock", "TopUp"},
+    "saga.operations": {"AbortSaga", "RetrySaga", "SagaActionAnswered"},
     "saga.state": {
         "SagaState",
         "CancelSagaState",

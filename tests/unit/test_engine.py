@@ -44,7 +44,15 @@ from tests.unit.saga_factories import T0, reply, requested, saga_in
 
 ENGINE = Path(__file__).resolve().parents[2] / "orchestrator" / "engine"
 # What the engine may take from schemas.messages: its own messages, none of a saga's.
-ENGINE_MESSAGES = {"Money", "Outcome", "SagaEvent", "StepTimedOut"}
+ENGINE_MESSAGES = {
+    "AbortSaga",
+    "Money",
+    "Outcome",
+    "RetrySaga",
+    "SagaActionAnswered",
+    "SagaEvent",
+    "StepTimedOut",
+}
 
 
 def imports_of(path: Path) -> list[tuple[str, set[str]]]:
