@@ -19,6 +19,7 @@ import pytest
 
 from messaging.producer import SendFailed
 from participants.order.app import OrderService
+from participants.order.logic import cancel_key
 from participants.payment.app import PaymentService
 from participants.payment.logic import payment_key
 from participants.product.app import ProductService
@@ -103,6 +104,42 @@ async def test_order_commands_reach_their_handlers_and_are_answered(order: Any) 
     replies = recorder.replies()
     assert [type(r) for r in replies] == [m.OrderCreated, m.OrderApproved]
     assert all(key == b"o1" for topic, key, _m in recorder.sent if topic == "saga.replies")
+
+
+async def test_cancel_commands_reach_their_handlers_and_are_answered(order: Any) -> None:
+    agent, service, recorder = order
+    items = [m.OrderItem("p1", 2)]
+    await put(agent, "o1", m.CreateOrder("o1", "o1:create_order", 1, T0, "o1", "c1", items))
+    await put(agent, "o1", m.BeginCancelOrder("k0", "k0:begin_cancel", 1, T0, "o1"))  # too early
+    await put(agent, "o1", m.ApproveOrder("o1", "o1:approve_order", 1, T0, "o1"))
+    await put(agent, "o1", m.BeginCancelOrder("k1", "k1:begin_cancel", 1, T0, "o1"))
+    assert (service.orders[b"o1"].status, service.orders[b"o1"].cancel_saga) == (
+        "CANCEL_PENDING",
+        "k1",
+    )
+    await put(agent, "o1", m.UndoBeginCancelOrder("k1", "k1:undo_cancel", 1, T0, "o1"))
+    assert service.orders[b"o1"].status == "APPROVED"
+    await put(agent, "o1", m.BeginCancelOrder("k2", "k2:begin_cancel", 1, T0, "o1"))
+    await put(agent, "o1", m.ConfirmCancelOrder("k2", "k2:confirm_cancel", 1, T0, "o1"))
+    row = service.orders[b"o1"]
+    assert (row.status, row.cancel_saga) == ("CANCELLED", "k2")
+    assert service.orders[cancel_key("o1", "k0")].status == "REFUSED"
+    assert service.orders[cancel_key("o1", "k1")].status == "UNDONE"
+    assert service.orders[cancel_key("o1", "k2")].status == "CONFIRMED"
+    replies = recorder.replies()
+    assert [(type(r).__name__, r.outcome.value) for r in replies] == [
+        ("OrderCreated", "SUCCESS"),
+        ("OrderCancelRefused", "FAILURE"),
+        ("OrderApproved", "SUCCESS"),
+        ("OrderCancelBegun", "SUCCESS"),
+        ("OrderCancelUndone", "SUCCESS"),
+        ("OrderCancelBegun", "SUCCESS"),
+        ("OrderCancelled", "SUCCESS"),
+    ]
+    assert replies[1].reason == "not approved yet"
+    assert (replies[3].customer_id, replies[3].items) == ("c1", items)
+    keys = [key for topic, key, _m in recorder.sent if topic == "saga.replies"]
+    assert keys == [b"o1", b"k0", b"o1", b"k1", b"k1", b"k2", b"k2"]  # each saga's own
 
 
 async def test_a_bad_record_is_dead_lettered_and_the_agent_goes_on(order: Any) -> None:

@@ -104,6 +104,7 @@ NAMESPACES = {
         "SagaState",
         "CancelSagaState",
         "OrderRow",
+        "OrderCancel",
         "StockRow",
         "StockHold",
         "CommandApplied",
