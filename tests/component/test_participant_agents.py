@@ -185,6 +185,34 @@ async def test_payment_commands_charge_once_and_refund(payment: Any) -> None:
     assert kinds == ["PaymentAuthorized", "PaymentAuthorized", "PaymentCancelled"]
 
 
+async def test_a_refund_gives_back_the_orders_payment_and_answers_the_cancel_saga(
+    payment: Any,
+) -> None:
+    agent, service, recorder = payment
+    await put(agent, "c1", m.TopUp("t1", "c1", eur("50.00")))
+    authorize = m.AuthorizePayment("o1", "o1:authorize_payment", 1, T0, "o1", "c1", eur("20.00"))
+    await put(agent, "c1", authorize)
+    refund = m.RefundPayment("k1", "k1:refund_payment", 1, T0, "o1", "c1")
+    await put(agent, "c1", refund)
+    await put(agent, "c1", refund)  # a duplicate
+    account = service.accounts[b"c1"]
+    assert (account.balance, account.captured_archived) == (eur("50.00"), eur("0.00"))
+    assert service.accounts[payment_key("c1", "o1")].status == "REFUNDED"
+    refunded = recorder.replies()[1:]
+    assert [(type(r), r.saga_id, r.refunded) for r in refunded] == [
+        (m.PaymentRefunded, "k1", eur("20.00"))
+    ] * 2
+    keys = [key for topic, key, _m in recorder.sent if topic == "saga.replies"]
+    assert keys == [b"o1", b"k1", b"k1"]  # to the cancel saga
+
+
+async def test_a_refund_for_another_customer_than_its_key_is_dead_lettered(payment: Any) -> None:
+    agent, _service, recorder = payment
+    await put(agent, "c2", m.RefundPayment("k1", "k1:refund_payment", 1, T0, "o1", "c1"))
+    assert [reason for _k, reason in recorder.dead] == ["key-mismatch"]
+    assert recorder.sent == []
+
+
 async def test_a_top_up_in_no_currency_is_dead_lettered(payment: Any) -> None:
     agent, service, recorder = payment
     for currency in ("", "eur", "NOT-A-CURRENCY"):
