@@ -242,6 +242,43 @@ async def test_reserve_travels_to_the_next_product_and_the_last_replies(product:
     assert (service.stock[b"p1"].sold, service.stock[b"p2"].sold) == (2, 1)
 
 
+async def test_return_travels_like_the_sale_and_the_last_hop_replies(product: Any) -> None:
+    agent, service, recorder = product
+    for name in ("p1", "p2"):
+        await put(agent, name, m.Restock(f"r-{name}", name, 5, eur("2.00")))
+    items = [m.OrderItem("p1", 2), m.OrderItem("p2", 1)]
+    await put(agent, "p1", m.ReserveProducts("o1", "o1:verify_products", 1, T0, "o1", items))
+    await put(agent, "p2", recorder.sent[-1][2])
+    await put(agent, "p1", m.SellProducts("o1", "o1:sell_products", 1, T0, "o1", items))
+    await put(agent, "p2", recorder.sent[-1][2])
+    recorder.sent.clear()
+    await put(agent, "p1", m.ReturnProducts("k1", "k1:return_products", 1, T0, "o1", items))
+    topic, key, forwarded = recorder.sent[-1]
+    assert (topic, key, type(forwarded), forwarded.hop) == (
+        "product.commands",
+        b"p2",
+        m.ReturnProducts,
+        1,
+    )
+    await put(agent, "p2", forwarded)
+    (reply,) = recorder.replies()
+    assert isinstance(reply, m.ProductsReturned) and reply.saga_id == "k1"
+    assert recorder.sent[-1][1] == b"k1"  # to the cancel saga
+    for name, quantity in (("p1", 2), ("p2", 1)):
+        assert service.stock[hold_key(name, "o1")].status == "RETURNED"  # the order's hold
+        row = service.stock[name.encode()]
+        assert (row.available, row.sold, row.returned) == (5, quantity, quantity)
+    assert hold_key("p1", "k1") not in service.stock
+
+
+async def test_a_return_keyed_by_another_product_is_dead_lettered(product: Any) -> None:
+    agent, _service, recorder = product
+    items = [m.OrderItem("p1", 2), m.OrderItem("p2", 1)]
+    await put(agent, "p2", m.ReturnProducts("k1", "k1:return_products", 1, T0, "o1", items))
+    assert [reason for _k, reason in recorder.dead] == ["key-mismatch"]
+    assert recorder.sent == []
+
+
 async def test_a_record_for_another_product_than_its_key_is_dead_lettered(product: Any) -> None:
     agent, _service, recorder = product
     items = [m.OrderItem("p1", 2)]
