@@ -242,11 +242,9 @@ def begin_cancel_order(
     if _replayed(row, offset):
         return NOTHING
     saga = command.saga_id
-    if cancel is not None and cancel.begin_offset == offset:
-        cancel = None  # a replay: decide again from the order as it was, the saga's row kept
-        recorded = True
-    else:
-        recorded = False
+    recorded = cancel is not None and cancel.begin_offset == offset
+    if recorded:  # a replay: decide again from the order as it was, the saga's row kept
+        cancel = None  # (before this record the saga had none: it decided from the order)
     if _held_by(row, saga, CANCEL_PENDING, CANCELLED):
         assert row is not None
         return Effect((), _begun(row, command, now))  # a duplicate
