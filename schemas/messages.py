@@ -557,8 +557,9 @@ class CancelSagaState:
 class OrderRow:
     """Order Service `orders` table (key order id).
 
-    No recorded replies: the reply to every order command follows from `status`, so a
-    duplicate command is answered again from the row (participants/order/logic.py).
+    No recorded replies: the reply to every order command follows from `status` (and,
+    for a cancel, the saga's OrderCancel row), so a duplicate command is answered again
+    from the rows (participants/order/logic.py).
     """
 
     order_id: str
@@ -568,6 +569,20 @@ class OrderRow:
     reason: str | None
     updated_at: datetime
     cancel_saga: str | None = None  # the CancelOrderSaga holding it or that cancelled it
+    applied_offset: int = -1  # order.commands offset of the last change; replays skip
+
+
+@dataclass(frozen=True)
+class OrderCancel:
+    """Order Service `orders` table (key order id, "cancel", cancel saga id): what one
+    CancelOrderSaga did to the order, so that its duplicate, late or replayed commands
+    are answered the same and change nothing."""
+
+    saga_id: str
+    status: str  # BEGUN | REFUSED | UNDONE | CONFIRMED
+    reason: str | None  # why REFUSED
+    begin_offset: int  # order.commands offset of the begin deciding it; -1: undone first
+    settle_offset: int  # ... of the undo or confirm settling it; -1: not settled
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ ROW_TYPES: tuple[type, ...] = (
     m.SagaState,
     m.CancelSagaState,
     m.OrderRow,
+    m.OrderCancel,
     m.StockRow,
     m.StockHold,
     m.CommandApplied,
@@ -42,7 +43,11 @@ _BEFORE_ROUTING_SLIP = "written by a release before the routing slip (small rows
 # Released row schemas read exactly as they were meant.
 READ_EXACTLY = {
     "SagaState.v1": "version defaults to 1: every saga then started on definition version 1",
-    "OrderRow.v1": "cancel_saga defaults to null: no order was being cancelled then",
+    "OrderRow.v1": (
+        "cancel_saga defaults to null: no order was being cancelled then; applied_offset"
+        " defaults to -1: no offset recorded, so its next command is decided from the"
+        " status, as that release did"
+    ),
     "StockRow.v3": "returned defaults to 0: nothing sold had been given back then",
     "StockHold.v1": "return_offset defaults to -1: no hold had been returned then",
     "Reservation.v1": "the current schema (no table of this release keeps it)",

@@ -10,7 +10,7 @@ from messaging import settings
 from messaging.faust_app import typed_table, utc_now
 from participants.order import logic
 from participants.order.views import register_views
-from participants.service import ParticipantService
+from participants.service import Handler, ParticipantService
 from schemas import messages as m
 
 APP_ID = settings.APP_IDS["order"]
@@ -25,24 +25,41 @@ class OrderService(ParticipantService):
         self.agent = self.consume(
             COMMAND_TOPIC,
             {
-                m.CreateOrder: self._apply(logic.create_order),
-                m.ApproveOrder: self._apply(logic.approve_order),
-                m.RejectOrder: self._apply(logic.reject_order),
+                m.CreateOrder: self._order_command(logic.create_order),
+                m.ApproveOrder: self._order_command(logic.approve_order),
+                m.RejectOrder: self._order_command(logic.reject_order),
+                m.BeginCancelOrder: self._cancel_command(logic.begin_cancel_order),
+                m.UndoBeginCancelOrder: self._cancel_command(logic.undo_begin_cancel_order),
+                m.ConfirmCancelOrder: self._cancel_command(logic.confirm_cancel_order),
             },
             key_of=lambda command: command.order_id,
             name="handle_order_commands",
         )
         register_views(self)
 
-    def _apply(self, decide: Callable[..., tuple[m.OrderRow | None, Any]]) -> Any:
-        def handle(key: bytes, command: Any, _offset: int) -> None:
-            row = self.orders.row(key)
-            new_row, reply = decide(row, command, utc_now())
-            if new_row is not None and new_row is not row:
-                self.orders[key] = new_row
-            self.reply(reply)
+    def _order_command(self, decide: Callable[..., logic.Effect]) -> Handler:
+        """A CreateOrderSaga command: it reads the order's row."""
+
+        def handle(key: bytes, command: Any, offset: int) -> None:
+            self._apply(decide(self.orders.row(key), command, utc_now(), offset))
 
         return handle
+
+    def _cancel_command(self, decide: Callable[..., logic.Effect]) -> Handler:
+        """A CancelOrderSaga command: it reads the order's row and the saga's row of it."""
+
+        def handle(key: bytes, command: Any, offset: int) -> None:
+            cancel = self.orders.row(logic.cancel_key(command.order_id, command.saga_id))
+            self._apply(decide(self.orders.row(key), cancel, command, utc_now(), offset))
+
+        return handle
+
+    def _apply(self, effect: logic.Effect) -> None:
+        """Write the rows (in order, the order last), then send the reply."""
+        for row_key, row in effect.rows:
+            self.orders[row_key] = row
+        if effect.reply is not None:
+            self.reply(effect.reply)
 
 
 def build(web_port: int | None = None, **app_options: Any) -> OrderService:

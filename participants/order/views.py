@@ -1,5 +1,7 @@
 """The Order Service's web view: `/orders/{order_id}` (JSON or HTML).
 
+The order, its status (CANCEL_PENDING or CANCELLED once a CancelOrderSaga holds it, with
+that saga), and what each cancel saga that asked did (up to `CANCELS_SHOWN`, by saga id).
 Routed by Faust to the worker that owns the order's partition (`table_route`).
 """
 
@@ -17,16 +19,23 @@ if TYPE_CHECKING:
     from participants.order.app import OrderService
 
 SERVICE = "order service"
+CANCELS_SHOWN = 50
 
 
-def order_json(row: m.OrderRow, worker: str) -> dict[str, Any]:
+def order_json(
+    row: m.OrderRow, worker: str, cancels: list[m.OrderCancel] | None = None
+) -> dict[str, Any]:
     return {
         "order_id": row.order_id,
         "customer_id": row.customer_id,
         "items": w.items(row.items),
         "status": row.status,
         "reason": row.reason,
+        "cancel_saga": row.cancel_saga,  # holding it in CANCEL_PENDING, or that cancelled it
         "updated_at": w.timestamp(row.updated_at),
+        "cancels": [
+            {"saga_id": c.saga_id, "status": c.status, "reason": c.reason} for c in cancels or []
+        ],
         "worker": worker,  # the worker owning the order's partition (requests are routed)
     }
 
@@ -40,6 +49,7 @@ def render_order(payload: Mapping[str, Any]) -> str:
                 ("status", w.state_badge(payload["status"], class_="status")),
                 ("customer", payload["customer_id"] or None),
                 ("reason", payload["reason"]),
+                ("cancel saga", payload["cancel_saga"]),
                 ("last update", payload["updated_at"]),
             ],
             id="order",
@@ -52,6 +62,23 @@ def render_order(payload: Mapping[str, Any]) -> str:
                 numeric={1},
                 id="items",
                 class_="compact",
+            ),
+        ),
+        w.section(
+            f"Cancel sagas ({len(payload['cancels'])} shown)",
+            w.table(
+                ["saga", "status", "reason"],
+                [
+                    (
+                        w.tag("span", c["saga_id"], class_="mono"),
+                        w.state_badge(c["status"], class_="status"),
+                        c["reason"],
+                    )
+                    for c in payload["cancels"]
+                ],
+                id="cancels",
+                class_="compact",
+                empty="none",
             ),
         ),
     )
@@ -71,7 +98,9 @@ def register_views(service: OrderService) -> None:
             row: m.OrderRow | None = orders.get(order_id.encode())
             if row is None:
                 raise w.not_found(f"no order {order_id!r}", order_id=order_id)
-            return self.respond(request, order_json(row, w.worker_url(app)), render_order)
+            cancels = orders.owned(order_id.encode(), "cancel", CANCELS_SHOWN)
+            payload = order_json(row, w.worker_url(app), cancels)
+            return self.respond(request, payload, render_order)
 
     w.add_page(app, "/orders/{order_id}", OrderDetail)
     w.add_readiness(app, SERVICE)

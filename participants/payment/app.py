@@ -26,6 +26,7 @@ class PaymentService(ParticipantService):
             {
                 m.AuthorizePayment: self._authorize,
                 m.CancelPayment: self._cancel,
+                m.RefundPayment: self._refund,
                 m.TopUp: self._top_up,
             },
             key_of=lambda message: message.customer_id,
@@ -43,6 +44,11 @@ class PaymentService(ParticipantService):
     def _cancel(self, key: bytes, command: m.CancelPayment, offset: int) -> None:
         account, payment = self.accounts.row(key), self._payment(key.decode(), command.saga_id)
         self._apply(logic.cancel_payment(account, payment, command, utc_now(), offset))
+
+    def _refund(self, key: bytes, command: m.RefundPayment, offset: int) -> None:
+        """A cancelled order's refund: the payment is its CreateOrderSaga's (the order id)."""
+        account, payment = self.accounts.row(key), self._payment(key.decode(), command.order_id)
+        self._apply(logic.refund_payment(account, payment, command, utc_now(), offset))
 
     def _top_up(self, key: bytes, command: m.TopUp, offset: int) -> None:
         applied = self.accounts.row(logic.top_up_key(command.customer_id, command.top_up_id))

@@ -13,14 +13,18 @@ The `accounts` table (key customer id) holds, per customer:
 
 Money is conserved per account: balance + captured == topped_up, where captured
 (`captured_archived`) is the sum of the AUTHORIZED payments; a refund (REFUNDED) gives
-the amount back to the balance.
+the amount back to the balance. A refund comes from the CreateOrderSaga's CancelPayment
+(a payment not answered in time) or from a CancelOrderSaga's RefundPayment (a cancelled
+order): either way the payment, keyed by the order's CreateOrderSaga (the order id),
+becomes REFUNDED once. Counted over the payments: balance + every amount ever captured
+(AUTHORIZED or REFUNDED) - the REFUNDED ones == topped_up.
 
 Exact replays, as in the Product Service: a handler writes the saga's Payment (or the
 top-up's marker) first and the Account last with the record's offset. A record at or
 below the account's offset was applied whole. Otherwise the Payment may have been written
 back after this record's move and maybe a later one: it records the offsets of its two
-moves (decided, then refunded), so the replay finds its own and applies that decision to
-the account as it was.
+moves (decided, then refunded, by CancelPayment or RefundPayment), so the replay finds
+its own and applies that decision to the account as it was.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from schemas.messages import (
     PaymentAuthorized,
     PaymentCancelled,
     PaymentFailed,
+    PaymentRefunded,
+    RefundPayment,
     TopUp,
 )
 
@@ -57,7 +63,7 @@ DEFAULT_CURRENCY = "EUR"  # of an account that never received money
 CANCELLED_REASON = "payment cancelled"
 
 AuthorizeReply: TypeAlias = PaymentAuthorized | PaymentFailed
-Reply: TypeAlias = PaymentAuthorized | PaymentFailed | PaymentCancelled
+Reply: TypeAlias = PaymentAuthorized | PaymentFailed | PaymentCancelled | PaymentRefunded
 Row: TypeAlias = Account | Payment | CommandApplied
 
 
@@ -153,6 +159,49 @@ def cancel_payment(
     return Effect(rows, reply)
 
 
+def refund_payment(
+    account: Account | None,
+    payment: Payment | None,
+    command: RefundPayment,
+    now: datetime,
+    offset: int,
+) -> Effect:
+    """A CancelOrderSaga gives back what the order's CreateOrderSaga captured: `payment`
+    is that saga's (key: customer, "payment", order id). AUTHORIZED -> REFUNDED, the
+    amount back to the balance; the reply says what was refunded. Already REFUNDED: a
+    duplicate, answered the same. No payment, FAILED or CANCELLED: nothing was captured,
+    so nothing is refunded (zero, in the account's currency) and nothing changes; unlike
+    CancelPayment nothing is recorded, since a cancel saga runs only for an approved
+    order, whose payment was authorized before."""
+    if _replayed(account, offset):
+        return Effect()
+    rows: tuple[tuple[bytes, Row], ...] = ()
+    refund: Decimal | None = None
+    if payment is not None and payment.refunded_offset == offset:  # a replay: it refunded
+        refund = payment.amount.amount  # the payment, written back; the account not yet
+    elif payment is not None and payment.status == AUTHORIZED:
+        payment = replace(payment, status=REFUNDED, refunded_offset=offset)
+        refund = payment.amount.amount
+    if payment is not None and refund is not None:
+        rows = ((payment_key(command.customer_id, command.order_id), payment),)
+        if account is not None:
+            account = replace(_moved(account, refund), applied_offset=offset)
+            rows += ((command.customer_id.encode(), account),)
+    if payment is not None and payment.status == REFUNDED:
+        refunded = payment.amount
+    else:
+        refunded = _zero(account.balance.currency if account is not None else DEFAULT_CURRENCY)
+    reply = PaymentRefunded(
+        saga_id=command.saga_id,
+        command_id=command.command_id,
+        attempt=command.attempt,
+        outcome=Outcome.SUCCESS,
+        replied_at=now,
+        refunded=refunded,
+    )
+    return Effect(rows, reply)
+
+
 def top_up(
     account: Account | None, applied: CommandApplied | None, command: TopUp, offset: int
 ) -> Effect:
@@ -213,7 +262,9 @@ def account_invariant_violations(
 ) -> list[str]:
     """Broken money invariants of one account (empty when sound): never overdrawn, one
     currency, conservation (balance + captured == topped_up), and, given its payments,
-    that captured is what its AUTHORIZED payments took."""
+    that captured is what its AUTHORIZED payments took and that money is conserved
+    counted over them: balance + every amount ever captured (AUTHORIZED or REFUNDED) -
+    the REFUNDED ones == topped_up."""
     currency = account.balance.currency
     problems: list[str] = []
     if account.balance.amount < 0:
@@ -234,6 +285,14 @@ def account_invariant_violations(
         if authorized != account.captured_archived.amount:
             problems.append(
                 f"captured {account.captured_archived.amount} != AUTHORIZED payments {authorized}"
+            )
+        refunded = sum((p.amount.amount for p in payments if p.status == REFUNDED), Decimal(0))
+        captured = authorized + refunded  # every amount ever captured
+        if account.balance.amount + captured - refunded != account.topped_up.amount:
+            problems.append(
+                f"money not conserved over the payments: balance {account.balance.amount}"
+                f" + captured {captured} - refunded {refunded}"
+                f" != topped up {account.topped_up.amount}"
             )
         problems += _payment_violations(payments, currency)
     return problems

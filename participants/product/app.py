@@ -1,9 +1,10 @@
 """Product Service worker: the `stock` table (key product id) and one agent on
 product.commands (key product id).
 
-The saga's ReserveProducts, ReleaseProducts and SellProducts travel from product to
-product of the order, each hop handled where the product's row lives; the last hop
-replies (participants/product/logic.py). Restock comes on the same topic.
+The CreateOrderSaga's ReserveProducts, ReleaseProducts and SellProducts, and the
+CancelOrderSaga's ReturnProducts, travel from product to product of the order, each hop
+handled where the product's row lives; the last hop replies
+(participants/product/logic.py). Restock comes on the same topic.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ProductService(ParticipantService):
                 m.ReserveProducts: handle,
                 m.ReleaseProducts: handle,
                 m.SellProducts: handle,
+                m.ReturnProducts: handle,
                 m.ReleaseItem: handle,
                 m.Restock: handle,
             },

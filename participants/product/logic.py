@@ -4,7 +4,8 @@ One table, `stock` (key product id), read from one topic, product.commands, keye
 product id:
 - one `StockRow` per product: its counters only, ~100 bytes whatever its history;
 - one `StockHold` per (product, saga): what the saga holds (HELD), or how that ended
-  (RELEASED, SOLD, REFUSED), so a late duplicate changes nothing;
+  (RELEASED, SOLD, REFUSED; RETURNED: sold, then given back by a cancelled order), so a
+  late duplicate changes nothing;
 - one `CommandApplied` per Restock, so it is applied once.
 
 The saga's commands travel (a routing slip). ReserveProducts goes to the order's first
@@ -12,7 +13,10 @@ product (repeated lines merged), which reserves what it can and forwards the com
 the next product with its result added; the last one replies once: ProductsReserved with
 the total, or ProductsUnavailable naming every missing product, after giving back what
 was reserved (one ReleaseItem each). ReleaseProducts and SellProducts travel the same way;
-the last ReleaseProducts hop replies ProductsReleased, SellProducts gets no reply. So a
+the last ReleaseProducts hop replies ProductsReleased, SellProducts gets no reply. A
+CancelOrderSaga's ReturnProducts travels the same way too: each hop gives back what the
+order's CreateOrderSaga bought of its product (its hold: key product, "hold", order id),
+and the last one replies ProductsReturned. So a
 two-product saga costs the service four records (reserve and sell, two hops each) and no
 per-saga state but the holds: no table of reservations to fan results back into.
 
@@ -28,10 +32,10 @@ the changelog keeps each key's newest value, in the order of their last writes
   outputs sent (they are acknowledged before rows are written back): nothing to do;
 - else the product row is as it was before the record (once the records before it are
   replayed), but the hold may be further on: written back after this record's move and
-  maybe a later one. A hold records the offset of each of its two moves (reserved or
-  refused, then released or sold), so the replay finds its own and applies the decision
-  recorded there rather than deciding again from a state that is gone. (Found by
-  tests/unit/test_product_replays.py.)
+  maybe a later one. A hold records the offset of each of its moves (reserved or
+  refused, then released or sold, then returned), so the replay finds its own and
+  applies the decision recorded there rather than deciding again from a state that is
+  gone. (Found by tests/unit/test_product_replays.py.)
 
 Duplicates (a re-sent command, a command travelling again after a crash) are different
 records: they are answered from the holds, and change nothing.
@@ -62,11 +66,13 @@ from schemas.messages import (
     Outcome,
     ProductsReleased,
     ProductsReserved,
+    ProductsReturned,
     ProductsUnavailable,
     ReleaseItem,
     ReleaseProducts,
     ReserveProducts,
     Restock,
+    ReturnProducts,
     SellProducts,
     StockHold,
     StockRow,
@@ -77,16 +83,17 @@ HELD = "HELD"
 RELEASED = "RELEASED"
 SOLD = "SOLD"
 REFUSED = "REFUSED"
-HOLD_STATUSES = (HELD, RELEASED, SOLD, REFUSED)
+RETURNED = "RETURNED"  # sold, then given back by a cancelled order
+HOLD_STATUSES = (HELD, RELEASED, SOLD, REFUSED, RETURNED)
 
 DEFAULT_CURRENCY = "EUR"  # price of a product that does not exist
 
-Travelling: TypeAlias = ReserveProducts | ReleaseProducts | SellProducts
+Travelling: TypeAlias = ReserveProducts | ReleaseProducts | SellProducts | ReturnProducts
 StockMessage: TypeAlias = Travelling | ReleaseItem
-Reply: TypeAlias = ProductsReserved | ProductsUnavailable | ProductsReleased
+Reply: TypeAlias = ProductsReserved | ProductsUnavailable | ProductsReleased | ProductsReturned
 Row: TypeAlias = StockRow | StockHold | CommandApplied
-Move = str  # what a record does to a saga's hold: RESERVE, RELEASE or SELL
-RESERVE, RELEASE, SELL = "reserve", "release", "sell"
+Move = str  # what a record does to a saga's hold: RESERVE, RELEASE, SELL or RETURN
+RESERVE, RELEASE, SELL, RETURN = "reserve", "release", "sell", "return"
 
 
 class InvalidRestock(ValueError):
@@ -123,11 +130,14 @@ def product_of(message: StockMessage | Restock) -> str:
 
 
 def owned_key(record: StockMessage | Restock) -> bytes:
-    """Key of the row a record reads besides its product's: the saga's hold of it, or,
+    """Key of the row a record reads besides its product's: the saga's hold of it (for a
+    ReturnProducts, the hold of the order's CreateOrderSaga, whose id is the order's), or,
     for a Restock, the mark that it was applied."""
     product = product_of(record)
     if isinstance(record, Restock):
         return restock_key(product, record.restock_id)
+    if isinstance(record, ReturnProducts):
+        return hold_key(product, record.order_id)
     return hold_key(product, record.saga_id)
 
 
@@ -150,6 +160,8 @@ def handle(
         return release_products(stock, owned, record, now, offset)
     if isinstance(record, SellProducts):
         return sell_products(stock, owned, record, offset)
+    if isinstance(record, ReturnProducts):
+        return return_products(stock, owned, record, now, offset)
     return release_item(stock, owned, record, offset)
 
 
@@ -232,6 +244,37 @@ def sell_products(
     return Effect(move[1])
 
 
+def return_products(
+    stock: StockRow | None,
+    hold: StockHold | None,
+    command: ReturnProducts,
+    now: datetime,
+    offset: int,
+) -> Effect:
+    """One hop of ReturnProducts (a CancelOrderSaga; the order was approved): what the
+    order's CreateOrderSaga bought of this product goes back to available (its hold SOLD
+    -> RETURNED; the product's `returned` counts it, `sold` still does too); forward, or,
+    at the last product, reply ProductsReturned.
+
+    A HELD hold is an approved order whose SellProducts has not come yet (the cancel
+    overtook it: the Order Service approved the order before the orchestrator sent the
+    sale): it is sold and returned at once (RETURNED, settled by this record), so the
+    late SellProducts finds it settled and sells nothing. A hold that is none of those
+    (none, RELEASED, REFUSED, RETURNED already) changes nothing, and the command still
+    travels on, so that the saga ends."""
+    items = merged_items(command.items)
+    rows: tuple[tuple[bytes, Row], ...] = ()
+    if items:
+        product = items[command.hop].product_id
+        move = _move(stock, hold, product, command.order_id, RETURN, 0, offset)
+        if move is None:
+            return NOTHING  # a replay
+        rows = move[1]
+    if command.hop + 1 < len(items):
+        return Effect(rows, (replace(command, hop=command.hop + 1),))
+    return Effect(rows, (), _returned(command, now))
+
+
 def release_item(
     stock: StockRow | None, hold: StockHold | None, message: ReleaseItem, offset: int
 ) -> Effect:
@@ -299,6 +342,16 @@ def _released(command: ReleaseProducts, now: datetime) -> ProductsReleased:
     )
 
 
+def _returned(command: ReturnProducts, now: datetime) -> ProductsReturned:
+    return ProductsReturned(
+        saga_id=command.saga_id,
+        command_id=command.command_id,
+        attempt=command.attempt,
+        outcome=Outcome.SUCCESS,
+        replied_at=now,
+    )
+
+
 def _bad_lines(command: ReserveProducts) -> list[MissingItem]:
     """The lines of an order that breaks the input limits, as 'missing' (at most a few)."""
     bad = [i for i in command.items if id_problem("product id", i.product_id) or i.quantity < 1]
@@ -354,7 +407,7 @@ def _move_absent(
     if _recorded(hold, move, offset):  # a replay: the hold was written back
         assert hold is not None
         return hold, (), True
-    if hold is not None or move == SELL:
+    if hold is not None or move in (SELL, RETURN):
         return hold or _ABSENT, (), False
     if move == RESERVE:
         after = StockHold(saga_id, product, quantity, REFUSED, offset, -1)
@@ -365,11 +418,13 @@ def _move_absent(
 
 def _recorded(hold: StockHold | None, move: Move, offset: int) -> bool:
     """Did the record at `offset` already move `hold`? A hold records the offsets of its
-    two moves, so a replay finds its own even if the hold was written back later."""
+    moves, so a replay finds its own even if the hold was written back later."""
     if hold is None:
         return False
     if move == RESERVE:
         return hold.reserve_offset == offset
+    if move == RETURN:
+        return hold.return_offset == offset
     return hold.settle_offset == offset
 
 
@@ -389,6 +444,12 @@ def _next_hold(
         if hold.status != HELD:
             return None
         return replace(hold, status=RELEASED, settle_offset=offset)
+    if move == RETURN:
+        if hold is None or hold.status not in (HELD, SOLD):
+            return None  # nothing was sold to the order, or it was returned already
+        if hold.status == HELD:  # the order's sale has not come yet: sold and returned now
+            return replace(hold, status=RETURNED, settle_offset=offset, return_offset=offset)
+        return replace(hold, status=RETURNED, return_offset=offset)
     if hold is not None and hold.status == HELD:  # SELL
         return replace(hold, status=SOLD, settle_offset=offset)
     return None
@@ -402,8 +463,13 @@ def _with_change(stock: StockRow, move: Move, hold: StockHold) -> StockRow:
         return replace(stock, available=stock.available - q, reserved=stock.reserved + q)
     if move == RELEASE and hold.status == RELEASED:
         return replace(stock, available=stock.available + q, reserved=stock.reserved - q)
-    if move == SELL and hold.status == SOLD:
+    if move == SELL and hold.status in (SOLD, RETURNED):  # RETURNED: it was SOLD then
         return replace(stock, reserved=stock.reserved - q, sold=stock.sold + q)
+    if move == RETURN and hold.status == RETURNED:
+        back = replace(stock, available=stock.available + q, returned=stock.returned + q)
+        if hold.settle_offset == hold.return_offset:  # it was HELD: this return sold it too
+            back = replace(back, reserved=back.reserved - q, sold=back.sold + q)
+        return back
     return stock
 
 
@@ -469,30 +535,40 @@ def restock_problem(stock: StockRow | None, command: Restock) -> str | None:
 def stock_invariant_violations(
     row: StockRow, holds: Iterable[StockHold] | None = None
 ) -> list[str]:
-    """Broken stock invariants of one product (empty when sound); with its holds, also
-    that the quantity held by HELD holds is what the product counts as reserved."""
+    """Broken stock invariants of one product (empty when sound): no counter negative,
+    available + reserved + sold == restocked + returned (sold counts every unit ever sold,
+    returned the ones cancelled orders gave back), at most what was sold returned; with
+    its holds, also that the quantity held by HELD holds is what the product counts as
+    reserved, that sold is what SOLD and RETURNED holds took, and returned what RETURNED
+    holds gave back."""
     problems = [
         f"{name} is negative: {value}"
         for name, value in (
             ("available", row.available),
             ("reserved", row.reserved),
             ("sold", row.sold),
+            ("returned", row.returned),
         )
         if value < 0
     ]
-    if row.available + row.reserved + row.sold != row.restocked:
+    if row.available + row.reserved + row.sold != row.restocked + row.returned:
         problems.append(
             f"available {row.available} + reserved {row.reserved} + sold {row.sold}"
-            f" != restocked {row.restocked}"
+            f" != restocked {row.restocked} + returned {row.returned}"
         )
+    if row.returned > row.sold:
+        problems.append(f"returned {row.returned} > sold {row.sold}")
     if holds is not None:
         holds = list(holds)
         held = sum(h.quantity for h in holds if h.status == HELD)
         if held != row.reserved:
             problems.append(f"reserved {row.reserved} != quantity held by sagas {held}")
-        sold = sum(h.quantity for h in holds if h.status == SOLD)
+        sold = sum(h.quantity for h in holds if h.status in (SOLD, RETURNED))
         if sold != row.sold:
             problems.append(f"sold {row.sold} != quantity sold to sagas {sold}")
+        returned = sum(h.quantity for h in holds if h.status == RETURNED)
+        if returned != row.returned:
+            problems.append(f"returned {row.returned} != quantity returned by sagas {returned}")
         for h in holds:
             if h.quantity < 0:
                 problems.append(f"saga {h.saga_id} holds {h.quantity}")

@@ -1,7 +1,8 @@
 """The Product Service's web views: `/stock` and `/stock/{product_id}` (JSON or HTML).
 
 - `/stock?prefix=t-&limit=100`: the products (by id, optionally only ids starting with
-  `prefix`), with available, reserved, sold, restocked and price, over the whole table:
+  `prefix`), with available, reserved, sold, returned (of the sold, given back by
+  cancelled orders), restocked and price, over the whole table:
   each product worker owning partitions gives its part, merged here (`?scope=local`: only
   this worker's partitions).
 - `/stock/{product_id}`: one product and, per saga, what it holds or how that ended (up
@@ -37,6 +38,7 @@ def stock_summary(row: m.StockRow) -> dict[str, Any]:
         "available": row.available,
         "reserved": row.reserved,
         "sold": row.sold,
+        "returned": row.returned,
         "restocked": row.restocked,
         "unit_price": w.money(row.unit_price),
         "url": w.path("stock", row.product_id),
@@ -70,6 +72,7 @@ def render_list(payload: Mapping[str, Any]) -> str:
             p["available"],
             p["reserved"],
             p["sold"],
+            p.get("returned", 0),  # a part from a worker of the release before cancels
             p["restocked"],
             w.money_text(p["unit_price"]),
         )
@@ -83,9 +86,9 @@ def render_list(payload: Mapping[str, Any]) -> str:
         f"{SERVICE} · {payload['worker']}",
         w.scope_note(payload, shown),
         w.table(
-            ["product", "available", "reserved", "sold", "restocked", "unit price"],
+            ["product", "available", "reserved", "sold", "returned", "restocked", "unit price"],
             rows,
-            numeric={1, 2, 3, 4, 5},
+            numeric={1, 2, 3, 4, 5, 6},
             id="stock",
             empty="no product here",
         ),
@@ -101,6 +104,7 @@ def render_product(payload: Mapping[str, Any]) -> str:
                 ("available", payload["available"]),
                 ("reserved", payload["reserved"]),
                 ("sold", payload["sold"]),
+                ("returned", payload["returned"]),
                 ("restocked", payload["restocked"]),
                 ("unit price", w.money_text(payload["unit_price"])),
             ],

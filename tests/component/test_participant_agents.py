@@ -19,6 +19,7 @@ import pytest
 
 from messaging.producer import SendFailed
 from participants.order.app import OrderService
+from participants.order.logic import cancel_key
 from participants.payment.app import PaymentService
 from participants.payment.logic import payment_key
 from participants.product.app import ProductService
@@ -105,6 +106,42 @@ async def test_order_commands_reach_their_handlers_and_are_answered(order: Any) 
     assert all(key == b"o1" for topic, key, _m in recorder.sent if topic == "saga.replies")
 
 
+async def test_cancel_commands_reach_their_handlers_and_are_answered(order: Any) -> None:
+    agent, service, recorder = order
+    items = [m.OrderItem("p1", 2)]
+    await put(agent, "o1", m.CreateOrder("o1", "o1:create_order", 1, T0, "o1", "c1", items))
+    await put(agent, "o1", m.BeginCancelOrder("k0", "k0:begin_cancel", 1, T0, "o1"))  # too early
+    await put(agent, "o1", m.ApproveOrder("o1", "o1:approve_order", 1, T0, "o1"))
+    await put(agent, "o1", m.BeginCancelOrder("k1", "k1:begin_cancel", 1, T0, "o1"))
+    assert (service.orders[b"o1"].status, service.orders[b"o1"].cancel_saga) == (
+        "CANCEL_PENDING",
+        "k1",
+    )
+    await put(agent, "o1", m.UndoBeginCancelOrder("k1", "k1:undo_cancel", 1, T0, "o1"))
+    assert service.orders[b"o1"].status == "APPROVED"
+    await put(agent, "o1", m.BeginCancelOrder("k2", "k2:begin_cancel", 1, T0, "o1"))
+    await put(agent, "o1", m.ConfirmCancelOrder("k2", "k2:confirm_cancel", 1, T0, "o1"))
+    row = service.orders[b"o1"]
+    assert (row.status, row.cancel_saga) == ("CANCELLED", "k2")
+    assert service.orders[cancel_key("o1", "k0")].status == "REFUSED"
+    assert service.orders[cancel_key("o1", "k1")].status == "UNDONE"
+    assert service.orders[cancel_key("o1", "k2")].status == "CONFIRMED"
+    replies = recorder.replies()
+    assert [(type(r).__name__, r.outcome.value) for r in replies] == [
+        ("OrderCreated", "SUCCESS"),
+        ("OrderCancelRefused", "FAILURE"),
+        ("OrderApproved", "SUCCESS"),
+        ("OrderCancelBegun", "SUCCESS"),
+        ("OrderCancelUndone", "SUCCESS"),
+        ("OrderCancelBegun", "SUCCESS"),
+        ("OrderCancelled", "SUCCESS"),
+    ]
+    assert replies[1].reason == "not approved yet"
+    assert (replies[3].customer_id, replies[3].items) == ("c1", items)
+    keys = [key for topic, key, _m in recorder.sent if topic == "saga.replies"]
+    assert keys == [b"o1", b"k0", b"o1", b"k1", b"k1", b"k2", b"k2"]  # each saga's own
+
+
 async def test_a_bad_record_is_dead_lettered_and_the_agent_goes_on(order: Any) -> None:
     agent, service, recorder = order
     await put(agent, "o1", b"\xc3\x01 not avro")
@@ -148,6 +185,34 @@ async def test_payment_commands_charge_once_and_refund(payment: Any) -> None:
     assert kinds == ["PaymentAuthorized", "PaymentAuthorized", "PaymentCancelled"]
 
 
+async def test_a_refund_gives_back_the_orders_payment_and_answers_the_cancel_saga(
+    payment: Any,
+) -> None:
+    agent, service, recorder = payment
+    await put(agent, "c1", m.TopUp("t1", "c1", eur("50.00")))
+    authorize = m.AuthorizePayment("o1", "o1:authorize_payment", 1, T0, "o1", "c1", eur("20.00"))
+    await put(agent, "c1", authorize)
+    refund = m.RefundPayment("k1", "k1:refund_payment", 1, T0, "o1", "c1")
+    await put(agent, "c1", refund)
+    await put(agent, "c1", refund)  # a duplicate
+    account = service.accounts[b"c1"]
+    assert (account.balance, account.captured_archived) == (eur("50.00"), eur("0.00"))
+    assert service.accounts[payment_key("c1", "o1")].status == "REFUNDED"
+    refunded = recorder.replies()[1:]
+    assert [(type(r), r.saga_id, r.refunded) for r in refunded] == [
+        (m.PaymentRefunded, "k1", eur("20.00"))
+    ] * 2
+    keys = [key for topic, key, _m in recorder.sent if topic == "saga.replies"]
+    assert keys == [b"o1", b"k1", b"k1"]  # to the cancel saga
+
+
+async def test_a_refund_for_another_customer_than_its_key_is_dead_lettered(payment: Any) -> None:
+    agent, _service, recorder = payment
+    await put(agent, "c2", m.RefundPayment("k1", "k1:refund_payment", 1, T0, "o1", "c1"))
+    assert [reason for _k, reason in recorder.dead] == ["key-mismatch"]
+    assert recorder.sent == []
+
+
 async def test_a_top_up_in_no_currency_is_dead_lettered(payment: Any) -> None:
     agent, service, recorder = payment
     for currency in ("", "eur", "NOT-A-CURRENCY"):
@@ -175,6 +240,43 @@ async def test_reserve_travels_to_the_next_product_and_the_last_replies(product:
     assert service.stock[hold_key("p1", "s1")].status == "SOLD"
     assert service.stock[hold_key("p2", "s1")].status == "SOLD"
     assert (service.stock[b"p1"].sold, service.stock[b"p2"].sold) == (2, 1)
+
+
+async def test_return_travels_like_the_sale_and_the_last_hop_replies(product: Any) -> None:
+    agent, service, recorder = product
+    for name in ("p1", "p2"):
+        await put(agent, name, m.Restock(f"r-{name}", name, 5, eur("2.00")))
+    items = [m.OrderItem("p1", 2), m.OrderItem("p2", 1)]
+    await put(agent, "p1", m.ReserveProducts("o1", "o1:verify_products", 1, T0, "o1", items))
+    await put(agent, "p2", recorder.sent[-1][2])
+    await put(agent, "p1", m.SellProducts("o1", "o1:sell_products", 1, T0, "o1", items))
+    await put(agent, "p2", recorder.sent[-1][2])
+    recorder.sent.clear()
+    await put(agent, "p1", m.ReturnProducts("k1", "k1:return_products", 1, T0, "o1", items))
+    topic, key, forwarded = recorder.sent[-1]
+    assert (topic, key, type(forwarded), forwarded.hop) == (
+        "product.commands",
+        b"p2",
+        m.ReturnProducts,
+        1,
+    )
+    await put(agent, "p2", forwarded)
+    (reply,) = recorder.replies()
+    assert isinstance(reply, m.ProductsReturned) and reply.saga_id == "k1"
+    assert recorder.sent[-1][1] == b"k1"  # to the cancel saga
+    for name, quantity in (("p1", 2), ("p2", 1)):
+        assert service.stock[hold_key(name, "o1")].status == "RETURNED"  # the order's hold
+        row = service.stock[name.encode()]
+        assert (row.available, row.sold, row.returned) == (5, quantity, quantity)
+    assert hold_key("p1", "k1") not in service.stock
+
+
+async def test_a_return_keyed_by_another_product_is_dead_lettered(product: Any) -> None:
+    agent, _service, recorder = product
+    items = [m.OrderItem("p1", 2), m.OrderItem("p2", 1)]
+    await put(agent, "p2", m.ReturnProducts("k1", "k1:return_products", 1, T0, "o1", items))
+    assert [reason for _k, reason in recorder.dead] == ["key-mismatch"]
+    assert recorder.sent == []
 
 
 async def test_a_record_for_another_product_than_its_key_is_dead_lettered(product: Any) -> None:

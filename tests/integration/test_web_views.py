@@ -175,6 +175,7 @@ def test_stock_views(placed: Placed) -> None:
     assert after["available"] == before["available"] - QUANTITY
     assert after["sold"] == before["sold"] + QUANTITY
     assert after["restocked"] == before["restocked"] == 100_000
+    assert after["returned"] == before["returned"] == 0
     assert after["available"] + after["reserved"] + after["sold"] == after["restocked"]
     assert after["holds"] == [{"saga_id": placed.approved, "quantity": QUANTITY, "status": "SOLD"}]
     listed = http_get(f"{url}?holds=1000").json()["holds"]  # every saga that touched it
@@ -192,7 +193,8 @@ def test_stock_views(placed: Placed) -> None:
     }
     whole = http_get(f"{placed.urls.product}/stock?limit=1000").json()
     for row in whole["products"]:  # the stock invariant, for every product shown
-        assert row["available"] + row["reserved"] + row["sold"] == row["restocked"], row
+        in_stock = row["available"] + row["reserved"] + row["sold"]
+        assert in_stock == row["restocked"] + row["returned"], row
 
 
 def test_account_view(placed: Placed) -> None:

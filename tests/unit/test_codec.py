@@ -105,6 +105,7 @@ NAMESPACES = {
         "SagaState",
         "CancelSagaState",
         "OrderRow",
+        "OrderCancel",
         "StockRow",
         "StockHold",
         "CommandApplied",

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from participants.order import logic
 from participants.order.logic import (
     APPROVAL_PENDING,
     APPROVED,
     REJECTED,
-    approve_order,
-    create_order,
-    reject_order,
 )
 from schemas.messages import (
     ApproveOrder,
     CreateOrder,
+    OrderCreated,
     OrderItem,
     OrderRow,
     Outcome,
@@ -42,16 +44,45 @@ def reject(attempt: int = 1, reason: str = "no stock") -> RejectOrder:
     return RejectOrder(ORDER, f"{ORDER}:reject_order", attempt, T0, ORDER, reason)
 
 
+OFFSETS = itertools.count()  # each record's offset: later records come later
+
+
+def handled(
+    handler: Callable[..., logic.Effect], row: OrderRow | None, command: Any, now: datetime
+) -> tuple[Any, Any]:
+    """The order after `handler` (the same object if it wrote none) and the reply."""
+    effect = handler(row, command, now, next(OFFSETS))
+    written = [r for _k, r in effect.rows if isinstance(r, OrderRow)]
+    return (written[-1] if written else row), effect.reply
+
+
+def create_order(row: OrderRow | None, command: CreateOrder, now: datetime) -> tuple[Any, Any]:
+    return handled(logic.create_order, row, command, now)
+
+
+def approve_order(row: OrderRow | None, command: ApproveOrder, now: datetime) -> tuple[Any, Any]:
+    return handled(logic.approve_order, row, command, now)
+
+
+def reject_order(row: OrderRow | None, command: RejectOrder, now: datetime) -> tuple[Any, Any]:
+    return handled(logic.reject_order, row, command, now)
+
+
 def pending() -> OrderRow:
-    return create_order(None, create(), T0)[0]
+    row: OrderRow = create_order(None, create(), T0)[0]
+    return row
 
 
 # ---- create ----
 
 
 def test_create_stores_a_pending_order_and_replies_created() -> None:
-    row, reply = create_order(None, create(), T0)
-    assert row == OrderRow(ORDER, "c1", ITEMS, APPROVAL_PENDING, None, T0)
+    effect = logic.create_order(None, create(), T0, 7)
+    ((key, row),) = effect.rows
+    reply = effect.reply
+    assert isinstance(reply, OrderCreated)
+    assert key == ORDER.encode()
+    assert row == OrderRow(ORDER, "c1", ITEMS, APPROVAL_PENDING, None, T0, applied_offset=7)
     assert (reply.saga_id, reply.command_id, reply.attempt) == (ORDER, f"{ORDER}:create_order", 1)
     assert (reply.outcome, reply.replied_at, reply.order_id) == (Outcome.SUCCESS, T0, ORDER)
 
@@ -124,7 +155,9 @@ def test_duplicate_reject_keeps_the_first_reason() -> None:
 
 def test_reject_of_unknown_order_records_it_rejected() -> None:
     row, reply = reject_order(None, reject(), T1)
-    assert row == OrderRow(ORDER, "", [], REJECTED, "no stock", T1)
+    assert row == OrderRow(
+        ORDER, "", [], REJECTED, "no stock", T1, applied_offset=row.applied_offset
+    )
     assert reply.outcome is Outcome.SUCCESS
 
 

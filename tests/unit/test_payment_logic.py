@@ -35,6 +35,8 @@ from schemas.messages import (
     PaymentAuthorized,
     PaymentCancelled,
     PaymentFailed,
+    PaymentRefunded,
+    RefundPayment,
     TopUp,
 )
 
@@ -95,6 +97,16 @@ class Accounts:
         payment = self.payment(command.saga_id)
         o = self._next(offset)
         return self.apply(logic.cancel_payment(account, payment, command, T0, o))
+
+    def refund(self, command: RefundPayment, offset: int | None = None) -> Effect:
+        account = self.rows.get(ALICE.encode())
+        payment = self.payment(command.order_id)  # the order's CreateOrderSaga's payment
+        o = self._next(offset)
+        return self.apply(logic.refund_payment(account, payment, command, T0, o))
+
+
+def refund(order: str = "s1", saga: str = "k1", attempt: int = 1) -> RefundPayment:
+    return RefundPayment(saga, f"{saga}:refund_payment", attempt, T0, order, ALICE)
 
 
 def funded(balance: str = "100.00") -> Accounts:
@@ -223,6 +235,77 @@ def test_cancel_of_a_refused_payment_refunds_nothing() -> None:
     assert payment is not None and payment.status == FAILED
 
 
+def test_refund_gives_back_what_the_orders_saga_captured_once() -> None:
+    accounts = funded()
+    accounts.authorize(authorize(eur("30.00")))
+    effect = accounts.refund(refund(attempt=2))
+    assert effect.reply == PaymentRefunded(
+        "k1", "k1:refund_payment", 2, Outcome.SUCCESS, T0, eur("30.00")
+    )
+    assert [key for key, _row in effect.rows] == [payment_key(ALICE, "s1"), ALICE.encode()]
+    account = accounts.account()
+    assert (account.balance, account.captured_archived) == (eur("100.00"), eur("0.00"))
+    assert accounts.payment() == Payment("s1", eur("30.00"), REFUNDED, None, 1, refunded_offset=2)
+    assert accounts.payment("k1") is None  # nothing is kept under the cancel saga
+    payments = [accounts.payment()]
+    assert account_invariant_violations(account, payments) == []  # type: ignore[arg-type]
+    again = accounts.refund(refund(attempt=3))  # a duplicate
+    assert again.rows == () and isinstance(again.reply, PaymentRefunded)
+    assert (again.reply.refunded, again.reply.attempt) == (eur("30.00"), 3)
+    late = accounts.authorize(authorize(eur("30.00"), attempt=3))  # the create saga's, late
+    assert isinstance(late.reply, PaymentAuthorized) and late.rows == ()
+    cancelled = accounts.cancel(cancel())  # and its cancel: refunded already
+    assert cancelled.rows == () and accounts.account().balance == eur("100.00")
+
+
+def test_a_refund_after_the_payment_was_cancelled_is_answered_with_its_amount() -> None:
+    accounts = funded()
+    accounts.authorize(authorize(eur("30.00")))
+    accounts.cancel(cancel())
+    effect = accounts.refund(refund())
+    assert effect.rows == () and isinstance(effect.reply, PaymentRefunded)
+    assert effect.reply.refunded == eur("30.00") and accounts.account().balance == eur("100.00")
+
+
+@pytest.mark.parametrize("paid", ["none", "refused", "cancelled first"])
+def test_a_refund_of_nothing_captured_refunds_zero_and_changes_nothing(paid: str) -> None:
+    accounts = Accounts()
+    accounts.top_up(Money(Decimal("10.00"), "USD"))
+    if paid == "refused":
+        accounts.authorize(authorize(Money(Decimal("30.00"), "USD")))  # insufficient funds
+    elif paid == "cancelled first":
+        accounts.cancel(cancel())
+    before = dict(accounts.rows)
+    effect = accounts.refund(refund())
+    assert effect.rows == () and accounts.rows == before
+    assert isinstance(effect.reply, PaymentRefunded)
+    assert (effect.reply.outcome, effect.reply.refunded) == (
+        Outcome.SUCCESS,
+        Money(Decimal("0.00"), "USD"),
+    )
+
+
+def test_a_refund_for_an_unknown_customer_refunds_zero() -> None:
+    effect = Accounts().refund(refund())
+    assert effect.rows == () and isinstance(effect.reply, PaymentRefunded)
+    assert effect.reply.refunded == eur("0.00")
+
+
+def test_a_replayed_refund_applies_the_move_its_payment_recorded() -> None:
+    """A crash wrote the payment back REFUNDED, not the account: the replay refunds once."""
+    accounts = funded()
+    accounts.authorize(authorize(eur("30.00")), offset=1)
+    before = accounts.account()
+    accounts.refund(refund(), offset=2)
+    accounts.rows[ALICE.encode()] = before  # the account's change was lost, the payment's not
+    again = accounts.refund(refund(), offset=2)
+    assert isinstance(again.reply, PaymentRefunded) and again.reply.refunded == eur("30.00")
+    account = accounts.account()
+    assert (account.balance, account.captured_archived) == (eur("100.00"), eur("0.00"))
+    assert account.applied_offset == 2
+    assert accounts.refund(refund(), offset=2) == Effect()  # all applied now
+
+
 def test_top_up_is_applied_once_per_id_and_sets_the_currency() -> None:
     accounts = Accounts()
     accounts.top_up(Money(Decimal("5.00"), "USD"))
@@ -265,7 +348,27 @@ def test_invariants_name_what_is_wrong() -> None:
     sound = Account(ALICE, eur("70.00"), eur("100.00"), eur("30.00"))
     payments = [Payment("s1", eur("20.00"), AUTHORIZED), Payment("s2", eur("5.00"), REFUNDED)]
     assert account_invariant_violations(sound, payments) == [
-        "captured 30.00 != AUTHORIZED payments 20.00"
+        "captured 30.00 != AUTHORIZED payments 20.00",
+        "money not conserved over the payments: balance 70.00 + captured 25.00 - refunded"
+        " 5.00 != topped up 100.00",
+    ]
+
+
+def test_refunded_payments_count_as_captured_then_given_back() -> None:
+    # topped up 100, 30 and 5 captured, the 5 refunded: balance 70, captured (net) 30
+    account = Account(ALICE, eur("70.00"), eur("100.00"), eur("30.00"))
+    payments = [
+        Payment("s1", eur("30.00"), AUTHORIZED),
+        Payment("s2", eur("5.00"), REFUNDED),
+        Payment("s3", eur("9.00"), FAILED, "insufficient funds"),
+        Payment("s4", eur("0.00"), CANCELLED),
+    ]
+    assert account_invariant_violations(account, payments) == []
+    kept = Account(ALICE, eur("65.00"), eur("100.00"), eur("35.00"))  # the refund not given
+    assert account_invariant_violations(kept, payments) == [
+        "captured 35.00 != AUTHORIZED payments 30.00",
+        "money not conserved over the payments: balance 65.00 + captured 35.00 - refunded"
+        " 5.00 != topped up 100.00",
     ]
 
 

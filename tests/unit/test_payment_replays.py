@@ -1,6 +1,7 @@
 """The Payment Service under crashes and duplicates, in the worker model of
-tests/unit/worker_model.py: money adds up, no saga is charged twice, and a cancelled
-saga keeps no money, however the commands were repeated and the worker crashed."""
+tests/unit/worker_model.py: money adds up, no saga is charged twice, a cancelled saga
+keeps no money, and a cancelled order's payment is refunded once, however the commands
+were repeated and the worker crashed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from participants.payment import logic
-from participants.payment.logic import AUTHORIZED
+from participants.payment.logic import AUTHORIZED, REFUNDED
 from schemas.messages import (
     Account,
     AuthorizePayment,
@@ -24,6 +25,8 @@ from schemas.messages import (
     PaymentAuthorized,
     PaymentCancelled,
     PaymentFailed,
+    PaymentRefunded,
+    RefundPayment,
     TopUp,
 )
 from tests.unit.worker_model import ModelWorker
@@ -44,12 +47,14 @@ def handle(topic: str, key: bytes, message: object, offset: int, rows: dict[byte
         applied = rows.get(logic.top_up_key(message.customer_id, message.top_up_id))
         effect = logic.top_up(account, applied, message, offset)
     else:
-        assert isinstance(message, (AuthorizePayment, CancelPayment))
-        payment = rows.get(logic.payment_key(message.customer_id, message.saga_id))
+        assert isinstance(message, (AuthorizePayment, CancelPayment, RefundPayment))
+        payment = rows.get(logic.payment_key(message.customer_id, message.order_id))
         if isinstance(message, AuthorizePayment):
             effect = logic.authorize_payment(account, payment, message, T0, offset)
-        else:
+        elif isinstance(message, CancelPayment):
             effect = logic.cancel_payment(account, payment, message, T0, offset)
+        else:
+            effect = logic.refund_payment(account, payment, message, T0, offset)
     sends = [] if effect.reply is None else [(REPLIES, key, effect.reply)]
     return list(effect.rows), sends
 
@@ -87,6 +92,23 @@ def test_money_adds_up_after_crashes_and_duplicates(
             at = rng.randint(0, len(commands))
             commands.insert(at, cancel)
     rng.shuffle(commands) if rng.random() < 0.2 else None  # customers' orders interleave
+    refunded: set[str] = set()
+    for saga, customer in sagas.items():
+        if saga in cancelled or rng.random() < 0.5:
+            continue
+        # the order was approved, then cancelled: its refund comes after the authorize,
+        # re-sent sometimes
+        refunded.add(saga)
+        first = next(
+            i
+            for i, c in enumerate(commands)
+            if isinstance(c, AuthorizePayment) and c.saga_id == saga
+        )
+        for attempt in range(1, rng.randint(1, 3) + 1):
+            refund = RefundPayment(
+                f"k{saga}", f"k{saga}:refund_payment", attempt, T0, saga, customer
+            )
+            commands.insert(rng.randint(first + 1, len(commands)), refund)
     for command in commands:
         worker.append(COMMANDS, command.customer_id.encode(), command)
         worker.run(steps=rng.randint(0, 3), crash_every=crash_every)
@@ -94,7 +116,11 @@ def test_money_adds_up_after_crashes_and_duplicates(
 
     rows = worker.memory
     replies: dict[str, set[str]] = {}
+    refunds: dict[str, set[Money]] = {}  # what each cancel saga was told was refunded
     for _key, reply in worker.log(REPLIES):
+        if isinstance(reply, PaymentRefunded):
+            refunds.setdefault(reply.saga_id.removeprefix("k"), set()).add(reply.refunded)
+            continue
         assert isinstance(reply, (PaymentAuthorized, PaymentFailed, PaymentCancelled))
         replies.setdefault(reply.saga_id, set()).add(type(reply).__name__)
     for saga, kinds in replies.items():
@@ -108,5 +134,10 @@ def test_money_adds_up_after_crashes_and_duplicates(
         assert logic.account_invariant_violations(account, payments) == []
         assert account.topped_up == eur(topped_up[customer])
         for payment in payments:
-            if payment.saga_id in cancelled:
+            if payment.saga_id in cancelled | refunded:
                 assert payment.status != AUTHORIZED, payment  # a cancelled saga keeps no money
+            if payment.saga_id in refunded:  # one answer: what was refunded, once
+                zero = eur(0)
+                given_back = payment.amount if payment.status == REFUNDED else zero
+                assert refunds[payment.saga_id] == {given_back}, (payment, refunds)
+    assert set(refunds) == refunded

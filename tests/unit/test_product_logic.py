@@ -19,6 +19,7 @@ from participants.product.logic import (
     HELD,
     REFUSED,
     RELEASED,
+    RETURNED,
     SOLD,
     Effect,
     InvalidRestock,
@@ -36,11 +37,13 @@ from schemas.messages import (
     Outcome,
     ProductsReleased,
     ProductsReserved,
+    ProductsReturned,
     ProductsUnavailable,
     ReleaseItem,
     ReleaseProducts,
     ReserveProducts,
     Restock,
+    ReturnProducts,
     SellProducts,
     StockHold,
     StockRow,
@@ -67,6 +70,13 @@ def release_cmd(items: list[OrderItem] = TWO_PRODUCTS, attempt: int = 1) -> Rele
 
 def sell_cmd(items: list[OrderItem] = TWO_PRODUCTS) -> SellProducts:
     return SellProducts(SAGA, f"{SAGA}:sell_products", 1, T0, SAGA, items)
+
+
+def return_cmd(
+    items: list[OrderItem] = TWO_PRODUCTS, attempt: int = 1, cancel: str = "cancel-1"
+) -> ReturnProducts:
+    """A CancelOrderSaga's return of what the order (saga SAGA) bought."""
+    return ReturnProducts(cancel, f"{cancel}:return_products", attempt, T0, SAGA, items)
 
 
 class Stock:
@@ -357,6 +367,115 @@ def test_the_product_row_stays_small_whatever_its_history() -> None:
 
 
 # =====================================================================================
+# ReturnProducts
+# =====================================================================================
+
+
+def test_return_gives_back_what_the_order_bought_and_the_last_hop_replies() -> None:
+    stock = stocked()
+    stock.run(reserve_cmd(TWO_PRODUCTS))
+    stock.run(sell_cmd())
+    stock.handled.clear()
+    reply, releases = stock.run(return_cmd(attempt=2))
+    assert stock.handled == [("ReturnProducts", "p1"), ("ReturnProducts", "p2")]
+    assert reply == ProductsReturned("cancel-1", "cancel-1:return_products", 2, Outcome.SUCCESS, T0)
+    assert releases == []
+    assert stock.hold("p1") == StockHold(SAGA, "p1", 3, RETURNED, 2, 4, return_offset=6)
+    assert stock.rows.get(hold_key("p1", "cancel-1")) is None  # the order's hold, not its own
+    p1, p2 = stock.product("p1"), stock.product("p2")
+    assert (p1.available, p1.reserved, p1.sold, p1.returned, p1.applied_offset) == (5, 0, 3, 3, 6)
+    assert (p2.available, p2.reserved, p2.sold, p2.returned) == (5, 0, 1, 1)
+    for product in ("p1", "p2"):
+        holds = [stock.hold(product)]
+        assert stock_invariant_violations(stock.product(product), holds) == []  # type: ignore[arg-type]
+
+
+def test_a_hop_writes_the_hold_then_the_product_and_forwards() -> None:
+    stock = stocked()
+    stock.run(reserve_cmd(TWO_PRODUCTS))
+    stock.run(sell_cmd())
+    effect = stock.handle(return_cmd())
+    assert [key for key, _row in effect.rows] == [hold_key("p1", SAGA), b"p1"]
+    (forward,) = effect.forward
+    assert isinstance(forward, ReturnProducts) and forward.hop == 1 and effect.reply is None
+    assert logic.owned_key(forward) == hold_key("p2", SAGA)
+
+
+def test_a_duplicate_return_gives_back_once_and_is_answered_again() -> None:
+    stock = stocked()
+    stock.run(reserve_cmd(TWO_PRODUCTS))
+    stock.run(sell_cmd())
+    stock.run(return_cmd())
+    before = dict(stock.rows)
+    reply, _ = stock.run(return_cmd(attempt=2))
+    assert isinstance(reply, ProductsReturned) and reply.attempt == 2
+    assert stock.rows == before
+    stock.run(sell_cmd())  # a late sale of the create saga: nothing is sold again
+    stock.run(release_cmd())
+    assert stock.rows == before
+
+
+@pytest.mark.parametrize("settled", ["none", "released", "refused", "missing product"])
+def test_a_return_of_what_was_not_sold_changes_nothing_and_still_replies(settled: str) -> None:
+    stock = stocked(p1=5, p2=5)
+    items = [OrderItem("p1", 2), OrderItem("p2", 1)]
+    if settled == "missing product":
+        items = [OrderItem("p1", 2), OrderItem("p9", 1)]
+    elif settled == "refused":
+        items = [OrderItem("p1", 9), OrderItem("p2", 1)]
+    if settled in ("released", "refused"):
+        stock.run(reserve_cmd(items))
+    if settled == "released":
+        stock.run(release_cmd(items))
+    before = dict(stock.rows)
+    reply, _ = stock.run(return_cmd(items))
+    assert isinstance(reply, ProductsReturned) and reply.outcome is Outcome.SUCCESS
+    assert stock.rows == before
+
+
+def test_a_return_that_overtakes_the_sale_sells_and_returns_at_once() -> None:
+    # The Order Service approved the order and the cancel ran before the orchestrator's
+    # SellProducts came: the units are still HELD for the order.
+    stock = stocked()
+    stock.run(reserve_cmd(TWO_PRODUCTS))
+    reply, _ = stock.run(return_cmd())
+    assert isinstance(reply, ProductsReturned)
+    assert stock.hold("p1") == StockHold(SAGA, "p1", 3, RETURNED, 2, 4, return_offset=4)
+    p1 = stock.product("p1")
+    assert (p1.available, p1.reserved, p1.sold, p1.returned) == (5, 0, 3, 3)
+    before = dict(stock.rows)
+    stock.run(sell_cmd())  # the late sale sells nothing
+    assert stock.rows == before
+    for product in ("p1", "p2"):
+        holds = [stock.hold(product)]
+        assert stock_invariant_violations(stock.product(product), holds) == []  # type: ignore[arg-type]
+
+
+def test_a_return_of_part_of_an_order_returns_what_each_product_sold() -> None:
+    stock = stocked()
+    stock.run(reserve_cmd(TWO_PRODUCTS))
+    stock.run(sell_cmd())
+    # the quantities come from the holds, whatever the command says
+    reply, _ = stock.run(return_cmd([OrderItem("p1", 1)]))
+    assert isinstance(reply, ProductsReturned)
+    assert (stock.product("p1").available, stock.product("p1").returned) == (5, 3)
+    assert (stock.product("p2").available, stock.product("p2").returned) == (4, 0)
+
+
+def test_returned_units_can_be_sold_again() -> None:
+    stock = stocked(p1=3, p2=1)
+    stock.run(reserve_cmd(TWO_PRODUCTS))
+    stock.run(sell_cmd())
+    assert stock.product("p1").available == 0
+    stock.run(return_cmd())
+    reply, _ = stock.run(reserve_cmd(TWO_PRODUCTS, saga="s2"))
+    assert isinstance(reply, ProductsReserved)
+    p1 = stock.product("p1")
+    assert (p1.available, p1.reserved, p1.sold, p1.returned, p1.restocked) == (0, 3, 3, 3, 3)
+    assert stock_invariant_violations(p1) == []
+
+
+# =====================================================================================
 # replays
 # =====================================================================================
 
@@ -367,6 +486,49 @@ def test_a_replay_of_what_was_all_applied_does_nothing() -> None:
     before = dict(stock.rows)
     assert stock.handle(reserve_cmd(TWO_PRODUCTS), offset=2) == Effect()
     assert stock.rows == before
+
+
+def test_a_replay_applies_the_sale_and_the_return_its_returned_hold_recorded() -> None:
+    """A crash wrote the hold back RETURNED, but not the product's counters, which saw
+    neither the sale nor the return: replaying both applies both once."""
+    stock = stocked()
+    items = [OrderItem("p1", 3)]
+    stock.handle(reserve_cmd(items), offset=7)
+    before = stock.product("p1")
+    stock.handle(sell_cmd(items), offset=8)
+    stock.handle(return_cmd(items), offset=9)
+    assert stock.hold("p1") == StockHold(SAGA, "p1", 3, RETURNED, 7, 8, return_offset=9)
+    stock.rows[b"p1"] = before
+    stock.handle(sell_cmd(items), offset=8)
+    row = stock.product("p1")
+    assert (row.available, row.reserved, row.sold, row.returned) == (2, 0, 3, 0)
+    effect = stock.handle(return_cmd(items), offset=9)
+    assert isinstance(effect.reply, ProductsReturned)
+    row = stock.product("p1")
+    assert (row.available, row.reserved, row.sold, row.returned, row.applied_offset) == (
+        5,
+        0,
+        3,
+        3,
+        9,
+    )
+    assert stock.handle(return_cmd(items), offset=9) == Effect()  # all applied now
+
+
+def test_a_replay_of_a_return_that_overtook_the_sale_sells_and_returns_once() -> None:
+    stock = stocked()
+    items = [OrderItem("p1", 3)]
+    stock.handle(reserve_cmd(items), offset=7)
+    before = stock.product("p1")
+    stock.handle(return_cmd(items), offset=8)
+    stock.handle(sell_cmd(items), offset=9)  # late: sells nothing
+    assert stock.hold("p1") == StockHold(SAGA, "p1", 3, RETURNED, 7, 8, return_offset=8)
+    stock.rows[b"p1"] = before  # the hold written back, the counters not
+    stock.handle(return_cmd(items), offset=8)
+    stock.handle(sell_cmd(items), offset=9)
+    row = stock.product("p1")
+    assert (row.available, row.reserved, row.sold, row.returned) == (5, 0, 3, 3)
+    assert stock_invariant_violations(row, [stock.hold("p1")]) == []  # type: ignore[list-item]
 
 
 def test_a_replay_applies_the_moves_its_hold_recorded() -> None:
@@ -431,8 +593,37 @@ def test_a_restock_in_another_currency_than_the_products_is_refused() -> None:
 
 def test_invariants_name_what_is_wrong() -> None:
     row = StockRow("p1", 3, 2, 1, 7, eur("1.00"))
-    assert stock_invariant_violations(row) == ["available 3 + reserved 2 + sold 1 != restocked 7"]
+    assert stock_invariant_violations(row) == [
+        "available 3 + reserved 2 + sold 1 != restocked 7 + returned 0"
+    ]
     holds = [StockHold("s1", "p1", 1, HELD, 0, -1), StockHold("s2", "p1", 1, SOLD, 1, 2)]
     assert stock_invariant_violations(StockRow("p1", 3, 2, 1, 6, eur("1.00")), holds) == [
         "reserved 2 != quantity held by sagas 1"
+    ]
+
+
+def test_invariants_count_returned_units() -> None:
+    # restocked 10; s1 bought 3, s2 bought 2 and returned them; s3 holds 1
+    holds = [
+        StockHold("s1", "p1", 3, SOLD, 0, 1),
+        StockHold("s2", "p1", 2, RETURNED, 2, 3, return_offset=4),
+        StockHold("s3", "p1", 1, HELD, 5, -1),
+    ]
+    sound = StockRow("p1", 6, 1, 5, 10, eur("1.00"), returned=2)
+    assert stock_invariant_violations(sound, holds) == []
+    not_counted = StockRow("p1", 6, 1, 5, 10, eur("1.00"), returned=0)  # back, not counted
+    assert stock_invariant_violations(not_counted, holds) == [
+        "available 6 + reserved 1 + sold 5 != restocked 10 + returned 0",
+        "returned 0 != quantity returned by sagas 2",
+    ]
+    unsold = StockRow("p1", 6, 1, 3, 10, eur("1.00"), returned=0)  # the sale taken back
+    assert stock_invariant_violations(unsold, holds) == [
+        "sold 3 != quantity sold to sagas 5",
+        "returned 0 != quantity returned by sagas 2",
+    ]
+    assert stock_invariant_violations(StockRow("p1", 12, 0, 1, 10, eur("1.00"), returned=3)) == [
+        "returned 3 > sold 1"
+    ]
+    assert stock_invariant_violations(StockRow("p1", 0, 0, 0, 1, eur("1.00"), returned=-1)) == [
+        "returned is negative: -1"
     ]

@@ -3,8 +3,13 @@ worker (tests/unit/worker_model.py) that crashes at random points, even in the m
 commit, and replays from the last committed offsets onto tables restored from what the
 changelog got. A driver plays the orchestrator, re-sending commands at random.
 
+Some approved orders are then cancelled: a CancelOrderSaga returns what they bought, its
+ReturnProducts re-sent now and then, and sometimes sent before the order's SellProducts
+(the cancel overtook the sale).
+
 Whatever happened, each product's stock adds up, what approved sagas bought is sold
-exactly once and nothing else stays held.
+exactly once, what cancelled ones bought is returned exactly once and nothing else stays
+held.
 """
 
 from __future__ import annotations
@@ -19,17 +24,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from participants.product import logic
-from participants.product.logic import HELD, SOLD
+from participants.product.logic import HELD, RETURNED, SOLD
 from schemas.limits import merged_items
 from schemas.messages import (
     Money,
     OrderItem,
     ProductsReleased,
     ProductsReserved,
+    ProductsReturned,
     ProductsUnavailable,
     ReleaseProducts,
     ReserveProducts,
     Restock,
+    ReturnProducts,
     SellProducts,
     StockHold,
     StockRow,
@@ -57,20 +64,23 @@ def handle(topic: str, key: bytes, message: object, offset: int, rows: dict[byte
 class Driver:
     """The orchestrator's part: reserve each order; once reserved, sell it (approved) or
     release it (payment failed); sometimes release while it is still being reserved (a
-    deadline); re-send commands now and then, as retries do."""
+    deadline); cancel some approved orders (return what they bought, later, or even before
+    the sale); re-send commands now and then, as retries do."""
 
     def __init__(self, worker: ModelWorker, rng: random.Random, orders: list[list[OrderItem]]):
         self.worker, self.rng = worker, rng
         self.orders = {f"s{i}": items for i, items in enumerate(orders)}
-        self.fate = {
-            s: rng.choice(["approve", "approve", "release", "early-release"]) for s in self.orders
-        }
+        fates = ["approve", "approve", "release", "early-release", "cancel", "cancel-early"]
+        self.fate = {s: rng.choice(fates) for s in self.orders}
         self.read = 0
         self.attempts: Counter[tuple[str, str]] = Counter()
         self.sold: set[str] = set()
         self.released: set[str] = set()
         self.unavailable: set[str] = set()
         self.reserved: set[str] = set()
+        self.to_return: list[str] = []  # sold, to be cancelled
+        self.returning: set[str] = set()  # cancelled: ReturnProducts sent
+        self.returned: set[str] = set()  # ProductsReturned came
         self.again: list[object] = []
 
     def send(self, command: Any) -> None:
@@ -92,6 +102,10 @@ class Driver:
         for saga, fate in self.fate.items():
             if fate == "early-release" and self.rng.random() < 0.05 and saga not in self.released:
                 self._release(saga)
+        for saga in list(self.to_return):
+            if self.rng.random() < 0.3:
+                self.to_return.remove(saga)
+                self._return(saga)
         replies = self.worker.log(REPLIES)
         while self.read < len(replies):
             _key, reply = replies[self.read]
@@ -99,16 +113,31 @@ class Driver:
             saga = reply.saga_id  # type: ignore[attr-defined]
             if isinstance(reply, ProductsReserved) and saga not in self.reserved:
                 self.reserved.add(saga)
-                if self.fate[saga] == "approve":
+                if self.fate[saga].startswith(("approve", "cancel")):
                     self.sold.add(saga)
                     items = self.orders[saga]
+                    if self.fate[saga] == "cancel-early":  # the cancel overtakes the sale
+                        self._return(saga)
                     self.send(SellProducts(saga, f"{saga}:sell_products", 1, T0, saga, items))
+                    if self.fate[saga] == "cancel" and self.rng.random() < 0.5:
+                        self._return(saga)  # at once: the sale and the return adjacent
+                    elif self.fate[saga] == "cancel":
+                        self.to_return.append(saga)
                 else:
                     self._release(saga)
             elif isinstance(reply, ProductsUnavailable):
                 self.unavailable.add(saga)
+            elif isinstance(reply, ProductsReturned):
+                order = saga.removeprefix("cancel-")
+                assert order in self.returning, f"{order} returned without being cancelled"
+                self.returned.add(order)
             elif isinstance(reply, ProductsReleased):
                 assert saga in self.released, f"{saga} released without being asked"
+
+    def _return(self, saga: str) -> None:
+        self.returning.add(saga)
+        cancel, items = f"cancel-{saga}", self.orders[saga]
+        self.send(ReturnProducts(cancel, f"{cancel}:return_products", 1, T0, saga, items))
 
     def _release(self, saga: str) -> None:
         if saga not in self.released and saga not in self.sold:
@@ -130,7 +159,7 @@ st_order = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     orders=st.lists(st_order, min_size=1, max_size=6),
     seed=st.integers(0, 2**32 - 1),
@@ -173,24 +202,30 @@ def check(rows: dict[bytes, Any], driver: Driver) -> None:
     holds = [r for r in rows.values() if isinstance(r, StockHold)]
     assert set(stock) == set(ALL_PRODUCTS)
     bought: Counter[str] = Counter()
+    returned: Counter[str] = Counter()
     for saga in driver.sold:
         bought.update({i.product_id: i.quantity for i in merged_items(driver.orders[saga])})
+    for saga in driver.returning:
+        returned.update({i.product_id: i.quantity for i in merged_items(driver.orders[saga])})
+    assert driver.returned == driver.returning  # every cancel was answered
     for product, row in stock.items():
         mine = [h for h in holds if h.product_id == product]
         assert logic.stock_invariant_violations(row, mine) == [], product
-        assert (row.restocked, row.reserved, row.sold) == (
+        assert (row.restocked, row.reserved, row.sold, row.returned) == (
             ALL_PRODUCTS[product],
             0,
             bought[product],
+            returned[product],
         )
     for saga in driver.orders:
         assert not [h for h in holds if h.saga_id == saga and h.status == HELD], saga
         if saga in driver.sold:
+            status = RETURNED if saga in driver.returning else SOLD
             for item in merged_items(driver.orders[saga]):
                 hold = next(
                     h for h in holds if (h.saga_id, h.product_id) == (saga, item.product_id)
                 )
-                assert (hold.status, hold.quantity) == (SOLD, item.quantity)
+                assert (hold.status, hold.quantity) == (status, item.quantity)
         else:
             assert saga in driver.released or saga in driver.unavailable, saga
             assert not [h for h in holds if h.saga_id == saga and h.status == SOLD], saga

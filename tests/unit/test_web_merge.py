@@ -29,6 +29,7 @@ def stock_part(worker: str, partitions: list[int], ids: list[str], **extra: Any)
             "available": 1,
             "reserved": 0,
             "sold": 0,
+            "returned": 0,
             "restocked": 1,
             "unit_price": {"amount": "1.00", "currency": "EUR"},
             "url": f"/stock/{i}",
