@@ -44,7 +44,7 @@ class OrchestratorService(SagaRunner):
 
     def __init__(self, *, web_port: int = DEFAULT_WEB_PORT, **app_options: Any) -> None:
         super().__init__(deployed_sagas(), app_id=APP_ID, web_port=web_port, **app_options)
-        register_views(self)
+        register_views(self.app, self.sagas, self.saga_types)
 
 
 def build(web_port: int | None = None, **app_options: Any) -> OrchestratorService:

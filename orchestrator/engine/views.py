@@ -21,19 +21,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import faust
 from confluent_kafka import KafkaException, TopicPartition
 from faust.web import Request, Response
 
 from messaging import client, topics
 from messaging import web as w
+from messaging.tables import RowTable
 from orchestrator.engine.saga import SagaType
 from schemas import codec
 from schemas import messages as m
-
-if TYPE_CHECKING:
-    from orchestrator.engine.runner import SagaRunner
 
 SERVICE = "orchestrator"
 EVENTS_TOPIC = "saga.events"
@@ -376,11 +375,10 @@ def render_saga(payload: Mapping[str, Any]) -> str:
 # ---- registration ----
 
 
-def register_views(runner: SagaRunner) -> None:
-    """Add the saga views to the runner's Faust web server."""
-    app = runner.app
-    sagas = runner.sagas
-    states = states_of(runner.saga_types)
+def register_views(app: faust.App, sagas: RowTable, saga_types: Sequence[SagaType]) -> None:
+    """Add the saga views of `saga_types`, whose rows are in `sagas`, to `app`'s web server."""
+    states = states_of(saga_types)
+    by_row = {saga.row: saga for saga in saga_types}
 
     class SagaList(w.NegotiatedView):
         service_name = SERVICE
@@ -405,7 +403,7 @@ def register_views(runner: SagaRunner) -> None:
                     "counts": {state: counts.get(state, 0) for state in states},
                     "filter": {"state": state_filter},
                     "limit": limit,
-                    "sagas": [saga_summary(runner.by_row[type(row)], row) for row in latest],
+                    "sagas": [saga_summary(by_row[type(row)], row) for row in latest],
                 }
 
             payload = await w.whole_table(app, sagas, request, local, merge_lists)
@@ -424,7 +422,7 @@ def register_views(runner: SagaRunner) -> None:
             timeline = await loop.run_in_executor(
                 None, read_timeline, saga_id, row.created_at - TIMELINE_MARGIN
             )
-            payload = saga_detail(runner.by_row[type(row)], row, timeline, w.worker_url(app))
+            payload = saga_detail(by_row[type(row)], row, timeline, w.worker_url(app))
             return self.respond(request, payload, render_saga)
 
     w.add_page(app, "/sagas", SagaList)

@@ -35,7 +35,7 @@ class OrderService(ParticipantService):
             key_of=lambda command: command.order_id,
             name="handle_order_commands",
         )
-        register_views(self)
+        register_views(self.app, self.orders)
 
     def _order_command(self, decide: Callable[..., logic.Effect]) -> Handler:
         """A CreateOrderSaga command: it reads the order's row."""

@@ -8,15 +8,14 @@ Routed by Faust to the worker that owns the order's partition (`table_route`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import faust
 from faust.web import Request, Response
 
 from messaging import web as w
+from messaging.tables import RowTable
 from schemas import messages as m
-
-if TYPE_CHECKING:
-    from participants.order.app import OrderService
 
 SERVICE = "order service"
 CANCELS_SHOWN = 50
@@ -84,10 +83,8 @@ def render_order(payload: Mapping[str, Any]) -> str:
     )
 
 
-def register_views(service: OrderService) -> None:
+def register_views(app: faust.App, orders: RowTable) -> None:
     """Add the order view to the Order Service's Faust web server."""
-    app = service.app
-    orders = service.orders
 
     class OrderDetail(w.NegotiatedView):
         service_name = SERVICE

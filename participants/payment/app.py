@@ -32,7 +32,7 @@ class PaymentService(ParticipantService):
             key_of=lambda message: message.customer_id,
             name="handle_payment_commands",
         )
-        register_views(self)
+        register_views(self.app, self.accounts)
 
     def _payment(self, customer_id: str, saga_id: str) -> m.Payment | None:
         return self.accounts.row(logic.payment_key(customer_id, saga_id))

@@ -8,15 +8,14 @@ worker that owns the customer (`table_route`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import faust
 from faust.web import Request, Response
 
 from messaging import web as w
+from messaging.tables import RowTable
 from schemas import messages as m
-
-if TYPE_CHECKING:
-    from participants.payment.app import PaymentService
 
 SERVICE = "payment service"
 DEFAULT_LIMIT = 100
@@ -76,10 +75,8 @@ def render_account(payload: Mapping[str, Any]) -> str:
     )
 
 
-def register_views(service: PaymentService) -> None:
+def register_views(app: faust.App, accounts: RowTable) -> None:
     """Add the account view to the Payment Service's Faust web server."""
-    app = service.app
-    accounts = service.accounts
 
     class AccountDetail(w.NegotiatedView):
         service_name = SERVICE

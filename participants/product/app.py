@@ -42,7 +42,7 @@ class ProductService(ParticipantService):
             key_of=logic.product_of,
             name="handle_product_commands",
         )
-        register_views(self)
+        register_views(self.app, self.stock)
 
     def _handle(self, key: bytes, record: Any, offset: int) -> None:
         """Read the product's row and the saga's hold, apply the logic, write the rows

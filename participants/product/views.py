@@ -15,15 +15,14 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import faust
 from faust.web import Request, Response
 
 from messaging import web as w
+from messaging.tables import RowTable
 from schemas import messages as m
-
-if TYPE_CHECKING:
-    from participants.product.app import ProductService
 
 SERVICE = "product service"
 DEFAULT_LIMIT = 100
@@ -132,10 +131,8 @@ def render_product(payload: Mapping[str, Any]) -> str:
     )
 
 
-def register_views(service: ProductService) -> None:
+def register_views(app: faust.App, stock: RowTable) -> None:
     """Add the stock views to the Product Service's Faust web server."""
-    app = service.app
-    stock = service.stock
 
     class StockList(w.NegotiatedView):
         service_name = SERVICE
