@@ -177,7 +177,9 @@ def test_the_worker_exits_78_and_says_why(monkeypatch: pytest.MonkeyPatch) -> No
         def execute_from_commandline(self) -> None:
             raise SystemExit(1)  # what Faust's worker does after a crash
 
-    monkeypatch.setattr(worker_cmd, "build_service", lambda *_: SimpleNamespace(app=app))
+    monkeypatch.setattr(
+        worker_cmd, "build_service", lambda *_args, **_options: SimpleNamespace(app=app)
+    )
     monkeypatch.setattr(worker_cmd, "quiet_worker", lambda *_: Worker())
     monkeypatch.setattr("messaging.faust_app.discard_tables_after_crash", lambda _app: False)
     monkeypatch.setattr("messaging.faust_app.exit_if_stop_hangs", lambda _app: None)
