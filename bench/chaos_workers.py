@@ -102,9 +102,9 @@ class Supervisor:
 
     def ready(self, name: str) -> bool:
         """Has the worker recovered its tables and is it consuming (its /ready says 200)?"""
-        port = self.workers.workers[name].web_port
+        url = self.workers.workers[name].url
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=0.5):
+            with urllib.request.urlopen(f"{url}/ready", timeout=0.5):
                 return True
         except OSError:
             return False

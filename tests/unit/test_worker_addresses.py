@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import worker_cmd
+from cli.processes import Workers
 from messaging.faust_app import WebAddress, create_app, web_address, worker_datadir
 
 
@@ -77,3 +78,40 @@ def test_saga_worker_refuses_a_wildcard_as_its_advertised_host() -> None:
     result = CliRunner().invoke(worker_cmd.worker, ["product", "--web-host", "0.0.0.0"])
     assert result.exit_code == 2
     assert "no host other workers can reach" in result.output
+
+
+def test_more_workers_of_a_service_are_numbered_and_take_the_next_block_of_ports() -> None:
+    workers = Workers(counts={"product": 3, "order": 2})
+    assert {name: w.web_port for name, w in workers.workers.items()} == {
+        "orchestrator": 6066,
+        "order": 6067,
+        "order-2": 6071,
+        "product": 6068,
+        "product-2": 6072,
+        "product-3": 6076,
+        "payment": 6069,
+    }
+    assert [w.name for w in workers.of("product")] == ["product", "product-2", "product-3"]
+    assert {w.service for w in workers.of("product")} == {"product"}
+    assert workers.workers["product-3"].url == "http://127.0.0.1:6076"
+
+
+def test_a_worker_added_later_takes_the_lowest_free_number() -> None:
+    workers = Workers(["payment"], counts={"payment": 3}, ports={"payment": 7000})
+    workers.remove("payment-2")
+    again = workers.add("payment")
+    assert (again.name, again.web_port) == ("payment-2", 7004)
+
+
+def test_workers_on_other_hosts_may_share_a_port_but_not_an_address() -> None:
+    workers = Workers([])
+    first = workers.add("product", web_host="127.0.0.2", web_port=7100)
+    second = workers.add("product", web_host="127.0.0.3", web_port=7100)
+    assert (first.url, second.url) == ("http://127.0.0.2:7100", "http://127.0.0.3:7100")
+    with pytest.raises(ValueError, match="already the address of worker product"):
+        workers.add("orchestrator", web_host="127.0.0.2", web_port=7100)
+
+
+def test_an_unknown_service_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown service 'shipping'"):
+        Workers([]).add("shipping")
