@@ -14,7 +14,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from bench.invariants import DeadLetter
-from messaging import client, topics
+from messaging import client, settings, topics
 from messaging.dead_letters import DEAD_LETTER_TOPIC
 from schemas import codec
 from schemas import messages as m
@@ -23,10 +23,7 @@ Offsets = dict[str, dict[int, int]]  # topic -> partition -> offset
 
 # Consumer group (= Faust app id) -> the topics its agents read.
 GROUP_TOPICS = {
-    "saga-orchestrator": ("orders.requested", "saga.replies"),
-    "saga-order": ("order.commands",),
-    "saga-product": ("product.commands",),
-    "saga-payment": ("payment.commands",),
+    settings.APP_IDS[service]: names for service, names in settings.INPUT_TOPICS.items()
 }
 # librdkafka logs every refused connection while the broker restarts: the run reports
 # what matters itself.

@@ -18,6 +18,40 @@ DEFAULT_PORTS = {"orchestrator": 6066, "order": 6067, "product": 6068, "payment"
 LOCALHOST = "127.0.0.1"
 
 
+def parse_worker_counts(values: Iterable[str]) -> dict[str, int]:
+    """Workers per service from `N` (every service) and `SERVICE=N` (one service) values:
+    ["2", "product=3"] runs 3 product workers and 2 of each other service. A service
+    named keeps its count whatever the order; unnamed services get N, else 1.
+
+    Raises ValueError naming the bad value: not a whole number, below 1, an unknown
+    service, or a count given twice.
+    """
+    every: int | None = None
+    named: dict[str, int] = {}
+    for value in values:
+        service, equals, number = value.strip().rpartition("=")
+        service = service.strip()
+        if equals and service not in SERVICE_NAMES:
+            raise ValueError(
+                f"{value!r}: unknown service {service!r}; one of: {', '.join(SERVICE_NAMES)}"
+            )
+        try:
+            count = int(number)
+        except ValueError:
+            raise ValueError(f"{value!r}: expected N or SERVICE=N with a whole number N") from None
+        if count < 1:
+            raise ValueError(f"{value!r}: a service needs at least 1 worker")
+        if not equals:
+            if every is not None:
+                raise ValueError(f"{value!r}: a count for every service was given already")
+            every = count
+        elif service in named:
+            raise ValueError(f"{value!r}: a count for {service} was given already")
+        else:
+            named[service] = count
+    return {service: named.get(service, every or 1) for service in SERVICE_NAMES}
+
+
 def worker_name(service: str, number: int) -> str:
     """The first worker of a service is named like it, the next ones product-2, product-3..."""
     return service if number == 1 else f"{service}-{number}"

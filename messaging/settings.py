@@ -22,6 +22,13 @@ APP_IDS = {
     "product": "saga-product",
     "payment": "saga-payment",
 }
+# The topics each service's agents consume: their partitions are split between its workers.
+INPUT_TOPICS = {
+    "orchestrator": ("orders.requested", "saga.replies"),
+    "order": ("order.commands",),
+    "product": ("product.commands",),
+    "payment": ("payment.commands",),
+}
 LOCAL_BROKER_PORT = int(os.environ.get("SAGA_KAFKA_PORT", "9092"))
 
 
