@@ -35,6 +35,7 @@ from messaging.dead_letters import send_dead_letter
 from messaging.fetching import FetchBatching
 from messaging.producer import KafkaProducer, TransportError
 from messaging.tables import RowTable
+from messaging.takeover import track_takeovers
 from schemas import codec
 from schemas.state import StateFromEarlierRelease
 
@@ -157,6 +158,7 @@ def create_app(
     app.timer(interval=0.5)(adjust_batching)
     flush_before_commit(app, producer)
     fence_stale_records(app)
+    track_takeovers(app)
     without_sensors(app)
     return app
 

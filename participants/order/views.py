@@ -70,7 +70,7 @@ def register_views(service: OrderService) -> None:
             w.wants_html(request)  # a bad ?format= is a 400 before any work
             row: m.OrderRow | None = orders.get(order_id.encode())
             if row is None:
-                raise w.not_found(f"no order {order_id!r}", order_id=order_id)
+                raise w.missing(app, orders, order_id, f"no order {order_id!r}", order_id=order_id)
             return self.respond(request, order_json(row, w.worker_url(app)), render_order)
 
     w.add_page(app, "/orders/{order_id}", OrderDetail)
