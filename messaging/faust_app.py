@@ -317,6 +317,7 @@ class WriteAfterSend:
         self.staged: dict[tuple[int, bytes], Any] = {}  # (id(table), key) -> newest row
         self.queue: asyncio.Queue[tuple[StreamT, EventT, int, list[Row], Any]]
         self.queue = asyncio.Queue(maxsize=max_in_flight)
+        _WRITERS[app] = self  # the newest: an agent makes one per run
 
     def read(self, table: RowTable, key: bytes) -> Any:
         """The newest row of `key`: staged if a record in flight wrote it, else the table's."""
@@ -363,6 +364,16 @@ class WriteAfterSend:
             # Nothing after this record may be written or acked out of order: stop.
             log.critical("writing a record's rows failed: stopping the worker", exc_info=exc)
             await self.app.crash(exc)
+
+
+_WRITERS: weakref.WeakKeyDictionary[faust.App, WriteAfterSend] = weakref.WeakKeyDictionary()
+
+
+def row_in_flight(app: faust.App, table: Any, key: bytes) -> bool:
+    """Is a row of `key` waiting for its record's outputs to be acknowledged? Those
+    outputs (a saga's event) may already be read elsewhere while the row is not written."""
+    writer = _WRITERS.get(app)
+    return writer is not None and (id(table), key) in writer.staged
 
 
 @contextmanager

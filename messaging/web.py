@@ -37,6 +37,7 @@ from yarl import URL
 
 from messaging import takeover
 from messaging.client import partition_for
+from messaging.faust_app import row_in_flight
 from schemas import messages as m
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def bad_request(detail: str, **extra: Any) -> Problem:
 
 
 MOVING = "partitions are moving: this worker may not hold the rows yet; retry"
+WRITING = "the row is being written; retry"
 CATCHING_UP = (
     "this worker took over the key's partition and is still processing what its previous "
     "owner did not commit; retry"
@@ -85,13 +87,16 @@ def partitions_settled(app: faust.App) -> bool:
 
 
 def missing(app: faust.App, table: Any, key: str, detail: str, **extra: Any) -> Problem:
-    """A key lookup found no row: 404 if the worker's partitions are settled and it has
-    caught up with the key's partition since it took it over (messaging.takeover), else
-    503 (retry: the row may be on its way)."""
+    """A key lookup found no row: 404 if the worker's partitions are settled, it has
+    caught up with the key's partition since it took it over (messaging.takeover) and no
+    row of the key waits to be written (WriteAfterSend), else 503 (retry: the row may be
+    on its way)."""
     if not partitions_settled(app):
         return Problem(503, MOVING, **extra)
     if not takeover.caught_up(app, partition_for(key.encode(), table.partitions)):
         return Problem(503, CATCHING_UP, **extra)
+    if row_in_flight(app, table, key.encode()):
+        return Problem(503, WRITING, **extra)
     return not_found(detail, **extra)
 
 
