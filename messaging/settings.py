@@ -29,7 +29,8 @@ INPUT_TOPICS = {
     "product": ("product.commands",),
     "payment": ("payment.commands",),
 }
-LOCAL_BROKER_PORT = int(os.environ.get("SAGA_KAFKA_PORT", "9092"))
+DEFAULT_BROKER_PORT = 9092
+LOCAL_BROKER_PORT = int(os.environ.get("SAGA_KAFKA_PORT", str(DEFAULT_BROKER_PORT)))
 
 
 def local_home() -> Path:
