@@ -79,11 +79,12 @@ CATCHING_UP = (
 
 
 def partitions_settled(app: faust.App) -> bool:
-    """Whether the worker's tables hold what the group assigned it: no rebalance running
-    and its partitions recovered from the changelogs. While they move, a partition may be
-    closed (given up) or still being restored: a row missing from it may exist."""
+    """Whether the worker's tables hold what the group assigned it: no rebalance running,
+    its partitions recovered from the changelogs, and it is not stopping. While they move,
+    or the worker stops, a partition may be closed (given up) or still being restored: a
+    row missing from it may exist."""
     tables: Any = app.tables  # TableManagerT does not declare actives_ready
-    return not app.rebalancing and bool(tables.actives_ready)
+    return not app.rebalancing and bool(tables.actives_ready) and not app.should_stop
 
 
 def missing(app: faust.App, table: Any, key: str, detail: str, **extra: Any) -> Problem:

@@ -331,25 +331,31 @@ async def test_fetch_part_reports_an_unreachable_worker() -> None:
 class WorkerApp:
     """What partitions_settled and the views' error answers read of a Faust app."""
 
-    def __init__(self, rebalancing: bool, actives_ready: bool) -> None:
+    def __init__(self, rebalancing: bool, actives_ready: bool, should_stop: bool) -> None:
         self.rebalancing = rebalancing
         self.tables = SimpleNamespace(actives_ready=actives_ready)
+        self.should_stop = should_stop
         self.conf = SimpleNamespace(canonical_url=A)
 
 
-def worker_app(rebalancing: bool, actives_ready: bool) -> Any:
-    return WorkerApp(rebalancing, actives_ready)
+def worker_app(rebalancing: bool, actives_ready: bool, should_stop: bool = False) -> Any:
+    return WorkerApp(rebalancing, actives_ready, should_stop)
 
 
 @pytest.mark.parametrize(
-    ("rebalancing", "actives_ready", "status"),
-    [(False, True, 404), (True, True, 503), (False, False, 503), (True, False, 503)],
+    ("rebalancing", "actives_ready", "should_stop", "status"),
+    [
+        (False, True, False, 404),
+        (True, True, False, 503),  # partitions given up, or being assigned
+        (False, False, False, 503),  # tables still being restored
+        (False, True, True, 503),  # the worker stops: its stores close
+    ],
 )
 def test_a_missing_row_is_a_404_only_once_the_partitions_are_settled(
-    rebalancing: bool, actives_ready: bool, status: int
+    rebalancing: bool, actives_ready: bool, should_stop: bool, status: int
 ) -> None:
     sagas = SimpleNamespace(partitions=4)
-    app = worker_app(rebalancing, actives_ready)
+    app = worker_app(rebalancing, actives_ready, should_stop)
     problem = w.missing(app, sagas, "s1", "no saga 's1'", saga_id="s1")
     assert (problem.code, problem.extra_context) == (status, {"saga_id": "s1"})
     assert problem.detail == ("no saga 's1'" if status == 404 else w.MOVING)

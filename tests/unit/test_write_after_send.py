@@ -85,6 +85,7 @@ class Sender:
 class App:
     rebalancing = False  # what a view reads of the app: its partitions are settled
     tables = SimpleNamespace(actives_ready=True)
+    should_stop = False
 
     def __init__(self) -> None:
         self.crashed: BaseException | None = None
