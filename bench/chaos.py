@@ -173,7 +173,7 @@ def fresh_cluster(log: Log) -> bool:
     external = settings.external_bootstrap() is not None
     if not external:
         local_broker.stop(log=log)
-        shutil.rmtree(local_broker.paths().data, ignore_errors=True)
+        shutil.rmtree(local_broker.paths().single.data, ignore_errors=True)
     shutil.rmtree(home / "workers", ignore_errors=True)
     local_broker.start(log=log)
     report = topics.apply(topics.load())

@@ -8,6 +8,31 @@ import click
 
 from messaging import topics as topics_file
 
+_ENV_HELP = (
+    "environment of topics.yaml whose replication applies (default: SAGA_ENV, else "
+    "'cluster' on the local three-broker cluster or an external one, else 'single')"
+)
+
+
+def _load(path: Path | None, env: str | None) -> topics_file.TopicsFile:
+    environment = topics_file.Environment(env, f"--env {env}") if env else None
+    spec = topics_file.load(path, environment)
+    if env and not spec.environments:
+        raise topics_file.TopicsFileError(
+            f"{path or topics_file.TOPICS_FILE} declares no environments: --env does not apply"
+        )
+    return spec
+
+
+def _describe_replication(spec: topics_file.TopicsFile) -> str | None:
+    replication, environment = spec.replication, spec.environment
+    if replication is None or environment is None:
+        return None
+    return (
+        f"environment {environment.name}: replication factor {replication.replication_factor}, "
+        f"min.insync.replicas {replication.min_insync_replicas} ({environment.reason})"
+    )
+
 
 @click.group()
 def topics() -> None:
@@ -19,10 +44,13 @@ def topics() -> None:
     "--file", "path", type=click.Path(path_type=Path, dir_okay=False), default=None,
     help="topics file (default: the repository's topics.yaml)",
 )  # fmt: skip
-def apply(path: Path | None) -> None:
+@click.option("--env", default=None, help=_ENV_HELP)
+def apply(path: Path | None, env: str | None) -> None:
     """Create missing topics; report drift (exit 1) without changing existing ones."""
     try:
-        spec = topics_file.load(path)
+        spec = _load(path, env)
+        if (line := _describe_replication(spec)) is not None:
+            click.echo(line)
         report = topics_file.apply(spec)
     except topics_file.TopicsFileError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -36,13 +64,20 @@ def apply(path: Path | None) -> None:
     if not report.ok:
         raise click.ClickException(
             f"{len(report.drift)} topic(s) differ from topics.yaml; fix them by hand "
-            "(partition counts re-key sagas, so they are never changed automatically)"
+            "(partition counts re-key sagas and replication factors change only by "
+            "partition reassignment, so neither is changed automatically)"
         )
 
 
 @topics.command("list")
-def list_topics() -> None:
-    """Print the declared topics with partitions and purpose."""
-    spec = topics_file.load()
+@click.option("--env", default=None, help=_ENV_HELP)
+def list_topics(env: str | None) -> None:
+    """Print the declared topics with partitions, replication and purpose."""
+    try:
+        spec = _load(None, env)
+    except topics_file.TopicsFileError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if (line := _describe_replication(spec)) is not None:
+        click.echo(line)
     for t in spec.topics.values():
         click.echo(f"{t.name:40} p={t.partitions:<3} rf={t.replication_factor}  {t.doc}")

@@ -137,6 +137,9 @@ def create_app(
         # Faust's canonical URL, http://web_host:web_port, is what other workers send to.
         "web_host": address.host,
     }
+    replication = topics.project_topics().replication
+    if replication is not None:  # any topic Faust creates is replicated like topics.yaml's
+        conf["topic_replication_factor"] = replication.replication_factor
     conf.update(overrides)
     app = faust.App(app_id, **conf)
     producer = KafkaProducer(
@@ -261,6 +264,7 @@ def typed_table(app: faust.App, name: str) -> RowTable:
         key_serializer="raw",
         value_serializer="raw",
         partitions=spec.partitions,
+        replicas=spec.replication_factor,
         compacting=True,
         acks=False,
         internal=True,

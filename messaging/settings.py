@@ -1,7 +1,8 @@
 """Connection settings, read from the environment (never from files in the repo).
 
 KAFKA_BOOTSTRAP_SERVERS points every command, worker and test at an existing cluster;
-without it they use the local broker that `saga kafka start` runs on 127.0.0.1.
+without it they use the local Kafka that `saga kafka start` runs on 127.0.0.1: the single
+broker, or every node of the local cluster while one is started (`--brokers 3`).
 Security settings for real clusters (all optional):
   KAFKA_SECURITY_PROTOCOL  PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
   KAFKA_SASL_MECHANISM     PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
@@ -43,8 +44,23 @@ def external_bootstrap() -> str | None:
     return value or None
 
 
+def local_cluster_file() -> Path:
+    """Exists while a local multi-broker cluster is started (from `saga kafka start
+    --brokers 3` to `saga kafka stop`) and holds its bootstrap list."""
+    return local_home() / "kafka" / "cluster" / "started"
+
+
+def local_cluster_bootstrap() -> str | None:
+    try:
+        return local_cluster_file().read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def bootstrap_servers() -> str:
-    return external_bootstrap() or f"127.0.0.1:{LOCAL_BROKER_PORT}"
+    """Where every client connects: KAFKA_BOOTSTRAP_SERVERS, else every node of the local
+    cluster while one is started, else the local single broker."""
+    return external_bootstrap() or local_cluster_bootstrap() or f"127.0.0.1:{LOCAL_BROKER_PORT}"
 
 
 def _security_env() -> dict[str, str]:

@@ -1,9 +1,14 @@
-"""topics.yaml: loading, validation, and applying it to a cluster."""
+"""topics.yaml: loading, validation, and applying it to a cluster.
+
+Replication comes from the file's `environments` (replication factor and
+min.insync.replicas each); which one applies is `chosen_environment()`.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,13 +21,60 @@ from messaging import settings
 
 TOPICS_FILE = settings.PROJECT_ROOT / "topics.yaml"
 _TOPIC_FIELDS = {"doc", "partitions", "replication_factor", "configs"}
-_TOP_LEVEL_KEYS = {"defaults", "topics", "co_partitioned"}
+_TOP_LEVEL_KEYS = {"defaults", "topics", "co_partitioned", "environments"}
+_ENVIRONMENT_FIELDS = {"doc", "replication_factor", "min_insync_replicas"}
+MIN_INSYNC_REPLICAS = "min.insync.replicas"
+ENVIRONMENT_VARIABLE = "SAGA_ENV"
+SINGLE, CLUSTER = "single", "cluster"  # the environments the project's topics.yaml declares
 # Kafka's own rule for topic names (org.apache.kafka.common.internals.Topic).
 _LEGAL_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 class TopicsFileError(ValueError):
     """topics.yaml is malformed; the message names the topic and the field."""
+
+
+class ReplicationError(TopicsFileError):
+    """topics.yaml asks for more replicas than the cluster has brokers that answer."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The environment whose replication applies, and why it was chosen."""
+
+    name: str
+    reason: str
+
+
+def chosen_environment() -> Environment:
+    """SAGA_ENV if set; else `cluster` against an external cluster (KAFKA_BOOTSTRAP_SERVERS)
+    or while the local three-broker cluster is started; else `single`, the local broker.
+
+    An external cluster defaults to `cluster` so that real data is never left on one
+    replica by accident: on a one-broker cluster `apply` then refuses, naming SAGA_ENV.
+    """
+    named = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+    if named:
+        return Environment(named, f"{ENVIRONMENT_VARIABLE}={named}")
+    if settings.external_bootstrap():
+        return Environment(
+            CLUSTER,
+            "KAFKA_BOOTSTRAP_SERVERS names an external cluster; "
+            f"{ENVIRONMENT_VARIABLE}={SINGLE} for one with a single broker",
+        )
+    if settings.local_cluster_bootstrap():
+        return Environment(CLUSTER, "the local three-broker cluster is started")
+    return Environment(SINGLE, "the local single broker")
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How many copies of each partition, and how many must have a write before it is
+    acknowledged (acks=all)."""
+
+    replication_factor: int
+    min_insync_replicas: int
+    doc: str = ""
 
 
 @dataclass(frozen=True)
@@ -36,11 +88,18 @@ class TopicSpec:
 
 @dataclass(frozen=True)
 class TopicsFile:
-    topics: dict[str, TopicSpec]
+    topics: dict[str, TopicSpec]  # with the replication of `environment`
     co_partitioned: dict[str, list[str]]
+    environments: dict[str, Replication] = field(default_factory=dict)
+    environment: Environment | None = None  # None: the file declares no environments
 
     def partitions(self, topic: str) -> int:
         return self.topics[topic].partitions
+
+    @property
+    def replication(self) -> Replication | None:
+        """The replication of the environment that applies (None without environments)."""
+        return self.environments[self.environment.name] if self.environment else None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -120,29 +179,116 @@ def _check_topic_name(name: Any) -> str:
     return name
 
 
-def _parse_topic(name: str, raw: Any, defaults: Mapping[str, Any]) -> TopicSpec:
+def _parse_topic(
+    name: str, raw: Any, defaults: Mapping[str, Any], replication: Replication | None
+) -> TopicSpec:
     where = f"topics.yaml: topic {name!r}"
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise TopicsFileError(f"{where}: must be a mapping, got {type(raw).__name__}")
     _check_fields(raw, where)
+    if replication is not None:
+        _refuse_per_topic_replication(raw, where)
     merged = {**defaults, **raw}
+    if replication is not None:
+        merged["replication_factor"] = replication.replication_factor
     for required in ("partitions", "replication_factor"):
         if required not in merged:
             raise TopicsFileError(f"{where}: field {required!r} is missing (and no default)")
+    replication_factor = _positive_int(
+        merged["replication_factor"], f"{where}: field 'replication_factor'"
+    )
+    configs = _configs(merged.get("configs"), where)
+    if replication is not None:
+        configs[MIN_INSYNC_REPLICAS] = str(replication.min_insync_replicas)
+    elif MIN_INSYNC_REPLICAS in configs:
+        _check_min_insync(configs[MIN_INSYNC_REPLICAS], replication_factor, where)
     return TopicSpec(
         name=name,
         partitions=_positive_int(merged["partitions"], f"{where}: field 'partitions'"),
-        replication_factor=_positive_int(
-            merged["replication_factor"], f"{where}: field 'replication_factor'"
-        ),
-        configs=_configs(merged.get("configs"), where),
+        replication_factor=replication_factor,
+        configs=configs,
         doc=merged.get("doc", ""),
     )
 
 
-def parse(text: str) -> TopicsFile:
+def _refuse_per_topic_replication(raw: Mapping[str, Any], where: str) -> None:
+    """With environments, they alone set replication: no topic is left behind on a cluster."""
+    if "replication_factor" in raw:
+        raise TopicsFileError(
+            f"{where}: field 'replication_factor' comes from 'environments' in this file; "
+            "remove it here"
+        )
+    if isinstance(raw.get("configs"), dict) and MIN_INSYNC_REPLICAS in raw["configs"]:
+        raise TopicsFileError(
+            f"{where}: config {MIN_INSYNC_REPLICAS!r} comes from 'environments' in this file "
+            "(min_insync_replicas); remove it here"
+        )
+
+
+def _check_min_insync(value: str, replication_factor: int, where: str) -> None:
+    """A min ISR above the replication factor makes every acks=all write fail."""
+    if not value.isdigit() or int(value) < 1:
+        raise TopicsFileError(
+            f"{where}: config {MIN_INSYNC_REPLICAS!r} must be a positive integer, got {value!r}"
+        )
+    if int(value) > replication_factor:
+        raise TopicsFileError(
+            f"{where}: config {MIN_INSYNC_REPLICAS!r} {value} exceeds replication_factor "
+            f"{replication_factor}: no acks=all write could ever be acknowledged"
+        )
+
+
+def _parse_environments(raw: Any) -> dict[str, Replication]:
+    if not isinstance(raw, dict) or not raw:
+        raise TopicsFileError(
+            "topics.yaml: 'environments' must map each environment's name to its "
+            "replication_factor and min_insync_replicas"
+        )
+    environments = {}
+    for name, fields in raw.items():
+        where = f"topics.yaml: environment {name!r}"
+        if not isinstance(name, str) or not name:
+            raise TopicsFileError(f"{where}: the name must be a string")
+        if not isinstance(fields, dict):
+            raise TopicsFileError(f"{where}: must be a mapping, got {type(fields).__name__}")
+        unknown = set(fields) - _ENVIRONMENT_FIELDS
+        if unknown:
+            raise TopicsFileError(f"{where}: unknown field(s) {sorted(unknown, key=str)}")
+        for required in ("replication_factor", "min_insync_replicas"):
+            if required not in fields:
+                raise TopicsFileError(f"{where}: field {required!r} is missing")
+        replication = Replication(
+            _positive_int(fields["replication_factor"], f"{where}: field 'replication_factor'"),
+            _positive_int(fields["min_insync_replicas"], f"{where}: field 'min_insync_replicas'"),
+            fields.get("doc", ""),
+        )
+        if not isinstance(replication.doc, str):
+            raise TopicsFileError(f"{where}: field 'doc' must be a string")
+        if replication.min_insync_replicas > replication.replication_factor:
+            raise TopicsFileError(
+                f"{where}: min_insync_replicas {replication.min_insync_replicas} exceeds "
+                f"replication_factor {replication.replication_factor}: no acks=all write "
+                "could ever be acknowledged"
+            )
+        environments[name] = replication
+    return environments
+
+
+def _choose(environments: dict[str, Replication], environment: Environment) -> Replication:
+    if environment.name not in environments:
+        declared = ", ".join(sorted(environments))
+        raise TopicsFileError(
+            f"topics.yaml declares no environment {environment.name!r} "
+            f"(chosen because {environment.reason}); declared: {declared}"
+        )
+    return environments[environment.name]
+
+
+def parse(text: str, environment: Environment | None = None) -> TopicsFile:
+    """The topics of `text` with the replication of `environment` (default: the chosen one)
+    if the file declares environments."""
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
@@ -155,6 +301,13 @@ def parse(text: str) -> TopicsFile:
         raise TopicsFileError(
             f"topics.yaml: unknown top-level key(s) {sorted(unknown, key=str)}; allowed: {allowed}"
         )
+    environments = _parse_environments(data["environments"]) if "environments" in data else {}
+    replication = None
+    if environments:
+        environment = environment or chosen_environment()
+        replication = _choose(environments, environment)
+    else:
+        environment = None
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise TopicsFileError("topics.yaml: 'defaults' must be a mapping of topic fields")
@@ -165,8 +318,10 @@ def parse(text: str) -> TopicsFile:
             f"({', '.join(sorted(_TOPIC_FIELDS))}), not {sorted(unknown, key=str)}"
         )
     _check_fields(defaults, "topics.yaml: defaults")
+    if replication is not None:
+        _refuse_per_topic_replication(defaults, "topics.yaml: defaults")
     topics = {
-        _check_topic_name(name): _parse_topic(name, raw, defaults)
+        _check_topic_name(name): _parse_topic(name, raw, defaults, replication)
         for name, raw in data["topics"].items()
     }
     groups = data.get("co_partitioned") or {}
@@ -186,22 +341,31 @@ def parse(text: str) -> TopicsFile:
             raise TopicsFileError(
                 f"topics.yaml: co_partitioned group {group!r} has unequal partitions: {detail}"
             )
-    return TopicsFile(topics=topics, co_partitioned={g: list(m) for g, m in groups.items()})
+    return TopicsFile(
+        topics=topics,
+        co_partitioned={g: list(m) for g, m in groups.items()},
+        environments=environments,
+        environment=environment,
+    )
 
 
-def load(path: Path | None = None) -> TopicsFile:
+def load(path: Path | None = None, environment: Environment | None = None) -> TopicsFile:
     path = path or TOPICS_FILE
     try:
         text = path.read_text()
     except OSError as exc:
         raise TopicsFileError(f"cannot read {path}: {exc}") from exc
-    return parse(text)
+    return parse(text, environment)
+
+
+def project_topics() -> TopicsFile:
+    """The repository's topics.yaml for the chosen environment."""
+    return _project_topics(chosen_environment())
 
 
 @functools.cache
-def project_topics() -> TopicsFile:
-    """The repository's topics.yaml (cached: read once per process)."""
-    return load()
+def _project_topics(environment: Environment) -> TopicsFile:
+    return load(environment=environment)  # read once per process and environment
 
 
 def partitions(topic: str) -> int:
@@ -209,6 +373,30 @@ def partitions(topic: str) -> int:
 
 
 # ---- applying to a cluster ----
+
+
+def check_replication_fits(spec: TopicsFile, brokers: int) -> None:
+    """Refuse topics with more replicas than the `brokers` that answer, naming them."""
+    too_many = [t.name for t in spec.topics.values() if t.replication_factor > brokers]
+    if not too_many:
+        return
+    wanted = max(spec.topics[name].replication_factor for name in too_many)
+    shown = ", ".join(too_many[:3]) + (
+        f" and {len(too_many) - 3} more" if len(too_many) > 3 else ""
+    )
+    if spec.environment is not None:
+        source = f"environment {spec.environment.name!r} ({spec.environment.reason})"
+        fix = (
+            "start more brokers (`saga kafka start --brokers 3` locally) or choose an "
+            f"environment with fewer replicas (--env, {ENVIRONMENT_VARIABLE})"
+        )
+    else:
+        source = "topics.yaml"
+        fix = "start more brokers or lower replication_factor"
+    raise ReplicationError(
+        f"replication factor {wanted} of {shown} ({source}) exceeds the {brokers} "
+        f"broker(s) answering at {settings.bootstrap_servers()}: {fix}"
+    )
 
 
 @dataclass
@@ -226,13 +414,17 @@ def apply(spec: TopicsFile, admin: Any | None = None, timeout: float = 30.0) -> 
     """Create missing topics; compare existing ones with the spec and report drift.
 
     Never changes an existing topic: partition counts cannot shrink and changing them
-    re-keys every saga, so drift is for a person to resolve.
+    re-keys every saga, and a replication factor changes only by partition reassignment,
+    so drift is for a person to resolve. Refuses (ReplicationError) before anything is
+    created when a topic wants more replicas than there are brokers answering.
     """
     from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
     admin = admin or AdminClient(settings.confluent_config())
     report = ApplyReport()
-    existing = admin.list_topics(timeout=timeout).topics
+    metadata = admin.list_topics(timeout=timeout)
+    check_replication_fits(spec, len(metadata.brokers))
+    existing = metadata.topics
     missing = [t for name, t in spec.topics.items() if name not in existing]
     if missing:
         futures = admin.create_topics(
@@ -264,7 +456,10 @@ def apply(spec: TopicsFile, admin: Any | None = None, timeout: float = 30.0) -> 
             replicas = {len(p.replicas) for p in meta.partitions.values()}
             if replicas and replicas != {t.replication_factor}:
                 have = ",".join(str(r) for r in sorted(replicas))
-                differences.append(f"replication_factor {have} (want {t.replication_factor})")
+                differences.append(
+                    f"replication_factor {have} (want {t.replication_factor}: "
+                    "changing it needs a partition reassignment)"
+                )
             actual = described[t.name]
             for key, want in t.configs.items():
                 have_entry = actual.get(key)

@@ -140,6 +140,7 @@ def kafka() -> Iterator[str]:
         container = start_kafka_container(spec)
         bootstrap = spec.bootstrap
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap  # workers started by tests follow
+        os.environ.setdefault("SAGA_ENV", "single")  # one broker: topics.yaml's `single`
     else:
         bootstrap = local_broker.start(log=lambda _msg: None)
     try:

@@ -22,11 +22,22 @@ def bindable(port: int) -> bool:
     return True
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports."""
+    for port in random.sample(CANDIDATES, 200):
+        run = set(range(port, port + count))
+        if run & RESERVED:
+            continue
+        if all(bindable(p) for p in run):
+            return port
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 def broker_port() -> int:
     """A port free together with the next one (a local broker's controller listens there)."""
-    for port in random.sample(CANDIDATES, 200):
-        if {port, port + 1} & RESERVED:
-            continue
-        if bindable(port) and bindable(port + 1):
-            return port
-    raise RuntimeError("no two adjacent free ports")
+    return free_ports(2)
+
+
+def cluster_port(brokers: int = 3) -> int:
+    """The first port of a local cluster: each node takes two (broker, controller)."""
+    return free_ports(2 * brokers)

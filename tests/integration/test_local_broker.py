@@ -67,7 +67,7 @@ def test_start_stop_status_logs_and_data_survives_a_restart(tmp_path: Path) -> N
     env = {**os.environ, "SAGA_HOME": str(tmp_path), "SAGA_KAFKA_PORT": str(port)}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     share_jars(tmp_path)
-    home = local_broker.Paths(tmp_path / "kafka")
+    home = local_broker.Paths(tmp_path / "kafka").single
     try:
         first = saga(env, "kafka", "start")
         assert first.returncode == 0, first.stdout + first.stderr

@@ -25,18 +25,77 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_docker_compose_config_validates() -> None:
+CLUSTER_FILES = ("docker-compose.yml", "docker-compose.cluster.yml")
+
+
+def docker_compose_config(*files: str, quiet: bool = False) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` of `files` merged, as Docker Compose reads them."""
     tool = shutil.which("docker-compose")
     assert tool, (
         "docker-compose is missing: `make test` installs it (apt-get install docker-compose)"
     )
-    result = subprocess.run(
-        [tool, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+    arguments = [a for f in files for a in ("-f", str(ROOT / f))]
+    return subprocess.run(
+        [tool, *arguments, "config", *(["-q"] if quiet else [])],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+@pytest.mark.parametrize("files", [("docker-compose.yml",), CLUSTER_FILES])
+def test_docker_compose_config_validates(files: tuple[str, ...]) -> None:
+    result = docker_compose_config(*files, quiet=True)
     assert result.returncode == 0, result.stderr
+
+
+CLIENTS = ("topics", "seed", *SERVICES)
+
+
+def test_every_client_of_the_single_broker_applies_single_replication() -> None:
+    services = compose()["services"]
+    for name in CLIENTS:
+        assert services[name]["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:19092"
+        assert services[name]["environment"]["SAGA_ENV"] == "single", name
+
+
+def test_the_cluster_file_runs_three_replicating_brokers_for_every_client() -> None:
+    merged = docker_compose_config(*CLUSTER_FILES)
+    assert merged.returncode == 0, merged.stderr
+    services = yaml.safe_load(merged.stdout)["services"]
+    brokers = ("kafka", "kafka-2", "kafka-3")
+    envs = [{k: str(v) for k, v in services[b]["environment"].items()} for b in brokers]
+    assert [env["KAFKA_NODE_ID"] for env in envs] == ["1", "2", "3"]
+    for broker, env in zip(brokers, envs, strict=True):
+        assert services[broker]["image"] == compose()["services"]["kafka"]["image"]
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == (
+            "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"
+        )
+        assert env["KAFKA_ADVERTISED_LISTENERS"].startswith(f"INTERNAL://{broker}:19092,")
+        assert f"--bootstrap-server {broker}:19092" in services[broker]["healthcheck"]["test"][1]
+        replicated = {
+            "KAFKA_DEFAULT_REPLICATION_FACTOR": "3", "KAFKA_MIN_INSYNC_REPLICAS": "2",
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "3",
+            "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "3",
+            "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "2",
+            "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR": "3",
+            "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "2",
+            "KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE": "false",
+            "KAFKA_BROKER_SESSION_TIMEOUT_MS": "3000",
+        }  # fmt: skip
+        assert {k: env[k] for k in replicated} == replicated
+    assert len({env["CLUSTER_ID"] for env in envs}) == 1
+    # One volume each, none of them the single broker's (formatted for another quorum).
+    volumes = [services[b]["volumes"][0].split(":")[0] for b in brokers]
+    assert len(set(volumes)) == 3 and "kafka-data" not in volumes
+    host_ports = [p.split(":")[1] for b in brokers for p in services[b]["ports"]]
+    assert host_ports == ["9092", "9094", "9096"]
+    for name in CLIENTS:
+        assert services[name]["environment"] == {
+            "KAFKA_BOOTSTRAP_SERVERS": "kafka:19092,kafka-2:19092,kafka-3:19092",
+            "SAGA_ENV": "cluster",
+        }, name
+    assert set(services["topics"]["depends_on"]) == set(brokers)
 
 
 def test_broker_image_is_the_local_kafka_version() -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
 from messaging import topics
 from tests.conftest import choose_broker_source
 
@@ -89,7 +93,7 @@ def test_dead_letters_are_kept_long() -> None:
         # a typo at the top level would silently drop the co-partitioning check
         ("topics: {a: {partitions: 1, replication_factor: 1}}\nco_partitoned: {g: [a]}\n",
          "unknown top-level key(s) ['co_partitoned']; "
-         "allowed: co_partitioned, defaults, topics"),
+         "allowed: co_partitioned, defaults, environments, topics"),
         ("defaults: {partitions: 1, replicas: 3}\ntopics: {a: {replication_factor: 1}}\n",
          "'defaults' may only set topic fields (configs, doc, partitions, replication_factor), "
          "not ['replicas']"),
@@ -146,3 +150,144 @@ def test_broker_source_falls_back_to_local_without_docker(monkeypatch: pytest.Mo
     assert choose_broker_source() == "local"
     monkeypatch.setattr("tests.conftest.docker_engine_answers", lambda: True)
     assert choose_broker_source() == "testcontainers"
+
+
+# ---- replication per environment ----
+
+SINGLE = topics.Environment("single", "test")
+CLUSTER = topics.Environment("cluster", "test")
+TWO_ENVIRONMENTS = """
+environments:
+  single: {replication_factor: 1, min_insync_replicas: 1}
+  cluster: {replication_factor: 3, min_insync_replicas: 2}
+defaults: {partitions: 2}
+topics:
+  a: {configs: {retention.ms: 1000}}
+  b: {partitions: 1}
+"""
+
+
+def test_the_project_replicates_every_topic_on_a_cluster_and_none_on_one_broker() -> None:
+    single = topics.load(environment=SINGLE)
+    cluster = topics.load(environment=CLUSTER)
+    for spec, replicas, min_isr in ((single, 1, 1), (cluster, 3, 2)):
+        assert spec.replication is not None
+        assert spec.replication.replication_factor == replicas
+        assert spec.replication.min_insync_replicas == min_isr
+    assert set(single.topics) == set(cluster.topics)
+    for name in cluster.topics:
+        assert single.topics[name].replication_factor == 1
+        assert single.topics[name].configs["min.insync.replicas"] == "1"
+        assert cluster.topics[name].replication_factor == 3
+        assert cluster.topics[name].configs["min.insync.replicas"] == "2"
+        # Replication is all that differs.
+        assert single.topics[name].partitions == cluster.topics[name].partitions
+
+
+def test_the_environment_gives_every_topic_its_replication_and_min_isr() -> None:
+    spec = topics.parse(TWO_ENVIRONMENTS, CLUSTER)
+    assert spec.environment == CLUSTER
+    assert {n: (t.replication_factor, t.configs) for n, t in spec.topics.items()} == {
+        "a": (3, {"retention.ms": "1000", "min.insync.replicas": "2"}),
+        "b": (3, {"min.insync.replicas": "2"}),
+    }
+
+
+def test_which_environment_applies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SAGA_HOME", str(tmp_path))  # no local cluster started there
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("SAGA_ENV", raising=False)
+    assert topics.chosen_environment() == topics.Environment("single", "the local single broker")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.example:9092")
+    external = topics.chosen_environment()
+    assert external.name == "cluster"
+    assert "external cluster; SAGA_ENV=single for one with a single broker" in external.reason
+    monkeypatch.setenv("SAGA_ENV", "single")  # says it outright, whatever runs
+    assert topics.chosen_environment() == topics.Environment("single", "SAGA_ENV=single")
+    assert topics.project_topics().topics["saga.events"].replication_factor == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("environments: {c: {replication_factor: 2, min_insync_replicas: 3}}\n"
+         "topics: {a: {partitions: 1}}\n",
+         "environment 'c': min_insync_replicas 3 exceeds replication_factor 2: no acks=all "
+         "write could ever be acknowledged"),
+        ("environments: {c: {replication_factor: 3}}\ntopics: {a: {partitions: 1}}\n",
+         "environment 'c': field 'min_insync_replicas' is missing"),
+        ("environments: {c: {replication_factor: 3, min_insync_replicas: 2, acks: all}}\n"
+         "topics: {a: {partitions: 1}}\n",
+         "environment 'c': unknown field(s) ['acks']"),
+        ("environments: {c: {replication_factor: 0, min_insync_replicas: 1}}\n"
+         "topics: {a: {partitions: 1}}\n",
+         "environment 'c': field 'replication_factor': must be a positive integer"),
+        ("environments: {c: {replication_factor: 1, min_insync_replicas: 0}}\n"
+         "topics: {a: {partitions: 1}}\n",
+         "environment 'c': field 'min_insync_replicas': must be a positive integer"),
+        ("environments: {c: 3}\ntopics: {a: {partitions: 1}}\n",
+         "environment 'c': must be a mapping, got int"),
+        ("environments: {}\ntopics: {a: {partitions: 1}}\n",
+         "'environments' must map each environment's name to its replication_factor"),
+        ("environments: {c: {replication_factor: 1, min_insync_replicas: 1}}\n"
+         "topics: {a: {partitions: 1}}\n",
+         "topics.yaml declares no environment 'cluster' (chosen because test); declared: c"),
+        # With environments, no topic may leave (or lower) the replication they set.
+        ("environments: {cluster: {replication_factor: 3, min_insync_replicas: 2}}\n"
+         "topics: {a: {partitions: 1, replication_factor: 1}}\n",
+         "topic 'a': field 'replication_factor' comes from 'environments' in this file"),
+        ("environments: {cluster: {replication_factor: 3, min_insync_replicas: 2}}\n"
+         "defaults: {replication_factor: 1}\ntopics: {a: {partitions: 1}}\n",
+         "defaults: field 'replication_factor' comes from 'environments' in this file"),
+        ("environments: {cluster: {replication_factor: 3, min_insync_replicas: 2}}\n"
+         "topics: {a: {partitions: 1, configs: {min.insync.replicas: 1}}}\n",
+         "topic 'a': config 'min.insync.replicas' comes from 'environments' in this file"),
+        # Without environments a topic's own min.insync.replicas is checked the same way.
+        ("topics: {a: {partitions: 1, replication_factor: 2, configs: {min.insync.replicas: 3}}}\n",
+         "topic 'a': config 'min.insync.replicas' 3 exceeds replication_factor 2"),
+        ("topics: {a: {partitions: 1, replication_factor: 2, configs: {min.insync.replicas: x}}}\n",
+         "topic 'a': config 'min.insync.replicas' must be a positive integer, got 'x'"),
+    ],
+)  # fmt: skip
+def test_bad_replication_names_the_environment_or_topic(text: str, message: str) -> None:
+    with pytest.raises(topics.TopicsFileError) as info:
+        topics.parse(text, CLUSTER)
+    assert message in str(info.value)
+
+
+def test_a_replication_factor_above_the_brokers_that_answer_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:21092")
+    spec = topics.parse(TWO_ENVIRONMENTS, topics.Environment("cluster", "--env cluster"))
+    topics.check_replication_fits(spec, brokers=3)
+    with pytest.raises(topics.ReplicationError) as info:
+        topics.check_replication_fits(spec, brokers=1)
+    assert str(info.value) == (
+        "replication factor 3 of a, b (environment 'cluster' (--env cluster)) exceeds the 1 "
+        "broker(s) answering at 127.0.0.1:21092: start more brokers (`saga kafka start "
+        "--brokers 3` locally) or choose an environment with fewer replicas (--env, SAGA_ENV)"
+    )
+    plain = topics.parse("topics: {a: {partitions: 1, replication_factor: 4}}\n")
+    with pytest.raises(topics.ReplicationError, match=r"replication factor 4 of a \(topics.yaml"):
+        topics.check_replication_fits(plain, brokers=3)
+
+
+def test_env_is_refused_for_a_file_without_environments(tmp_path: Path) -> None:
+    path = tmp_path / "topics.yaml"
+    path.write_text("topics: {a: {partitions: 1, replication_factor: 1}}\n")
+    result = CliRunner().invoke(cli, ["topics", "apply", "--file", str(path), "--env", "cluster"])
+    assert result.exit_code == 1
+    assert "declares no environments: --env does not apply" in result.output
+
+
+def test_workers_give_faust_the_environments_replication(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from messaging.faust_app import create_app, typed_table
+
+    monkeypatch.setenv("SAGA_ENV", "cluster")
+    app = create_app("saga-product", web_port=6995, store="memory://", datadir=str(tmp_path))
+    table = typed_table(app, "stock")
+    assert app.conf.topic_replication_factor == 3
+    assert table.changelog_topic.replicas == 3
