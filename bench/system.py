@@ -90,10 +90,7 @@ def _on_this_cluster(process: psutil.Process) -> bool:
         env = process.environ()
     except psutil.Error:
         return True
-    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if not bootstrap:
-        bootstrap = f"127.0.0.1:{env.get('SAGA_KAFKA_PORT', str(settings.DEFAULT_BROKER_PORT))}"
-    return bootstrap == settings.bootstrap_servers()
+    return settings.bootstrap_servers(env) == settings.bootstrap_servers()
 
 
 def _is_worker_command(cmdline: list[str], name: str) -> bool:

@@ -5,6 +5,7 @@ as running. No broker."""
 from __future__ import annotations
 
 from collections import namedtuple
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -55,15 +56,23 @@ class Process:
         return self.env
 
 
-def test_only_workers_of_this_cluster_count_as_running(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_workers_of_this_cluster_count_as_running(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("SAGA_HOME", str(tmp_path / "ours"))
     monkeypatch.setattr(system.settings, "LOCAL_BROKER_PORT", 24680)
+    cluster_home = tmp_path / "cluster"
+    cluster_file = system.settings.local_cluster_file({"SAGA_HOME": str(cluster_home)})
+    cluster_file.parent.mkdir(parents=True)
+    cluster_file.write_text("127.0.0.1:25000,127.0.0.1:25002,127.0.0.1:25004")
     processes = [
         Process(30, {"SAGA_KAFKA_PORT": "24680"}),
         Process(10, {"SAGA_KAFKA_PORT": "24680"}),
         Process(20, {}),  # the default broker, 9092: another cluster
         Process(40, {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:24680"}),
         Process(50, None),  # unreadable: counted, to be safe
+        Process(60, {"SAGA_HOME": str(cluster_home), "SAGA_KAFKA_PORT": "24680"}),  # its cluster
     ]
     monkeypatch.setattr(system.psutil, "process_iter", lambda _fields: processes)
     assert system.running_workers() == {
