@@ -42,18 +42,21 @@ class Takeover:
             self.look_up = asyncio.ensure_future(self._look_up_horizons(self.assignments, inputs))
 
     async def _look_up_horizons(self, assignment: int, inputs: set[TP]) -> None:
+        """Until it has them, or a newer assignment makes them obsolete (the views say
+        503 for missing rows meanwhile)."""
         consumer: Any = self.app.consumer
-        for attempt in range(10):
+        pause = 0.5
+        while assignment == self.assignments and not self.app.should_stop:
             try:
                 ends = await consumer.highwaters(*inputs)
-                break
-            except Exception as exc:  # the broker is busy: the views say 503 meanwhile
+            except Exception as exc:  # the broker is busy or away: ask again
                 log.warning("no end offsets for %d partitions yet (%r); retrying", len(inputs), exc)
-                await asyncio.sleep(min(2.0**attempt, 10.0))
-        else:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0)
+                continue
+            if assignment == self.assignments:
+                self.horizons = {tp: int(ends[tp]) for tp in inputs}
             return
-        if assignment == self.assignments:
-            self.horizons = {tp: int(ends[tp]) for tp in inputs}
 
     def caught_up(self, partition: int) -> bool:
         """Has the worker committed each of its input partitions numbered `partition` up

@@ -3,9 +3,11 @@ their input up to where it ended at the takeover (messaging.takeover). No broker
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from faust.types import TP
 
 from messaging.takeover import Takeover, caught_up
@@ -30,7 +32,7 @@ class Consumer:
 
 def worker(ends: dict[TP, int]) -> Any:
     topics = SimpleNamespace(acks_enabled_for=lambda topic: topic != CHANGELOG)
-    return SimpleNamespace(consumer=Consumer(ends), topics=topics)
+    return SimpleNamespace(consumer=Consumer(ends), topics=topics, should_stop=False)
 
 
 async def assigned(takeover: Takeover, tps: set[TP]) -> None:
@@ -79,3 +81,23 @@ def test_an_app_without_takeover_tracking_is_caught_up() -> None:
         pass
 
     assert caught_up(App(), 0)  # type: ignore[arg-type]
+
+
+async def test_the_end_offsets_are_asked_again_until_the_broker_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = worker({TP(REQUESTS, 0): 3})
+    answers = [RuntimeError("busy"), RuntimeError("busy")]
+    real = app.consumer.highwaters
+
+    async def highwaters(*partitions: TP) -> dict[TP, int]:
+        if answers:
+            raise answers.pop()
+        return await real(*partitions)
+
+    app.consumer.highwaters = highwaters
+    no_pause = asyncio.sleep
+    monkeypatch.setattr(asyncio, "sleep", lambda _seconds: no_pause(0))
+    takeover = Takeover(app)
+    await assigned(takeover, {TP(REQUESTS, 0)})
+    assert takeover.horizons == {TP(REQUESTS, 0): 3}
