@@ -20,6 +20,8 @@ from faust.types import TP
 from cli import up_cmd, worker_cmd
 from messaging import exit_codes
 from messaging.faust_app import create_app, stop_worker, typed_table
+from participants.payment import logic as payment
+from participants.product import logic as product
 from schemas import codec
 from schemas.state import (
     READ_EXACTLY,
@@ -115,6 +117,21 @@ def test_a_refused_row_is_recognised_from_its_header(name: str) -> None:
     raw = encode_released(name, EARLIER_ROWS[name])
     assert refused_schema(raw) == name
     codec.decode(raw)  # the codec alone would read it, losing what it held
+
+
+@pytest.mark.parametrize(
+    ("key", "stored"),
+    [
+        (product.hold_key("widget", "saga-1"), b"widget\x00hold\x00saga-1"),
+        (product.restock_key("widget", "r-1"), b"widget\x00restock\x00r-1"),
+        (payment.payment_key("alice", "saga-1"), b"alice\x00payment\x00saga-1"),
+        (payment.top_up_key("alice", "t-1"), b"alice\x00top-up\x00t-1"),
+    ],
+)
+def test_rows_are_kept_under_the_keys_earlier_releases_wrote(key: bytes, stored: bytes) -> None:
+    # A row looked for under another key is a row lost: a re-sent reserve would hold
+    # twice, a re-sent authorize charge twice, a seed published again credit twice.
+    assert key == stored
 
 
 def test_a_current_row_is_not_refused() -> None:
