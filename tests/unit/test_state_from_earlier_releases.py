@@ -18,11 +18,12 @@ from click.testing import CliRunner
 from faust.types import TP
 
 from cli import up_cmd, worker_cmd
-from messaging import exit_codes
+from messaging import exit_codes, tables
 from messaging.faust_app import create_app, stop_worker, typed_table
 from participants.payment import logic as payment
 from participants.product import logic as product
 from schemas import codec
+from schemas import messages as m
 from schemas.state import (
     READ_EXACTLY,
     REFUSED,
@@ -163,13 +164,16 @@ def test_reading_a_refused_row_raises_with_what_to_do(stock: Any) -> None:
     assert "table stock holds a StockRow.v2 row (key b'widget')" in message
     assert "product.stock" in message and "README, 'Upgrading'" in message
     for read in (lambda: list(stock.items()), lambda: list(stock.scan())):
-        with pytest.raises(StateFromEarlierRelease):
+        with pytest.raises(StateFromEarlierRelease, match=REFUSED_WIDGET):
             read()
     assert stock.row(b"gizmo") is not None  # rows of this release read as ever
 
 
+REFUSED_WIDGET = r"^table stock holds a StockRow\.v2 row \(key b'widget'\), "
+
+
 def test_a_store_with_a_refused_row_is_refused_once_recovered(stock: Any) -> None:
-    with pytest.raises(StateFromEarlierRelease, match=r"StockRow\.v2"):
+    with pytest.raises(StateFromEarlierRelease, match=REFUSED_WIDGET):
         stock.check_rows({0, 1, 2, 3})
     stock.check_rows({0, 1, 3})  # the partitions without one pass
 
@@ -228,3 +232,26 @@ async def test_recovery_of_a_partition_holding_a_refused_row_stops_the_worker(
     assert crashed == []  # a partition of this release's rows only
     await stock.on_recovery_completed({TP(changelog, 0), TP(changelog, 2)}, set())
     assert [type(e) for e in crashed] == [StateFromEarlierRelease]
+
+
+async def test_a_partition_is_checked_once_each_time_it_is_assigned(
+    stock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checking reads every row of the partition's store: not at every recovery.
+    changelog = stock.changelog_topic.get_topic_name()
+    p0, p1 = TP(changelog, 0), TP(changelog, 1)
+    price = m.Money(Decimal("2.50"), "EUR")
+    rows = {p: codec.encode(m.StockRow(f"p{p}", p, 0, 0, p, price)) for p in (0, 1)}
+    for partition, row in rows.items():
+        stock.data._db_for_partition(partition)[f"p{partition}".encode()] = row
+    read: list[bytes] = []
+    refused = tables.refused_schema
+    monkeypatch.setattr(tables, "refused_schema", lambda raw: read.append(raw) or refused(raw))
+    await stock.on_recovery_completed({p0}, set())
+    await stock.on_recovery_completed({p1}, set())
+    await stock.on_recovery_completed({p0, p1}, set())
+    assert read == [rows[0], rows[1]]
+    await stock.on_rebalance({p1}, {p0}, set(), 2)  # partition 0 moved to another worker
+    await stock.on_rebalance({p0, p1}, set(), {p0}, 3)  # and came back: checked again
+    await stock.on_recovery_completed({p0, p1}, set())
+    assert read == [rows[0], rows[1], rows[0]]
