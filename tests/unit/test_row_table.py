@@ -187,6 +187,49 @@ async def test_commit_flush_of_a_stopping_worker_gives_up_without_committing() -
     assert timeouts == [STOP_FLUSH_SECONDS] and faust_flushes == []
 
 
+async def test_a_stopping_worker_gives_its_changelog_records_a_bounded_time_too() -> None:
+    app = create_app("saga-product", web_port=6985, store="memory://")
+    table = typed_table(app, "stock")
+    producer = FakeProducer()
+    timeouts: list[float | None] = []
+
+    async def changelog_never_acknowledged(timeout: float | None = None) -> None:
+        timeouts.append(timeout)
+        if len(timeouts) == 2:  # the outputs were acknowledged, the changelog is not
+            raise TimeoutError
+
+    producer.flush = changelog_never_acknowledged  # type: ignore[method-assign]
+    faust_producer: Any = app.producer
+    faust_flushes: list[str] = []
+
+    async def faust_flush() -> None:
+        faust_flushes.append("faust flush")
+
+    faust_producer.flush = faust_flush
+    flush_before_commit(app, producer)  # type: ignore[arg-type]
+    with processing(event(1)):
+        table[b"a"] = stock("a", 1)
+    app._stopped.set()
+    with pytest.raises(TimeoutError):
+        await app.producer.flush()
+    assert timeouts == [STOP_FLUSH_SECONDS, STOP_FLUSH_SECONDS] and faust_flushes == []
+    assert table.data == {}  # nothing written back
+
+
+@pytest.mark.parametrize("rebalance", ["on_partitions_revoked", "on_partitions_assigned"])
+async def test_rows_read_before_a_rebalance_are_read_again_after_it(rebalance: str) -> None:
+    app = create_app("saga-product", web_port=6984, store="memory://")
+    table = typed_table(app, "stock")
+    flush_before_commit(app, FakeProducer())  # type: ignore[arg-type]
+    table.data[b"a"] = stock("a", 1)
+    assert table.row(b"a") == stock("a", 1)
+    # While its partition was away, another worker changed the row, and the store
+    # has its new value (restored from the changelog).
+    table.data[b"a"] = stock("a", 2)
+    await getattr(app, rebalance).send(set())
+    assert table.row(b"a") == stock("a", 2)
+
+
 class GatedProducer(FakeProducer):
     """A flush returns only when the test opens its gate (the broker acknowledges)."""
 
