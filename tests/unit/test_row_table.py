@@ -470,7 +470,12 @@ def test_owned_reads_no_more_rows_of_the_store_than_the_limit(
     store_rows(table, 0, {hold_key("p1", f"s{i}"): hold("p1", f"s{i}") for i in range(20)})
     decoded: list[bytes] = []
     decode = codec.decode
-    monkeypatch.setattr(codec, "decode", lambda raw: decoded.append(raw) or decode(raw))
+
+    def counted(raw: bytes) -> Any:
+        decoded.append(raw)
+        return decode(raw)
+
+    monkeypatch.setattr(codec, "decode", counted)
     assert len(table.owned(b"p1", "hold", 3)) == 3
     assert len(decoded) == 3
 

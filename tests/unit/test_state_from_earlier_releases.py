@@ -246,7 +246,12 @@ async def test_a_partition_is_checked_once_each_time_it_is_assigned(
         stock.data._db_for_partition(partition)[f"p{partition}".encode()] = row
     read: list[bytes] = []
     refused = tables.refused_schema
-    monkeypatch.setattr(tables, "refused_schema", lambda raw: read.append(raw) or refused(raw))
+
+    def reading(raw: bytes) -> str | None:
+        read.append(raw)
+        return refused(raw)
+
+    monkeypatch.setattr(tables, "refused_schema", reading)
     await stock.on_recovery_completed({p0}, set())
     await stock.on_recovery_completed({p1}, set())
     await stock.on_recovery_completed({p0, p1}, set())
