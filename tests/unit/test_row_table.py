@@ -388,8 +388,9 @@ def first(rows: Iterable[tuple[bytes, Any]], at_most: int = 50) -> list[bytes]:
 
 
 def products(table: RowTable) -> None:
-    """Products p1, p12, p2 (partition 0), p15 and q1 (partition 1), most with holds,
-    and changes not written back yet: p3 and its hold added, p2 deleted."""
+    """Products p1, p12, p2 (partition 0), p15 and "q 1" (partition 1: ids may hold
+    spaces), most with holds, and changes not written back yet: p3 and its hold added,
+    p2 deleted."""
     store_rows(
         table,
         0,
@@ -405,7 +406,11 @@ def products(table: RowTable) -> None:
     store_rows(
         table,
         1,
-        {b"p15": stock("p15", 1), b"q1": stock("q1", 1), hold_key("q1", "s1"): hold("q1", "s1")},
+        {
+            b"p15": stock("p15", 1),
+            b"q 1": stock("q 1", 1),
+            hold_key("q 1", "s1"): hold("q 1", "s1"),
+        },
     )
     with processing(event(0)):
         table[b"p3"] = stock("p3", 1)
@@ -417,10 +422,10 @@ def test_scan_lists_every_partitions_rows_with_a_prefix_but_not_the_rows_they_ow
     any_table: RowTable,
 ) -> None:
     products(any_table)
-    assert first(any_table.scan()) == [b"p1", b"p12", b"p15", b"q1", b"p3"]
+    assert first(any_table.scan()) == [b"p1", b"p12", b"p15", b"q 1", b"p3"]
     assert first(any_table.scan(b"p1")) == [b"p1", b"p12", b"p15"]
     assert first(any_table.scan(b"p")) == [b"p1", b"p12", b"p15", b"p3"]
-    assert dict(any_table.scan(b"q"))[b"q1"] == stock("q1", 1)
+    assert dict(any_table.scan(b"q"))[b"q 1"] == stock("q 1", 1)
 
 
 def test_items_lists_every_row_the_owned_ones_too(any_table: RowTable) -> None:
@@ -433,8 +438,8 @@ def test_items_lists_every_row_the_owned_ones_too(any_table: RowTable) -> None:
             b"p12",
             hold_key("p2", "s1"),  # the product deleted, its hold not
             b"p15",
-            b"q1",
-            hold_key("q1", "s1"),
+            b"q 1",
+            hold_key("q 1", "s1"),
             b"p3",
             hold_key("p3", "s3"),
         ]

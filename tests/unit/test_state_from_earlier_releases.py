@@ -256,7 +256,16 @@ async def test_a_partition_is_checked_once_each_time_it_is_assigned(
     await stock.on_recovery_completed({p1}, set())
     await stock.on_recovery_completed({p0, p1}, set())
     assert read == [rows[0], rows[1]]
+    # The store is told of each rebalance (here it keeps its databases open: RocksDB
+    # would reopen partition 0's, which another worker may have rebuilt meanwhile).
+    rebalances: list[tuple[Any, ...]] = []
+
+    async def store_rebalance(*args: Any) -> None:
+        rebalances.append(args)
+
+    monkeypatch.setattr(stock.data, "on_rebalance", store_rebalance)
     await stock.on_rebalance({p1}, {p0}, set(), 2)  # partition 0 moved to another worker
     await stock.on_rebalance({p0, p1}, set(), {p0}, 3)  # and came back: checked again
+    assert rebalances == [({p1}, {p0}, set(), 2), ({p0, p1}, set(), {p0}, 3)]
     await stock.on_recovery_completed({p0, p1}, set())
     assert read == [rows[0], rows[1], rows[0]]
