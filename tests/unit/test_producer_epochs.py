@@ -150,7 +150,7 @@ async def test_a_flush_waits_for_records_not_yet_handed_over(kafka: Librdkafka) 
     assert not flush.done()
     kafka.deliver(0)
     await turn()
-    await flush
+    await asyncio.wait_for(flush, 5)  # a hang fails the test
 
 
 async def test_a_record_the_broker_did_not_take_fails_every_wait_for_good(
