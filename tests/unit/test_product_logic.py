@@ -96,15 +96,19 @@ class Stock:
         return effect
 
     def run(self, command: Any) -> tuple[Any, list[Any]]:
-        """Deliver `command` and every record it forwards; (the reply, the releases)."""
+        """Deliver `command` and every record it forwards; (the reply, the releases).
+        A command visits each product of its order once: no more hops than products."""
         queue: list[Any] = [command]
         reply: Any = None
         releases: list[Any] = []
-        while queue:
+        for _hop in range(MAX_ORDER_LINES + 1):
+            if not queue:
+                break
             effect = self.handle(queue.pop(0))
             for record in effect.forward:
                 (releases if isinstance(record, ReleaseItem) else queue).append(record)
             reply = effect.reply if effect.reply is not None else reply
+        assert not queue, f"{type(command).__name__} still travelling after every product"
         for release in releases:
             self.handle(release)
         return reply, releases
