@@ -7,7 +7,9 @@ ports of its own), never on the ones other people use. Phases:
   setup    fresh broker data and worker state, topics, a catalog unique to the run, workers
   chaos    orders at a steady rate; meanwhile SIGKILL + restart of every worker several
            times, SIGTERM + restart once each, one broker stop + start, duplicates of
-           real commands and replies, bad records on every input topic
+           real commands and replies, bad records on every input topic; with --scale-to,
+           more workers of every service, then fewer (by SIGTERM, then SIGKILL); with
+           --watch-views, key lookups on the web views all along (bench.view_watch)
   settle   wait until every saga is terminal and every worker has caught up
   stop     SIGTERM every worker: each must exit 0 in time
   check    read the final tables, saga.events and saga.dead-letters; bench.invariants
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -28,7 +31,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
-from bench import chaos_io, invariants
+from bench import chaos_io, invariants, view_watch
 from bench.chaos_plan import INPUT_TOPICS, BadRecord, Intent, Plan, make_plan
 from bench.chaos_workers import STOP_TIMEOUT, Scheduler, Supervisor, WorkerFaults
 from cli.processes import SERVICE_NAMES, Workers
@@ -65,6 +68,8 @@ class Options:
     settle_timeout: float = 600.0
     keep_broker: bool = False
     loglevel: str = "warning"  # of the workers, whose output goes to HOME/workers.log
+    scale_to: int = 1  # workers per service at the peak (see Chaos.plan_scaling)
+    watch_views: bool = False  # look up keys that exist on the web views all along
 
 
 @dataclass
@@ -90,6 +95,7 @@ class Result:
     stop_seconds: float
     phases: dict[str, float]
     external: bool
+    views: view_watch.ViewFindings | None = None
 
     def summary(self) -> dict[str, object]:
         """The result as JSON-able data (`saga chaos --json`), for tests and tooling."""
@@ -115,6 +121,9 @@ class Result:
             "final_stop": {"codes": self.stop_codes, "seconds": self.stop_seconds},
             "broker_restarts": self.faults.broker_restarts,
             "hangs": self.faults.workers.hangs,
+            "scaled_out": self.faults.workers.added,
+            "scaled_in": [asdict(stop) for stop in self.faults.workers.retired],
+            "views": None if self.views is None else self.views.summary(),
             "unplanned_exits": self.faults.workers.unplanned_exits,
             "behind": self.faults.behind,
             "phases": self.phases,
@@ -140,6 +149,7 @@ class Result:
             and not self.faults.workers.unplanned_exits
             and not self.faults.behind
             and not self.faults.undelivered
+            and (self.views is None or not self.views.failures)
         )
 
 
@@ -218,6 +228,7 @@ class Chaos:
         self.faults = Faults(workers=self.supervisor.faults)
         self.producer = client.producer(**{"message.timeout.ms": 600_000, **chaos_io.QUIET})
         self.broker_thread: threading.Thread | None = None
+        self.scaling_steps_done = 0
 
     @property
     def seconds(self) -> float:
@@ -238,6 +249,43 @@ class Chaos:
         count = self.options.duplicates or max(20, len(self.plan.sends) // 20)
         for _ in range(count):
             at(self.rng.uniform(0.05, 1.0) * self.seconds, partial(self.duplicate, duplicator))
+        if self.options.scale_to > 1:
+            self.plan_scaling()
+
+    # -- scaling out and in --
+
+    def plan_scaling(self) -> None:
+        """Every service out to `scale_to` workers, one more of each per step, in the
+        first part of the run; then back in to one, newest first, in the middle: the first
+        step in SIGTERMs the extra workers, the next SIGKILLs them, and so on. A step
+        waits until the one before is done and every running worker is ready."""
+        extra = self.options.scale_to - 1
+        steps: list[Callable[[], None]] = [self.scale_out] * extra
+        steps += [
+            partial(self.scale_in, signal.SIGKILL if n % 2 else signal.SIGTERM)
+            for n in range(extra)
+        ]
+        moments = [0.05 + 0.25 * n / extra for n in range(extra)]
+        moments += [0.5 + 0.25 * n / extra for n in range(extra)]
+        for number, (moment, step) in enumerate(zip(moments, steps, strict=True)):
+            self.scheduler.at(moment * self.seconds, partial(self.scaling_step, number, step))
+
+    def scaling_step(self, number: int, step: Callable[[], None]) -> None:
+        if self.scaling_steps_done < number or not self.supervisor.all_ready():
+            self.scheduler.later(1.0, partial(self.scaling_step, number, step))
+            return
+        step()
+        self.scaling_steps_done += 1
+
+    def scale_out(self) -> None:
+        for service in SERVICE_NAMES:
+            self.supervisor.add(service)
+
+    def scale_in(self, how: signal.Signals) -> None:
+        for service in SERVICE_NAMES:
+            newest = self.supervisor.newest_extra(service)
+            if newest is not None:
+                self.supervisor.retire(newest, how)
 
     # -- faults outside the workers --
 
@@ -414,6 +462,13 @@ def run(options: Options, log: Log = print) -> Result:
     watch = chaos_io.TerminalWatch([o.request.order_id for o in plan.orders], start["saga.events"])
     watch.start()
     chaos = Chaos(plan, options, workers, log)
+    views = None
+    if options.watch_views:
+        wait_seeded(log)
+        views = view_watch.ViewWatch(
+            existing_keys(plan, watch), chaos.supervisor.endpoints, random.Random(f"{seed}-views")
+        )
+        views.start()
     stop_codes: dict[str, int | None] = {}
     stop_seconds = 0.0
     try:
@@ -426,6 +481,7 @@ def run(options: Options, log: Log = print) -> Result:
         phases["settle"] = time.monotonic() - mark
     finally:
         watch.stop()
+        view_findings = None if views is None else views.stop()
         mark = time.monotonic()
         stop_codes = workers.stop(timeout=STOP_TIMEOUT)
         stop_seconds = time.monotonic() - mark
@@ -435,4 +491,34 @@ def run(options: Options, log: Log = print) -> Result:
     if not options.keep_broker and not external:
         local_broker.stop(log=lambda _line: None)
     phases["total"] = time.monotonic() - began
-    return Result(plan, options, chaos.faults, findings, stop_codes, stop_seconds, phases, external)
+    return Result(
+        plan,
+        options,
+        chaos.faults,
+        findings,
+        stop_codes,
+        stop_seconds,
+        phases,
+        external,
+        view_findings,
+    )
+
+
+def wait_seeded(log: Log) -> None:
+    """Until the workers have processed the seed: its products and customers exist."""
+    for service, topic in (("product", catalog.STOCK_TOPIC), ("payment", catalog.PAYMENT_TOPIC)):
+        if not client.wait_until_processed(settings.APP_IDS[service], topic, timeout=120):
+            log(f"  the {service} workers are still behind on {topic}")
+
+
+def existing_keys(plan: Plan, watch: chaos_io.TerminalWatch) -> view_watch.Keys:
+    """The keys a view must answer for, by service: every product and customer of the
+    seed; a saga once its first event is seen (its request was processed), an order
+    once its saga's OrderCreated transition is (the Order Service stored it)."""
+    keys: dict[str, list[str]] = {
+        "orchestrator": watch.started,
+        "order": watch.orders_created,
+        "product": [restock.product_id for restock in plan.catalog.restocks],
+        "payment": [top_up.customer_id for top_up in plan.catalog.top_ups],
+    }
+    return keys.__getitem__

@@ -14,7 +14,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from bench.invariants import DeadLetter
-from messaging import client, topics
+from messaging import client, settings, topics
 from messaging.dead_letters import DEAD_LETTER_TOPIC
 from schemas import codec
 from schemas import messages as m
@@ -23,10 +23,7 @@ Offsets = dict[str, dict[int, int]]  # topic -> partition -> offset
 
 # Consumer group (= Faust app id) -> the topics its agents read.
 GROUP_TOPICS = {
-    "saga-orchestrator": ("orders.requested", "saga.replies"),
-    "saga-order": ("order.commands",),
-    "saga-product": ("product.commands",),
-    "saga-payment": ("payment.commands",),
+    settings.APP_IDS[service]: names for service, names in settings.INPUT_TOPICS.items()
 }
 # librdkafka logs every refused connection while the broker restarts: the run reports
 # what matters itself.
@@ -159,12 +156,17 @@ def lag(timeout: float = 10.0) -> dict[str, int]:
 
 
 class TerminalWatch(threading.Thread):
-    """Follows saga.events in the background and notes which sagas reached an end."""
+    """Follows saga.events in the background and notes which sagas reached an end; also
+    which started (`started`) and whose order the Order Service created
+    (`orders_created`), in the order seen: lists that only grow, for other threads."""
 
     def __init__(self, saga_ids: Iterable[str], start: dict[int, int]) -> None:
         super().__init__(name="terminal-watch", daemon=True)
         self.waiting = {s.encode() for s in saga_ids}
         self.terminal: set[bytes] = set()
+        self.started: list[str] = []
+        self.orders_created: list[str] = []
+        self._seen: set[tuple[bytes, str]] = set()  # (saga, what) noted already
         self.start_offsets = start
         self.stopping = threading.Event()
 
@@ -188,8 +190,16 @@ class TerminalWatch(threading.Thread):
             event = codec.decode_as(record.value() or b"", m.SagaEvent)
         except codec.MessageDecodeError:
             return
+        self._note_once(key, "started", self.started)
+        if event.trigger == "OrderCreated":
+            self._note_once(key, "order", self.orders_created)
         if event.terminal:
             self.terminal.add(key)
+
+    def _note_once(self, key: bytes, what: str, seen_in: list[str]) -> None:
+        if (key, what) not in self._seen:
+            self._seen.add((key, what))
+            seen_in.append(key.decode())
 
     @property
     def open_count(self) -> int:

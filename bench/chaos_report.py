@@ -48,6 +48,12 @@ def injected(result: Result) -> list[str]:
             f"{_counts(stopped, SERVICE_NAMES)}; slowest stop {slowest:.1f}s",
         ),
         _row("broker stop + start", faults.broker_restarts, broker),
+        _row("workers added (scale out)", len(workers.added), ", ".join(workers.added)),
+        _row(
+            "workers stopped (scale in)",
+            len(workers.retired),
+            ", ".join(f"{stop.worker} exit {stop.code}" for stop in workers.retired),
+        ),
         _row("duplicate records", sum(duplicates.values()), _counts(duplicates, duplicates)),
         _row("bad records", faults.bad_sent, f"on {bad_topics} topics"),
     ]
@@ -90,6 +96,23 @@ def found(result: Result) -> list[str]:
         _row("final SIGTERM stop", f"{graceful}/{len(codes)}", stop_note),
         _row("records the run lost", faults.undelivered, "(its own producer)"),
         _row("uncommitted at the end", sum(faults.behind.values()), _behind(faults.behind)),
+        *views(result),
+    ]
+
+
+def views(result: Result) -> list[str]:
+    """What the key lookups on the web views found (--watch-views)."""
+    if result.views is None:
+        return []
+    v = result.views
+    retried = ", ".join(f"{why} {n}" for why, n in v.retried.most_common())
+    owners = sum(len(urls) for urls in v.owners.values())
+    return [
+        _row("view lookups answered", v.lookups.total(), _counts(v.lookups, SERVICE_NAMES)),
+        _row("  answered by owners", owners, "workers that owned a key when asked"),
+        _row("  requests retried", v.retried.total(), retried[:300]),
+        _row("  longest wait for a row", f"{v.longest_wait:.1f}s"),
+        _row("view lookups failed", len(v.failures), "; ".join(v.failures)[:300]),
     ]
 
 
@@ -114,6 +137,7 @@ def render(result: Result) -> str:
     head = (
         f"chaos run {result.plan.run}: seed {options.seed}, {options.orders} orders"
         f" at {options.rate:.0f}/s, {options.kills} kill(s) per worker"
+        + (f", up to {options.scale_to} workers per service" if options.scale_to > 1 else "")
     )
     verdict = "PASS" if result.passed else "FAIL"
     return "\n".join(

@@ -72,6 +72,8 @@ class WorkerFaults:
 
     kills: Counter[str] = field(default_factory=Counter)
     stops: list[Stop] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)  # workers started to scale out
+    retired: list[Stop] = field(default_factory=list)  # stopped for good to scale in
     hangs: list[str] = field(default_factory=list)  # ignored SIGTERM, or exited non-zero
     forced_stops: int = 0  # stops that stuck (the watchdog ended them) or could not flush
     unplanned_exits: list[str] = field(default_factory=list)  # crashes of running workers
@@ -93,6 +95,9 @@ class Supervisor:
         self.readied: set[str] = set(workers.workers)  # ready since their last start
         self.last_ready_poll = 0.0
         self.broker_down = (float("inf"), float("inf"))  # (since, until) of its restart
+        self.retiring: dict[str, str] = {}  # worker -> the signal stopping it for good
+        self.in_service: dict[str, tuple[str, ...]] = {}  # service -> URLs (see endpoints)
+        self._update_service()
 
     # -- the processes --
 
@@ -102,9 +107,9 @@ class Supervisor:
 
     def ready(self, name: str) -> bool:
         """Has the worker recovered its tables and is it consuming (its /ready says 200)?"""
-        port = self.workers.workers[name].web_port
+        url = self.workers.workers[name].url
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=0.5):
+            with urllib.request.urlopen(f"{url}/ready", timeout=0.5):
                 return True
         except OSError:
             return False
@@ -113,15 +118,34 @@ class Supervisor:
     def busy(self) -> bool:
         return bool(self.terminating)
 
+    def all_ready(self) -> bool:
+        """Has every running worker been ready since its start?"""
+        return all(
+            name in self.readied for name in self.workers.workers if name not in self.stopped
+        )
+
+    def endpoints(self, service: str) -> tuple[str, ...]:
+        """URLs of the service's workers in service: ready since their start and not
+        being stopped. Read by other threads: the mapping is replaced, never changed."""
+        return self.in_service.get(service, ())
+
+    def _update_service(self) -> None:
+        in_service: dict[str, tuple[str, ...]] = {}
+        for worker in self.workers.workers.values():
+            if worker.name in self.readied and worker.name not in self.stopped:
+                in_service[worker.service] = (*in_service.get(worker.service, ()), worker.url)
+        self.in_service = in_service
+
     # -- faults --
 
     def kill(self, name: str) -> None:
         if name in self.stopped or not self.alive(name):  # down already: a bit later
             self.scheduler.later(2.0, partial(self.kill, name))
             return
+        self.stopped.add(name)
+        self._update_service()  # out of service before the signal
         self.workers.kill(name)
         self.faults.kills[name] += 1
-        self.stopped.add(name)
         self.log(f"  SIGKILL {name}")
         self.scheduler.later(self.rng.uniform(0.2, 3.0), partial(self.start, name))
 
@@ -131,9 +155,50 @@ class Supervisor:
         if name in self.stopped or process is None or not self.ready(name):
             self.scheduler.later(2.0, partial(self.terminate, name))
             return
-        os.killpg(process.pid, signal.SIGTERM)
         self.stopped.add(name)
+        self._update_service()  # out of service before the signal
+        os.killpg(process.pid, signal.SIGTERM)
         self.terminating[name] = time.monotonic()
+
+    # -- scaling --
+
+    def add(self, service: str) -> str:
+        """Start one more worker of `service` (scale out); its name."""
+        worker = self.workers.add(service)
+        self.faults.added.append(worker.name)
+        self.log(f"  scale out: {worker.name}")
+        self.readied.discard(worker.name)
+        self.stopped.add(worker.name)  # until start() runs it
+        self.start(worker.name)
+        return worker.name
+
+    def retire(self, name: str, how: signal.Signals) -> None:
+        """Stop a worker for good (scale in) by SIGTERM or SIGKILL; it is not restarted."""
+        if name in self.stopped or not self.alive(name):
+            self.scheduler.later(2.0, partial(self.retire, name, how))
+            return
+        self.retiring[name] = how.name
+        if how is signal.SIGTERM:
+            self.terminate(name)  # `tick` sees it exit, then forgets it
+            return
+        self.stopped.add(name)
+        self._update_service()
+        self.workers.kill(name)
+        process = self.workers.workers[name].process
+        self.log(f"  scale in: SIGKILL {name}")
+        self._forget(name, Stop(name, process.returncode if process else None, 0.0))
+
+    def newest_extra(self, service: str) -> str | None:
+        """The service's most recently added worker still running, never its first."""
+        running = [w.name for w in self.workers.of(service)[1:] if w.name not in self.stopped]
+        return running[-1] if running else None
+
+    def _forget(self, name: str, stop: Stop) -> None:
+        self.faults.retired.append(stop)
+        del self.retiring[name]
+        self.stopped.discard(name)
+        self.readied.discard(name)
+        self.workers.remove(name)
 
     def start(self, name: str) -> None:
         """Start a stopped worker once the broker is there (a worker exits at start-up
@@ -168,6 +233,7 @@ class Supervisor:
         self._check_terminating()
         self._note_ready()
         self._supervise()
+        self._update_service()
 
     def _check_terminating(self) -> None:
         for name, began in list(self.terminating.items()):
@@ -184,6 +250,10 @@ class Supervisor:
             elif code != 0:
                 self.faults.hangs.append(f"{name} exited {code} on SIGTERM")
             del self.terminating[name]
+            if name in self.retiring:
+                self.log(f"  scale in: SIGTERM {name}: exit {code} after {took:.1f}s")
+                self._forget(name, Stop(name, code, took))
+                continue
             self.faults.stops.append(Stop(name, code, took))
             self.log(f"  SIGTERM {name}: exit {code} after {took:.1f}s")
             self.scheduler.later(0.5, partial(self.start, name))

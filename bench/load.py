@@ -159,7 +159,8 @@ class SagaPipeline:
 
 @dataclass
 class WorkerSet:
-    """The four workers under test: their pids, and the Workers if this process runs them."""
+    """The workers under test: their pids by name (product, product-2, ...), and the
+    Workers if this process runs them."""
 
     pids: dict[str, int]
     workers: Workers | None = None
@@ -183,7 +184,8 @@ class WorkerSet:
 
 
 def workers_to_use(use_running: bool) -> dict[str, int]:
-    """Check the four workers can be had as asked: the running ones' pids, or {} to start."""
+    """Check the workers can be had as asked: the running ones' pids (every service has
+    one at least), or {} to start them."""
     running = system.running_workers()
     if use_running:
         missing = [name for name in SERVICE_NAMES if name not in running]
@@ -200,13 +202,20 @@ def workers_to_use(use_running: bool) -> dict[str, int]:
 
 
 @contextmanager
-def saga_workers(use_running: bool, ready_timeout: float = 180.0) -> Iterator[WorkerSet]:
-    """The four workers: the running ones (--use-running) or four started here and stopped after."""
+def saga_workers(
+    use_running: bool, per_service: int = 1, port_base: int = 6066, ready_timeout: float = 180.0
+) -> Iterator[WorkerSet]:
+    """The workers: the running ones (--use-running), or `per_service` of each service
+    started here (web ports from `port_base`, as `saga up` places them) and stopped after."""
     running = workers_to_use(use_running)
     if running:
         yield WorkerSet(running)
         return
-    workers = Workers(loglevel="warning")
+    workers = Workers(
+        counts=dict.fromkeys(SERVICE_NAMES, per_service),
+        ports={name: port_base + i for i, name in enumerate(SERVICE_NAMES)},
+        loglevel="warning",
+    )
     workers.start()
     try:
         try:

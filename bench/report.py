@@ -36,6 +36,18 @@ def cpu_line(cpu: dict[str, float | None]) -> str:
     return "  ".join(f"{name} {'-' if pct is None else f'{pct:.0f}'}" for name, pct in cpu.items())
 
 
+def machine_line(run: dict[str, Any], cpus: int | None = None) -> str:
+    """How busy the whole machine was, and how much of that the measured processes took:
+    the rest is other work on the machine (it skews the figures)."""
+    ours = sum(pct for pct in run.get("cpu_percent", {}).values() if pct is not None)
+    busy = run["machine_cpu_percent"]
+    cores = cpus or os.cpu_count() or 1
+    return (
+        f"machine busy {busy:.0f}% of {cores * 100}%: these processes {ours:.0f}%, "
+        f"other work {max(0.0, busy - ours):.0f}%"
+    )
+
+
 def table(title: str, runs: list[dict[str, Any]]) -> str:
     unit = "saga" if title == "saga" else "chain"
     header = _COLUMNS.format(
@@ -50,6 +62,8 @@ def table(title: str, runs: list[dict[str, Any]]) -> str:
         lines.append(_COLUMNS.format(*cells, run["unfinished"]))
         lines.append(f"      outcomes: {outcome_mix(run['outcomes'])}{_disturbed(run)}")
         lines.append(f"      cpu % of one core: {cpu_line(run.get('cpu_percent', {}))}")
+        if run.get("machine_cpu_percent") is not None:
+            lines.append(f"      {machine_line(run)}")
         if run.get("per_saga"):
             lines.append(f"      per {unit}: {per_saga_line(run['per_saga'])}")
     return "\n".join(lines)

@@ -36,6 +36,8 @@ class Options:
     run_baseline: bool = True
     run_saga: bool = True
     use_running: bool = False
+    workers: int = 1  # per service, when the bench starts them
+    web_port_base: int = 6066  # of the workers it starts (see saga up)
     profile: bool = False
     half_max: bool = True  # after "max", a run at half the saga's measured maximum
     results_dir: Path = Path("bench/results")
@@ -50,6 +52,7 @@ class Options:
             "max_in_flight": self.max_in_flight,
             "drain_timeout_s": self.drain_timeout,
             "half_max": self.half_max,
+            "workers_per_service": None if self.use_running else self.workers,
         }
 
 
@@ -73,6 +76,7 @@ def measure(
     run = drive(pipeline, settings, Progress(f"{pipeline.name} {stats.rate_label(settings.rate)}"))
     summary = run.summary()
     summary["cpu_percent"] = meter.stop()
+    summary["machine_cpu_percent"] = meter.machine_percent
     summary["per_saga"] = cpu_per_completion(meter.seconds, summary["completed"])
     if traffic is not None:
         summary["traffic"] = traffic.stop(summary["completed"])
@@ -81,19 +85,21 @@ def measure(
     return summary
 
 
-WORKERS = ("orchestrator", "order", "product", "payment")  # the saga's, or their relays
+NOT_WORKERS = ("broker", "bench")  # the other metered processes
 
 
 def cpu_per_completion(seconds: dict[str, float | None], completed: int) -> dict[str, Any]:
-    """CPU milliseconds per completed request: the four workers together, and the broker."""
+    """CPU milliseconds per completed request: the workers (or relays) together, and the
+    broker."""
 
-    def ms(names: tuple[str, ...]) -> float | None:
+    def ms(names: list[str]) -> float | None:
         values = [seconds.get(name) for name in names]
         if not completed or any(v is None for v in values):
             return None
         return round(sum(v for v in values if v is not None) / completed * 1000, 4)
 
-    return {"worker_cpu_ms": ms(WORKERS), "broker_cpu_ms": ms(("broker",))}
+    workers = [name for name in seconds if name not in NOT_WORKERS]
+    return {"worker_cpu_ms": ms(workers), "broker_cpu_ms": ms(["broker"])}
 
 
 def one_line(name: str, run: dict[str, Any]) -> str:
@@ -147,7 +153,9 @@ def run_saga(options: Options, echo: Echo) -> dict[str, Any]:
     bench_catalog = load.BenchCatalog(uuid.uuid4().hex[:8])
     result: dict[str, Any] = {"catalog": bench_catalog.describe(), "runs": []}
     try:
-        with load.saga_workers(options.use_running) as workers:
+        with load.saga_workers(
+            options.use_running, options.workers, options.web_port_base
+        ) as workers:
             result["workers"] = "already running" if options.use_running else "started by bench"
             catalog.publish(bench_catalog.seed())
             pipeline = load.SagaPipeline(bench_catalog)

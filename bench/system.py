@@ -12,7 +12,7 @@ from typing import Any
 import confluent_kafka
 import psutil
 
-from cli.processes import SERVICE_NAMES
+from cli.processes import SERVICE_NAMES, worker_name
 from messaging import local_broker, settings
 
 
@@ -60,19 +60,37 @@ def machine_info() -> dict[str, Any]:
 
 
 def worker_processes() -> list[tuple[str, int]]:
-    """(NAME, pid) of every `saga worker NAME` process running on this machine."""
+    """(NAME, pid) of every `saga worker NAME` process running on this machine against
+    this cluster (workers of other brokers share no consumer group with ours)."""
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         cmdline = process.info.get("cmdline") or []
         for name in SERVICE_NAMES:
-            if _is_worker_command(cmdline, name):
+            if _is_worker_command(cmdline, name) and _on_this_cluster(process):
                 found.append((name, process.info["pid"]))
     return found
 
 
 def running_workers() -> dict[str, int]:
-    """Pids of the running workers by NAME (one per name if several run)."""
-    return dict(worker_processes())
+    """Pids of the running workers by name: a service's first as the service, the next
+    ones as product-2, product-3 ... (in the order of their pids)."""
+    named: dict[str, int] = {}
+    for service, pid in sorted(worker_processes(), key=lambda found: found[1]):
+        number = 1
+        while worker_name(service, number) in named:
+            number += 1
+        named[worker_name(service, number)] = pid
+    return named
+
+
+def _on_this_cluster(process: psutil.Process) -> bool:
+    """Does the worker use the cluster this process uses? Told from its environment, as
+    `messaging.settings` reads it; a process whose environment cannot be read counts."""
+    try:
+        env = process.environ()
+    except psutil.Error:
+        return True
+    return settings.bootstrap_servers(env) == settings.bootstrap_servers()
 
 
 def _is_worker_command(cmdline: list[str], name: str) -> bool:
@@ -95,7 +113,9 @@ def _cpu_seconds(process: psutil.Process) -> float | None:
 
 
 class CpuMeter:
-    """CPU used by named processes over a span of wall time, in % of one core."""
+    """CPU used by named processes over a span of wall time, in % of one core; and how
+    busy the whole machine was meanwhile (`machine_percent`, also in % of one core:
+    up to 100 x the number of CPUs), which shows what other work took."""
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.processes: dict[str, psutil.Process | None] = {}
@@ -107,13 +127,16 @@ class CpuMeter:
         self._begin: dict[str, float | None] = {}
         self._started = 0.0
         self.seconds: dict[str, float | None] = {}  # CPU seconds used, after stop()
+        self.machine_percent = 0.0  # after stop()
 
     def start(self) -> None:
         self._started = time.monotonic()
         self._begin = {name: _cpu(p) for name, p in self.processes.items()}
+        self._machine_begin = psutil.cpu_times()
 
     def stop(self) -> dict[str, float | None]:
         wall = time.monotonic() - self._started
+        self.machine_percent = _busy_percent(self._machine_begin, psutil.cpu_times())
         used = {}
         for name, process in self.processes.items():
             end, begin = _cpu(process), self._begin.get(name)
@@ -121,6 +144,15 @@ class CpuMeter:
             self.seconds[name] = seconds
             used[name] = None if seconds is None or wall <= 0 else round(seconds / wall * 100, 1)
         return used
+
+
+def _busy_percent(before: Any, after: Any) -> float:
+    """The machine's CPU time not idle between two psutil.cpu_times(), in % of one core."""
+    idle = ("idle", "iowait")
+    total = sum(after) - sum(before)
+    waiting = sum(getattr(after, f, 0.0) - getattr(before, f, 0.0) for f in idle)
+    cpus = os.cpu_count() or 1
+    return round((total - waiting) / total * 100 * cpus, 1) if total > 0 else 0.0
 
 
 def _cpu(process: psutil.Process | None) -> float | None:

@@ -42,6 +42,14 @@ def _rates(_ctx: click.Context, _param: click.Parameter, value: str) -> list[sta
     help="Benchmark the workers already running instead of starting four.",
 )  # fmt: skip
 @click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Workers per service that the bench starts (not with --use-running).",
+)  # fmt: skip
+@click.option(
+    "--web-port-base", type=click.IntRange(1024, 65000), default=6066, show_default=True,
+    help="Web port of the first orchestrator the bench starts (as for saga up).",
+)  # fmt: skip
+@click.option(
     "--profile", is_flag=True, help="Add a max-load run with py-spy flame graphs of the workers."
 )
 @click.option(
@@ -64,6 +72,8 @@ def bench(
     baseline_only: bool,
     saga_only: bool,
     use_running: bool,
+    workers: int,
+    web_port_base: int,
     profile: bool,
     half_max: bool,
     results_dir: Path,
@@ -77,10 +87,13 @@ def bench(
     """
     if baseline_only and saga_only:
         raise click.UsageError("--baseline-only and --saga-only exclude each other")
+    if use_running and workers != 1:
+        raise click.UsageError("--workers sets how many the bench starts: not with --use-running")
     options = runner.Options(
         rates=rates, duration=duration, max_in_flight=max_in_flight, drain_timeout=drain_timeout,
         run_baseline=not saga_only, run_saga=not baseline_only, use_running=use_running,
-        profile=profile, half_max=half_max, results_dir=results_dir,
+        workers=workers, web_port_base=web_port_base, profile=profile, half_max=half_max,
+        results_dir=results_dir,
     )  # fmt: skip
     try:
         client.require_broker()

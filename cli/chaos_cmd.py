@@ -75,6 +75,16 @@ def isolate(home: Path, port: int) -> None:
 @click.option("--keep-broker", is_flag=True, help="Leave the run's broker running.")
 @click.option("--loglevel", default="warning", show_default=True, help="Workers' log level.")
 @click.option(
+    "--scale-to", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Workers per service at the peak: more are added while orders flow, then the "
+    "extra ones stopped (the first of them by SIGTERM, the next by SIGKILL, ...).",
+)  # fmt: skip
+@click.option(
+    "--watch-views", is_flag=True,
+    help="Look up keys that exist on the workers' web views all along; a lookup without "
+    "its row (after retrying 503s for 60 s) fails the run.",
+)  # fmt: skip
+@click.option(
     "--json", "json_path", type=click.Path(path_type=Path), default=None,
     help="Also write the result as JSON to this file.",
 )  # fmt: skip
@@ -92,6 +102,8 @@ def chaos(
     web_port_base: int,
     keep_broker: bool,
     loglevel: str,
+    scale_to: int,
+    watch_views: bool,
     json_path: Path | None,
 ) -> None:
     """Place ORDERS mixed orders while workers crash, the broker restarts and duplicate
@@ -115,6 +127,8 @@ def chaos(
         settle_timeout=settle_timeout,
         keep_broker=keep_broker,
         loglevel=loglevel,
+        scale_to=scale_to,
+        watch_views=watch_views,
     )
     try:
         result = run(options, log=click.echo)

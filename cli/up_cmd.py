@@ -12,10 +12,11 @@ import click
 
 from cli import demo
 from cli.orders_cmd import describe
-from cli.processes import SERVICE_NAMES, Workers
+from cli.processes import SERVICE_NAMES, Workers, parse_worker_counts
 from messaging import catalog, client, exit_codes, local_broker, settings, topics
 from schemas import messages as m
 
+MAX_PORT = 65535
 MAX_RESTARTS = 3
 RESTART_WINDOW = 600.0  # seconds
 # The page each worker's web view starts at (README "Web views").
@@ -175,6 +176,29 @@ def watch(workers: Workers, clock: Callable[[], float] = time.monotonic) -> None
         time.sleep(0.5)
 
 
+def _worker_counts(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, int]:
+    try:
+        return parse_worker_counts(values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def idle_workers(counts: dict[str, int]) -> list[str]:
+    """A note for each service with more workers than partitions: the extra ones idle
+    (they take over when a worker stops, without a start-up)."""
+    notes = []
+    for service, count in counts.items():
+        partitions = min(topics.partitions(t) for t in settings.INPUT_TOPICS[service])
+        if count > partitions:
+            notes.append(
+                f"{service}: {count} workers for {partitions} partitions; "
+                f"{count - partitions} will idle until another stops"
+            )
+    return notes
+
+
 @click.command()
 @click.option(
     "--demo", "with_demo", is_flag=True,
@@ -192,10 +216,22 @@ def watch(workers: Workers, clock: Callable[[], float] = time.monotonic) -> None
 @click.option("--loglevel", default="warning", show_default=True, help="Workers' log level.")
 @click.option(
     "--web-port-base", type=click.IntRange(1024, 65000), default=6066, show_default=True,
-    help="Web port of the orchestrator; order, product, payment use the next three.",
+    help="Web port of the orchestrator; order, product, payment use the next three, "
+    "their second workers the four after, and so on.",
+)  # fmt: skip
+@click.option(
+    "--workers", "worker_counts", multiple=True, metavar="N|SERVICE=N",
+    callback=_worker_counts,
+    help="Workers per service: N of each, or SERVICE=N for one service; repeatable "
+    "(--workers 2 --workers product=3). Default: 1 of each.",
 )  # fmt: skip
 def up(
-    with_demo: bool, exit_after: bool, seed: bool | None, loglevel: str, web_port_base: int
+    with_demo: bool,
+    exit_after: bool,
+    seed: bool | None,
+    loglevel: str,
+    web_port_base: int,
+    worker_counts: dict[str, int],
 ) -> None:
     """Start the local broker if needed, apply topics, seed the example catalog, run the workers.
 
@@ -204,18 +240,29 @@ def up(
     """
     if exit_after and not with_demo:
         raise click.UsageError("--exit stops after the demo orders: use it with --demo")
+    last_port = web_port_base + len(SERVICE_NAMES) * max(worker_counts.values()) - 1
+    if last_port > MAX_PORT:
+        raise click.BadParameter(
+            f"the last worker's web port would be {last_port}, above {MAX_PORT}: "
+            "a lower --web-port-base or fewer workers",
+            param_hint="--workers",
+        )
     ports = {name: web_port_base + i for i, name in enumerate(SERVICE_NAMES)}
-    workers = Workers(ports=ports, echo=click.echo, loglevel=loglevel)
+    workers = Workers(counts=worker_counts, ports=ports, echo=click.echo, loglevel=loglevel)
     exit_code = 0
     stop_on_signals()  # from here on Ctrl-C stops cleanly, whatever is running
     try:
         prepare_system()
+        for note in idle_workers(worker_counts):
+            click.echo(f"note: {note}")
         workers.start()
         click.echo("workers started; waiting until each is ready ...")
         workers.wait_ready()
         click.echo("workers ready; web views:")
-        for name, path in VIEW_PATHS.items():
-            click.echo(f"  {name:12} http://127.0.0.1:{ports[name]}{path}")
+        for worker in workers.workers.values():
+            click.echo(
+                f"  {worker.name:{workers.name_width}} {worker.url}{VIEW_PATHS[worker.service]}"
+            )
         try:
             stock, balances = prepare_catalog(seed, ports)
             problems = run_demo(seed, stock, balances) if with_demo else []

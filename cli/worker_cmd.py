@@ -16,9 +16,9 @@ SERVICES = {
 }
 
 
-def build_service(name: str, web_port: int | None = None) -> Any:
+def build_service(name: str, web_port: int | None = None, **app_options: Any) -> Any:
     module = importlib.import_module(SERVICES[name])
-    return module.build(web_port=web_port)
+    return module.build(web_port=web_port, **app_options)
 
 
 def quiet_worker(app: Any, loglevel: str) -> Any:
@@ -38,8 +38,20 @@ def quiet_worker(app: Any, loglevel: str) -> Any:
 @click.command()
 @click.argument("name", type=click.Choice(sorted(SERVICES)))
 @click.option("--web-port", type=int, default=None, help="Port of its web views.")
+@click.option(
+    "--web-bind", default=None,
+    help="Address its web views listen on (default: SAGA_WEB_BIND, else 127.0.0.1; "
+    "0.0.0.0 for every interface).",
+)  # fmt: skip
+@click.option(
+    "--web-host", default=None,
+    help="Host name or address the other workers reach it at (default: SAGA_WEB_HOST, "
+    "else the --web-bind address, or the host name when bound to every interface).",
+)  # fmt: skip
 @click.option("--loglevel", default="info", show_default=True)
-def worker(name: str, web_port: int | None, loglevel: str) -> None:
+def worker(
+    name: str, web_port: int | None, web_bind: str | None, web_host: str | None, loglevel: str
+) -> None:
     """Run the NAME service (orchestrator, order, product, payment) until stopped.
 
     SIGTERM or Ctrl-C stop it gracefully: in-flight records finish and offsets commit.
@@ -50,10 +62,15 @@ def worker(name: str, web_port: int | None, loglevel: str) -> None:
         discard_tables_after_crash,
         exit_if_stop_hangs,
         mark_clean_shutdown,
+        web_address,
     )
     from schemas.state import StateRefused
 
-    service = build_service(name, web_port)
+    try:
+        address = web_address(web_bind, web_host)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--web-host") from exc
+    service = build_service(name, web_port, web_bind=address.bind, web_host=address.host)
     discard_tables_after_crash(service.app)
     exit_if_stop_hangs(service.app)
     try:

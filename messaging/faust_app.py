@@ -20,6 +20,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from messaging.dead_letters import send_dead_letter
 from messaging.fetching import FetchBatching
 from messaging.producer import KafkaProducer, TransportError
 from messaging.tables import RowTable
+from messaging.takeover import track_takeovers
 from schemas import codec
 from schemas.state import StateRefused
 
@@ -46,18 +48,74 @@ def utc_now() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+DEFAULT_WEB_BIND = "127.0.0.1"
+# Addresses that mean "every interface": listened on, but nobody can be sent there.
+WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::", ""})
+
+
+@dataclass(frozen=True)
+class WebAddress:
+    """Where a worker's web server listens, and the host other workers reach it at.
+
+    `host` is the host of Faust's canonical URL: every worker of a service publishes it
+    in the consumer group, and the others send it the key lookups (table routing) and
+    list-view parts (`messaging.web.whole_table`) of the partitions it owns.
+    """
+
+    bind: str
+    host: str
+
+
+def web_address(bind: str | None = None, host: str | None = None) -> WebAddress:
+    """The worker's bind address and advertised host: as given, else SAGA_WEB_BIND
+    (default 127.0.0.1) and SAGA_WEB_HOST.
+
+    Without an advertised host, a worker bound to one address advertises that address (it
+    is where it can be reached), and one bound to every interface its host name.
+    """
+    bind = bind if bind is not None else os.environ.get("SAGA_WEB_BIND", DEFAULT_WEB_BIND)
+    host = host or os.environ.get("SAGA_WEB_HOST") or None
+    if host is None:
+        host = socket.gethostname() if bind in WILDCARD_ADDRESSES else bind
+    if host in WILDCARD_ADDRESSES:
+        raise ValueError(
+            f"the advertised web host {host!r} names no host other workers can reach: "
+            "set the worker's address (SAGA_WEB_HOST, saga worker --web-host)"
+        )
+    return WebAddress(bind, host)
+
+
+def worker_datadir(app_id: str, address: WebAddress, web_port: int) -> Path:
+    """The worker's own folder (table stores, crash marker): named after what no other
+    worker on this machine can share, its bind address and port. A worker on the default
+    address keeps the name it always had."""
+    if address.bind in (DEFAULT_WEB_BIND, *WILDCARD_ADDRESSES):
+        name = f"{app_id}-{web_port}"
+    else:
+        name = f"{app_id}-{address.bind}-{web_port}"
+    return settings.local_home() / "workers" / name
+
+
 def create_app(
-    app_id: str, *, web_port: int, store: str = "rocksdb://", **overrides: Any
+    app_id: str,
+    *,
+    web_port: int,
+    web_bind: str | None = None,
+    web_host: str | None = None,
+    store: str = "rocksdb://",
+    **overrides: Any,
 ) -> faust.App:
     """A Faust app wired to the configured cluster with the project's conventions.
 
-    Its records are sent by one confluent-kafka producer (`producer_of(app)`), flushed
-    before every offset commit with the changelogs of its RowTables.
+    Its web server listens on `web_bind` and is advertised as `web_host` (see
+    `web_address` for the defaults). Its records are sent by one confluent-kafka producer
+    (`producer_of(app)`), flushed before every offset commit with the changelogs of its
+    RowTables.
     """
     codec.register_faust_codec()
-    datadir = settings.local_home() / "workers" / f"{app_id}-{web_port}"
+    address = web_address(web_bind, web_host)
+    datadir = worker_datadir(app_id, address, web_port)
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    web_bind = os.environ.get("SAGA_WEB_BIND", "127.0.0.1")
     conf: dict[str, Any] = {
         "broker": ";".join(f"kafka://{b}" for b in settings.bootstrap_servers().split(",")),
         "broker_credentials": settings.faust_broker_credentials(),
@@ -75,10 +133,9 @@ def create_app(
         "broker_session_timeout": 10.0,
         "broker_heartbeat_interval": 2.0,
         "web_port": web_port,
-        "web_bind": web_bind,
-        # The address other workers use to forward a key's lookup to its owner.
-        "web_host": os.environ.get("SAGA_WEB_HOST")
-        or ("127.0.0.1" if web_bind == "127.0.0.1" else socket.gethostname()),
+        "web_bind": address.bind,
+        # Faust's canonical URL, http://web_host:web_port, is what other workers send to.
+        "web_host": address.host,
     }
     replication = topics.project_topics().replication
     if replication is not None:  # any topic Faust creates is replicated like topics.yaml's
@@ -104,6 +161,7 @@ def create_app(
     app.timer(interval=0.5)(adjust_batching)
     flush_before_commit(app, producer)
     fence_stale_records(app)
+    track_takeovers(app)
     without_sensors(app)
     return app
 
@@ -263,6 +321,7 @@ class WriteAfterSend:
         self.staged: dict[tuple[int, bytes], Any] = {}  # (id(table), key) -> newest row
         self.queue: asyncio.Queue[tuple[StreamT, EventT, int, list[Row], Any]]
         self.queue = asyncio.Queue(maxsize=max_in_flight)
+        _WRITERS[app] = self  # the newest: an agent makes one per run
 
     def read(self, table: RowTable, key: bytes) -> Any:
         """The newest row of `key`: staged if a record in flight wrote it, else the table's."""
@@ -309,6 +368,16 @@ class WriteAfterSend:
             # Nothing after this record may be written or acked out of order: stop.
             log.critical("writing a record's rows failed: stopping the worker", exc_info=exc)
             await self.app.crash(exc)
+
+
+_WRITERS: weakref.WeakKeyDictionary[faust.App, WriteAfterSend] = weakref.WeakKeyDictionary()
+
+
+def row_in_flight(app: faust.App, table: Any, key: bytes) -> bool:
+    """Is a row of `key` waiting for its record's outputs to be acknowledged? Those
+    outputs (a saga's event) may already be read elsewhere while the row is not written."""
+    writer = _WRITERS.get(app)
+    return writer is not None and (id(table), key) in writer.staged
 
 
 @contextmanager

@@ -13,6 +13,7 @@ Security settings for real clusters (all optional):
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -23,36 +24,54 @@ APP_IDS = {
     "product": "saga-product",
     "payment": "saga-payment",
 }
-LOCAL_BROKER_PORT = int(os.environ.get("SAGA_KAFKA_PORT", "9092"))
+# The topics each service's agents consume: their partitions are split between its workers.
+INPUT_TOPICS = {
+    "orchestrator": ("orders.requested", "saga.replies"),
+    "order": ("order.commands",),
+    "product": ("product.commands",),
+    "payment": ("payment.commands",),
+}
+DEFAULT_BROKER_PORT = 9092
+LOCAL_BROKER_PORT = int(os.environ.get("SAGA_KAFKA_PORT", str(DEFAULT_BROKER_PORT)))
 
 
-def local_home() -> Path:
+Env = Mapping[str, str]  # a process's environment; these functions read this one's by default
+
+
+def local_home(env: Env | None = None) -> Path:
     """Where downloaded jars, broker data and worker state live (git-ignored)."""
-    return Path(os.environ.get("SAGA_HOME", PROJECT_ROOT / ".local")).resolve()
+    env = os.environ if env is None else env
+    return Path(env.get("SAGA_HOME", PROJECT_ROOT / ".local")).resolve()
 
 
-def external_bootstrap() -> str | None:
-    value = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+def external_bootstrap(env: Env | None = None) -> str | None:
+    env = os.environ if env is None else env
+    value = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     return value or None
 
 
-def local_cluster_file() -> Path:
+def local_cluster_file(env: Env | None = None) -> Path:
     """Exists while a local multi-broker cluster is started (from `saga kafka start
     --brokers 3` to `saga kafka stop`) and holds its bootstrap list."""
-    return local_home() / "kafka" / "cluster" / "started"
+    return local_home(env) / "kafka" / "cluster" / "started"
 
 
-def local_cluster_bootstrap() -> str | None:
+def local_cluster_bootstrap(env: Env | None = None) -> str | None:
     try:
-        return local_cluster_file().read_text().strip() or None
+        return local_cluster_file(env).read_text().strip() or None
     except FileNotFoundError:
         return None
 
 
-def bootstrap_servers() -> str:
+def bootstrap_servers(env: Env | None = None) -> str:
     """Where every client connects: KAFKA_BOOTSTRAP_SERVERS, else every node of the local
-    cluster while one is started, else the local single broker."""
-    return external_bootstrap() or local_cluster_bootstrap() or f"127.0.0.1:{LOCAL_BROKER_PORT}"
+    cluster while one is started, else the local single broker. Given another process's
+    environment, where that process connects."""
+    if env is None:
+        port = LOCAL_BROKER_PORT
+    else:
+        port = int(env.get("SAGA_KAFKA_PORT", DEFAULT_BROKER_PORT))
+    return external_bootstrap(env) or local_cluster_bootstrap(env) or f"127.0.0.1:{port}"
 
 
 def _security_env() -> dict[str, str]:

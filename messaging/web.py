@@ -35,6 +35,9 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 from yarl import URL
 
+from messaging import takeover
+from messaging.client import partition_for
+from messaging.faust_app import row_in_flight
 from schemas import messages as m
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,37 @@ def not_found(detail: str, **extra: Any) -> Problem:
 
 def bad_request(detail: str, **extra: Any) -> Problem:
     return Problem(400, detail, **extra)
+
+
+MOVING = "partitions are moving: this worker may not hold the rows yet; retry"
+WRITING = "the row is being written; retry"
+CATCHING_UP = (
+    "this worker took over the key's partition and is still processing what its previous "
+    "owner did not commit; retry"
+)
+
+
+def partitions_settled(app: faust.App) -> bool:
+    """Whether the worker's tables hold what the group assigned it: no rebalance running,
+    its partitions recovered from the changelogs, and it is not stopping. While they move,
+    or the worker stops, a partition may be closed (given up) or still being restored: a
+    row missing from it may exist."""
+    tables: Any = app.tables  # TableManagerT does not declare actives_ready
+    return not app.rebalancing and bool(tables.actives_ready) and not app.should_stop
+
+
+def missing(app: faust.App, table: Any, key: str, detail: str, **extra: Any) -> Problem:
+    """A key lookup found no row: 404 if the worker's partitions are settled, it has
+    caught up with the key's partition since it took it over (messaging.takeover) and no
+    row of the key waits to be written (WriteAfterSend), else 503 (retry: the row may be
+    on its way)."""
+    if not partitions_settled(app):
+        return Problem(503, MOVING, **extra)
+    if not takeover.caught_up(app, partition_for(key.encode(), table.partitions)):
+        return Problem(503, CATCHING_UP, **extra)
+    if row_in_flight(app, table, key.encode()):
+        return Problem(503, WRITING, **extra)
+    return not_found(detail, **extra)
 
 
 # ---- query parameters ----
@@ -587,6 +621,8 @@ async def whole_table(
     me = worker_url(app)
 
     async def own_part() -> Payload:
+        if not partitions_settled(app):  # a part without the rows on their way: never
+            raise Problem(503, MOVING)
         rows = await local()
         partitions = owned_partitions(app, table)
         return {

@@ -417,7 +417,7 @@ def register_views(app: faust.App, sagas: RowTable, saga_types: Sequence[SagaTyp
             w.wants_html(request)  # a bad ?format= is a 400 before any work
             row = sagas.get(saga_id.encode())
             if row is None:
-                raise w.not_found(f"no saga {saga_id!r}", saga_id=saga_id)
+                raise w.missing(app, sagas, saga_id, f"no saga {saga_id!r}", saga_id=saga_id)
             loop = asyncio.get_running_loop()
             timeline = await loop.run_in_executor(
                 None, read_timeline, saga_id, row.created_at - TIMELINE_MARGIN

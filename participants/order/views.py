@@ -94,7 +94,7 @@ def register_views(app: faust.App, orders: RowTable) -> None:
             w.wants_html(request)  # a bad ?format= is a 400 before any work
             row: m.OrderRow | None = orders.get(order_id.encode())
             if row is None:
-                raise w.not_found(f"no order {order_id!r}", order_id=order_id)
+                raise w.missing(app, orders, order_id, f"no order {order_id!r}", order_id=order_id)
             cancels = orders.owned(order_id.encode(), "cancel", CANCELS_SHOWN)
             payload = order_json(row, w.worker_url(app), cancels)
             return self.respond(request, payload, render_order)

@@ -87,7 +87,13 @@ def register_views(app: faust.App, accounts: RowTable) -> None:
             limit = w.int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
             account = accounts.get(customer_id.encode())
             if not isinstance(account, m.Account):
-                raise w.not_found(f"no account {customer_id!r}", customer_id=customer_id)
+                raise w.missing(
+                    app,
+                    accounts,
+                    customer_id,
+                    f"no account {customer_id!r}",
+                    customer_id=customer_id,
+                )
             saga = request.query.get("saga")  # only that saga's payment
             payments = accounts.owned(customer_id.encode(), "payment", limit, saga)
             payload = account_json(account, payments, w.worker_url(app))

@@ -169,7 +169,9 @@ def register_views(app: faust.App, stock: RowTable) -> None:
             w.wants_html(request)
             row = stock.get(product_id.encode())
             if not isinstance(row, m.StockRow):
-                raise w.not_found(f"no product {product_id!r}", product_id=product_id)
+                raise w.missing(
+                    app, stock, product_id, f"no product {product_id!r}", product_id=product_id
+                )
             limit = w.int_param(request, "holds", HOLDS_SHOWN, minimum=0, maximum=MAX_LIMIT)
             saga = request.query.get("saga")  # only that saga's hold
             holds = stock.owned(product_id.encode(), "hold", limit, saga)

@@ -77,6 +77,21 @@ def test_a_restock_after_recovery_keeps_the_units_sagas_hold(product: ProductSer
     assert stock.row(b"widget") == m.StockRow("widget", 12, 3, 0, 15, EUR, applied_offset=42)
 
 
+class Changelog:
+    """Takes changelog records as the producer does and acknowledges each at once, the
+    next offset of its partition from `first_offset` on."""
+
+    def __init__(self, first_offset: int) -> None:
+        self.sent: list[Any] = []
+        self.next = first_offset
+
+    def send(self, topic: str, key: bytes, value: bytes, **kwargs: Any) -> None:
+        self.sent.append((topic, key, kwargs["partition"]))
+        offset, self.next = self.next, self.next + 1
+        if kwargs["on_delivery"] is not None:
+            kwargs["on_delivery"]((kwargs["partition"], offset))
+
+
 def test_a_write_back_reaches_the_store_and_records_the_changelog_offset(
     product: ProductService,
 ) -> None:
@@ -85,16 +100,9 @@ def test_a_write_back_reaches_the_store_and_records_the_changelog_offset(
     with processing(record(0, 3, b"widget", b"")):
         stock[b"widget"] = row
     changes = stock.take_changes()
-    sent: list[Any] = []
-
-    class Producer:
-        def send(self, topic: str, key: bytes, value: bytes, **kwargs: Any) -> None:
-            sent.append((topic, key, kwargs["partition"]))
-            if kwargs["on_delivery"] is not None:
-                kwargs["on_delivery"]((kwargs["partition"], 57))
-
-    assert stock.send_changes(changes, cast(Any, Producer())) == 1
-    assert sent == [(CHANGELOG, b"widget", 0)]
+    changelog = Changelog(first_offset=57)
+    assert stock.send_changes(changes, cast(Any, changelog)) == 1
+    assert changelog.sent == [(CHANGELOG, b"widget", 0)]
     store: Any = stock.data
     assert store._db_for_partition(0).get(b"widget") is None  # not before write_back
     assert store.persisted_offset(TP(CHANGELOG, 0)) is None
@@ -107,3 +115,18 @@ def test_a_write_back_reaches_the_store_and_records_the_changelog_offset(
     # Faust keeps the changelog offset among the rows: the listings leave it out.
     assert list(stock.items()) == [(b"widget", row)]
     assert list(stock.scan()) == [(b"widget", row)]
+
+
+def test_the_first_record_of_a_changelog_partition_counts_as_applied(
+    product: ProductService,
+) -> None:
+    # Recorded as offset 0: a restart reads the changelog from offset 1 on, neither
+    # skipping the record at 1 nor applying the first again.
+    stock = product.stock
+    with processing(record(0, 0, b"widget", b"")):
+        stock[b"widget"] = m.StockRow("widget", 7, 0, 0, 7, EUR, applied_offset=0)
+    changes = stock.take_changes()
+    stock.send_changes(changes, cast(Any, Changelog(first_offset=0)))
+    stock.write_back(changes)
+    store: Any = stock.data
+    assert store.persisted_offset(TP(CHANGELOG, 0)) == 0

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import TopicPartition
 
-from messaging import client, topics
+from messaging import catalog, client, topics
 from messaging.catalog import Catalog
 from schemas import messages as m
 
@@ -34,14 +34,40 @@ def customer(test_catalog: Catalog, name: str) -> str:
     return catalog_id((t.customer_id for t in test_catalog.top_ups), name)
 
 
+def keys_in_every_partition(prefix: str, partitions: int, per_partition: int) -> list[str]:
+    """Keys `prefix-000`, `prefix-001`, ... until every partition has `per_partition` of
+    them at least (murmur2, as the workers place them)."""
+    by_partition: dict[int, int] = {}
+    keys: list[str] = []
+    while len(by_partition) < partitions or min(by_partition.values()) < per_partition:
+        key = f"{prefix}-{len(keys):03d}"
+        partition = client.partition_for(key.encode(), partitions)
+        by_partition[partition] = by_partition.get(partition, 0) + 1
+        keys.append(key)
+    return keys
+
+
+def seed_products(prefix: str, per_partition: int = 3) -> dict[str, int]:
+    """Products `prefix-N` with stock N + 1, `per_partition` at least in every partition."""
+    ids = keys_in_every_partition(prefix, topics.partitions("product.commands"), per_partition)
+    stocks = {product_id: n + 1 for n, product_id in enumerate(ids)}
+    lines = "\n".join(f'  - {{id: {p}, stock: {s}, price: "1.00"}}' for p, s in stocks.items())
+    catalog.publish(catalog.parse(f"products:\n{lines}\n"))
+    return stocks
+
+
 def place_orders(*orders: tuple[str, list[tuple[str, int]]]) -> list[m.OrderRequested]:
     """Produce one OrderRequested per (customer, items) and return them."""
     requests = [client.order_requested(customer_id, items) for customer_id, items in orders]
+    send_requests(requests)
+    return requests
+
+
+def send_requests(requests: Iterable[m.OrderRequested]) -> None:
     producer = client.producer()
     for request in requests:
         client.send(producer, client.REQUEST_TOPIC, request.order_id, request)
     client.flush(producer)
-    return requests
 
 
 def wait_terminal(

@@ -1,9 +1,10 @@
-"""Reliability: the reduced chaos run, and SIGTERM under load.
+"""Reliability: the reduced chaos run, SIGTERM under load, scaling out and in under load.
 
-Both drive `saga chaos` (what `make chaos` runs with 2000 orders), which gets a broker
-and workers of its own (home .local/chaos-test, port 19192, web ports 7166-7169): it
-stops and wipes them, so it never touches the session's broker and workers. It needs
-Java for that broker, like `saga kafka start`.
+All drive `saga chaos` (what `make chaos` runs with 2000 orders), which gets a broker
+and workers of its own (home .local/chaos-test, port 19192, web ports 7166-7169; the
+scaling run a free port, web ports from SAGA_TEST_PORT_BASE + 300): it stops and wipes
+them, so it never touches the session's broker and workers. It needs Java for that
+broker, like `saga kafka start`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from typing import Any
 
 import pytest
 
+from cli.processes import SERVICE_NAMES
 from messaging import settings
+from tests.conftest import TEST_WORKER_PORTS
+from tests.ports import broker_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -28,10 +32,10 @@ ISOLATED = [
 STOP_WITHIN = 30.0
 
 
-def chaos(tmp_path: Path, *args: str) -> dict[str, Any]:
+def chaos(tmp_path: Path, *args: str, isolated: list[str] = ISOLATED) -> dict[str, Any]:
     """Run `saga chaos` with `args`; its JSON result (the printed table on failure)."""
     result_file = tmp_path / "chaos.json"
-    command = [sys.executable, "-m", "cli.main", "chaos", *ISOLATED, *args]
+    command = [sys.executable, "-m", "cli.main", "chaos", *isolated, *args]
     command += ["--json", str(result_file)]
     # Always its own local broker: workers on a shared cluster (the session's testcontainer
     # or KAFKA_BOOTSTRAP_SERVERS) would share its consumer groups and take its records.
@@ -73,3 +77,42 @@ def test_sigterm_under_load_lets_each_worker_finish_and_nothing_is_lost(tmp_path
     assert all(code == 0 and took < STOP_WITHIN for _w, code, took in stops), stops
     assert all(code == 0 for code in result["final_stop"]["codes"].values())
     assert result["passed"], result["report"]  # nothing lost
+
+
+@pytest.mark.timeout(290)
+def test_scaling_out_and_in_under_load_moves_partitions_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """One worker per service, then a second and a third of every service while orders
+    flow, then the third ones stopped by SIGTERM and the second ones by SIGKILL. Every
+    saga ends once, every invariant holds, the new workers own keys (their partitions
+    and tables moved to them), and every lookup of a key that exists, through any worker
+    in service, gets its row (a 503 while partitions move is retried; see
+    bench/view_watch.py)."""
+    isolated = [
+        "--home", str(settings.local_home() / "scale-test"), "--port", str(broker_port()),
+        "--web-port-base", str(TEST_WORKER_PORTS["orchestrator"] + 300),
+        "--settle-timeout", "120",
+    ]  # fmt: skip
+    result = chaos(
+        tmp_path,
+        "--orders", "600", "--rate", "10", "--kills", "0", "--terms", "0",
+        "--no-broker-restart", "--bad", "0", "--scale-to", "3", "--watch-views",
+        isolated=isolated,
+    )  # fmt: skip
+    report = result["report"]
+    assert result["passed"], report
+    assert result["approved"] and result["rejected"], report
+    assert sorted(result["scaled_out"]) == sorted(
+        f"{service}-{n}" for service in SERVICE_NAMES for n in (2, 3)
+    )
+    stops = {stop["worker"]: stop["code"] for stop in result["scaled_in"]}
+    assert stops == {
+        **{f"{service}-3": 0 for service in SERVICE_NAMES},  # SIGTERM: a graceful stop
+        **{f"{service}-2": -9 for service in SERVICE_NAMES},  # SIGKILL
+    }, report
+    views = result["views"]
+    assert views["failures"] == [], report
+    for service in SERVICE_NAMES:
+        assert views["lookups"].get(service, 0) >= 20, report
+        assert len(views["owners"][service]) == 3, report  # each worker owned keys once

@@ -7,36 +7,19 @@ from __future__ import annotations
 import os
 import signal
 import uuid
-from collections import defaultdict
 from typing import Any
 
 import pytest
 
 from cli.processes import Workers
-from messaging import catalog, client, topics
+from messaging import client, topics
 from tests.conftest import TEST_WORKER_PORTS
-from tests.integration.order_helpers import Reply, http_get, poll
+from tests.integration.order_helpers import Reply, http_get, poll, seed_products
 
 pytestmark = pytest.mark.integration
 
 SECOND_PRODUCT_PORT = TEST_WORKER_PORTS["product"] + 10
 STOCK_CHANGELOG = "saga-product-stock-changelog"
-PER_PARTITION = 3  # seeded products in each partition, at least
-
-
-def seed_products(prefix: str) -> dict[str, int]:
-    """Products `prefix-N` with stock N + 1, at least PER_PARTITION in every partition."""
-    count = topics.partitions("product.commands")
-    by_partition: dict[int, list[str]] = defaultdict(list)
-    n = 0
-    while len(by_partition) < count or min(map(len, by_partition.values())) < PER_PARTITION:
-        product_id = f"{prefix}-{n:03d}"
-        by_partition[client.partition_for(product_id.encode(), count)].append(product_id)
-        n += 1
-    stocks = {f"{prefix}-{i:03d}": i + 1 for i in range(n)}
-    lines = "\n".join(f'  - {{id: {p}, stock: {s}, price: "1.00"}}' for p, s in stocks.items())
-    catalog.publish(catalog.parse(f"products:\n{lines}\n"))
-    return stocks
 
 
 def partition_of(product_id: str) -> int:

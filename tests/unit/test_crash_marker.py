@@ -102,7 +102,9 @@ def test_the_worker_exits_non_zero_and_leaves_no_marker_after_an_unclean_stop(
         def execute_from_commandline(self) -> None:
             raise SystemExit(0)  # what Faust's worker does when stopped by SIGTERM
 
-    monkeypatch.setattr(worker_cmd, "build_service", lambda *_: SimpleNamespace(app=app))
+    monkeypatch.setattr(
+        worker_cmd, "build_service", lambda *_args, **_options: SimpleNamespace(app=app)
+    )
     monkeypatch.setattr(worker_cmd, "quiet_worker", lambda *_: Worker())
     monkeypatch.setattr("messaging.faust_app.exit_if_stop_hangs", lambda _app: None)
     if not clean:

@@ -19,8 +19,10 @@ from participants.order.logic import (
 from schemas.messages import (
     ApproveOrder,
     CreateOrder,
+    OrderApproved,
     OrderCreated,
     OrderItem,
+    OrderRejected,
     OrderRow,
     Outcome,
     RejectOrder,
@@ -106,14 +108,11 @@ def test_create_after_final_status_does_not_reopen_the_order() -> None:
 
 
 def test_approve_pending_order() -> None:
-    row, reply = approve_order(pending(), approve(), T1)
+    row, reply = approve_order(pending(), approve(attempt=2), T1)
     assert row is not None
     assert (row.status, row.updated_at, row.reason) == (APPROVED, T1, None)
-    assert (reply.outcome, reply.command_id, reply.order_id) == (
-        Outcome.SUCCESS,
-        f"{ORDER}:approve_order",
-        ORDER,
-    )
+    # The reply echoes the command (the orchestrator matches it by id and attempt).
+    assert reply == OrderApproved(ORDER, f"{ORDER}:approve_order", 2, Outcome.SUCCESS, T1, ORDER)
 
 
 def test_duplicate_approve_replies_again_without_change() -> None:
@@ -140,10 +139,10 @@ def test_approve_after_reject_keeps_rejected_and_fails() -> None:
 
 
 def test_reject_pending_order_with_reason() -> None:
-    row, reply = reject_order(pending(), reject(reason="payment failed"), T1)
+    row, reply = reject_order(pending(), reject(attempt=2, reason="payment failed"), T1)
     assert (row.status, row.reason, row.updated_at) == (REJECTED, "payment failed", T1)
     assert (row.customer_id, row.items) == ("c1", ITEMS)
-    assert reply.outcome is Outcome.SUCCESS
+    assert reply == OrderRejected(ORDER, f"{ORDER}:reject_order", 2, Outcome.SUCCESS, T1, ORDER)
 
 
 def test_duplicate_reject_keeps_the_first_reason() -> None:

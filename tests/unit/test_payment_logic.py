@@ -23,12 +23,14 @@ from participants.payment.logic import (
     InvalidTopUp,
     account_invariant_violations,
     payment_key,
+    top_up_key,
 )
 from schemas import codec
 from schemas.messages import (
     Account,
     AuthorizePayment,
     CancelPayment,
+    CommandApplied,
     Money,
     Outcome,
     Payment,
@@ -128,12 +130,14 @@ def test_authorize_debits_and_records_the_payment_before_the_account() -> None:
     assert account_invariant_violations(account, [accounts.payment()]) == []  # type: ignore[list-item]
 
 
-def test_paying_exactly_the_balance_succeeds_and_a_cent_more_does_not() -> None:
-    accounts = funded("30.00")
-    assert isinstance(accounts.authorize(authorize(eur("30.00"))).reply, PaymentAuthorized)
+@pytest.mark.parametrize("balance", ["30.00", "1.00"])
+def test_paying_exactly_the_balance_succeeds_and_a_cent_more_does_not(balance: str) -> None:
+    accounts = funded(balance)
+    assert isinstance(accounts.authorize(authorize(eur(balance))).reply, PaymentAuthorized)
     assert accounts.account().balance == eur("0.00")
-    poorer = funded("30.00")
-    assert isinstance(poorer.authorize(authorize(eur("30.01"))).reply, PaymentFailed)
+    poorer = funded(balance)
+    more = eur(str(Decimal(balance) + Decimal("0.01")))
+    assert isinstance(poorer.authorize(authorize(more)).reply, PaymentFailed)
 
 
 def test_insufficient_funds_is_refused_and_the_refusal_kept() -> None:
@@ -150,15 +154,21 @@ def test_insufficient_funds_is_refused_and_the_refusal_kept() -> None:
 @pytest.mark.parametrize(
     ("amount", "reason"),
     [
-        (eur("0.00"), "non-positive amount"),
-        (Money(Decimal("1.00"), "USD"), "currency mismatch"),
-        (Money(Decimal("1.00"), "usd"), "ISO 4217"),
-        (eur("1000000000000.01"), "more than"),
+        (eur("0.00"), "non-positive amount: 0.00 EUR"),
+        (Money(Decimal("1.00"), "USD"), "currency mismatch: account in EUR, payment in USD"),
+        (
+            Money(Decimal("1.00"), "usd"),
+            "amount: currency 'usd' is not an ISO 4217 code (three upper-case letters)",
+        ),
+        (eur("1000000000000.01"), "amount 1000000000000.01 EUR is more than 1000000000000.00"),
     ],
 )
 def test_amounts_that_cannot_be_charged_are_refused(amount: Money, reason: str) -> None:
-    effect = funded().authorize(authorize(amount))
-    assert isinstance(effect.reply, PaymentFailed) and reason in effect.reply.reason
+    # The reason is what the saga's rejection tells the customer.
+    effect = funded().authorize(authorize(amount, attempt=2))
+    assert effect.reply == PaymentFailed(
+        "s1", "s1:authorize_payment", 2, Outcome.FAILURE, T0, reason
+    )
 
 
 def test_an_unknown_customer_is_refused_without_creating_an_account() -> None:
@@ -308,35 +318,57 @@ def test_a_replayed_refund_applies_the_move_its_payment_recorded() -> None:
 
 def test_top_up_is_applied_once_per_id_and_sets_the_currency() -> None:
     accounts = Accounts()
-    accounts.top_up(Money(Decimal("5.00"), "USD"))
-    accounts.top_up(Money(Decimal("5.00"), "USD"))  # the same top-up again
+    effect = accounts.top_up(Money(Decimal("5.00"), "USD"))
+    again = accounts.top_up(Money(Decimal("5.00"), "USD"))  # the same top-up again
     account = accounts.account()
     usd = Money(Decimal("5.00"), "USD")
     assert (account.balance, account.topped_up) == (usd, usd)
+    # The mark that it was applied first, the account last, with the record's offset.
+    assert effect.rows == (
+        (top_up_key(ALICE, "t1"), CommandApplied("t1", 0)),
+        (ALICE.encode(), Account(ALICE, usd, usd, Money(Decimal("0.00"), "USD"), 0)),
+    )
+    assert again == Effect()
+
+
+NOT_ISO = "amount: currency {!r} is not an ISO 4217 code (three upper-case letters)"
 
 
 @pytest.mark.parametrize(
     ("amount", "problem"),
     [
-        (eur("0.00"), "not positive"),
-        (eur("-1.00"), "negative"),
-        (Money(Decimal("1.00"), ""), "ISO 4217"),
-        (Money(Decimal("1.00"), "eur"), "ISO 4217"),
-        (Money(Decimal("1.00"), "NOT-A-CURRENCY"), "ISO 4217"),
-        (eur("1000000000000.01"), "more than"),
+        (eur("0.00"), "amount 0.00 is not positive"),
+        (eur("-1.00"), "amount -1.00 EUR is negative"),
+        (Money(Decimal("1.00"), ""), NOT_ISO.format("")),
+        (Money(Decimal("1.00"), "eur"), NOT_ISO.format("eur")),
+        (Money(Decimal("1.00"), "NOT-A-CURRENCY"), NOT_ISO.format("NOT-A-CURRENCY")),
+        (eur("1000000000000.01"), "amount 1000000000000.01 EUR is more than 1000000000000.00"),
     ],
 )
 def test_a_top_up_that_cannot_be_applied_is_refused(amount: Money, problem: str) -> None:
-    with pytest.raises(InvalidTopUp, match=problem):
+    # The message is the dead letter's reason: what the operator reads.
+    with pytest.raises(InvalidTopUp) as refused:
         Accounts().top_up(amount)
+    assert str(refused.value) == f"top-up t1 of alice: {problem}"
 
 
-def test_top_ups_in_another_currency_or_beyond_the_limit_are_refused() -> None:
-    accounts = funded("10.00")
-    with pytest.raises(InvalidTopUp, match="the account holds EUR"):
+@pytest.mark.parametrize(
+    ("customer", "top_up_id", "problem"),
+    [("", "t1", "customer id is empty"), (ALICE, "", "top-up id is empty")],
+)
+def test_a_top_up_with_a_bad_id_is_refused(customer: str, top_up_id: str, problem: str) -> None:
+    with pytest.raises(InvalidTopUp) as refused:
+        logic.top_up(None, None, TopUp(top_up_id, customer, eur("1.00")), 0)
+    assert str(refused.value) == f"top-up {top_up_id} of {customer}: {problem}"
+
+
+@pytest.mark.parametrize("balance", ["10.00", "1.00"])
+def test_top_ups_in_another_currency_or_beyond_the_limit_are_refused(balance: str) -> None:
+    accounts = funded(balance)
+    with pytest.raises(InvalidTopUp, match=r"currency USD, the account holds EUR$"):
         accounts.top_up(Money(Decimal("1.00"), "USD"), "t2")
-    accounts.top_up(eur("999999999990.00"), "t3")
-    with pytest.raises(InvalidTopUp, match="more than"):
+    accounts.top_up(eur(str(Decimal("1000000000000.00") - Decimal(balance))), "t3")
+    with pytest.raises(InvalidTopUp, match=r"received more than 1000000000000\.00 in all$"):
         accounts.top_up(eur("0.01"), "t4")
 
 
@@ -351,6 +383,11 @@ def test_invariants_name_what_is_wrong() -> None:
         "captured 30.00 != AUTHORIZED payments 20.00",
         "money not conserved over the payments: balance 70.00 + captured 25.00 - refunded"
         " 5.00 != topped up 100.00",
+    ]
+    assert account_invariant_violations(sound, []) == [
+        "captured 30.00 != AUTHORIZED payments 0",
+        "money not conserved over the payments: balance 70.00 + captured 0 - refunded 0"
+        " != topped up 100.00",
     ]
 
 
@@ -372,6 +409,35 @@ def test_refunded_payments_count_as_captured_then_given_back() -> None:
     ]
 
 
+def test_invariants_name_every_broken_total() -> None:
+    usd = Money(Decimal("-5.00"), "USD")
+    overdrawn = Account(ALICE, eur("-5.00"), usd, Money(Decimal("-1.00"), "USD"))
+    assert account_invariant_violations(overdrawn) == [
+        "balance is negative: -5.00",
+        "topped_up is in USD, the balance in EUR",
+        "topped_up is negative: -5.00",
+        "captured is in USD, the balance in EUR",
+        "captured is negative: -1.00",
+        "money not conserved: balance -5.00 + captured -1.00 != topped up -5.00",
+    ]
+
+
+def test_invariants_name_every_unsound_payment() -> None:
+    account = Account(ALICE, eur("100.00"), eur("100.00"), eur("0.00"))
+    payments = [
+        Payment("s1", eur("0.00"), "LOST"),
+        Payment("s2", eur("0.00"), REFUNDED),
+        Payment("s3", Money(Decimal("1.00"), "USD"), REFUNDED),
+        Payment("s4", eur("0.00"), CANCELLED),  # what a cancel before the authorize records
+        Payment("s5", eur("0.00"), FAILED, "insufficient funds"),
+    ]
+    assert account_invariant_violations(account, payments) == [
+        "saga s1: unknown payment status LOST",
+        "saga s2: REFUNDED amount 0.00 <= 0",
+        "saga s3: paid in USD, not EUR",
+    ]
+
+
 def test_a_replay_applies_the_moves_its_payment_recorded() -> None:
     """A crash wrote the payment back after its authorization and its refund, but not the
     account (which saw neither): replaying both commands applies both moves once."""
@@ -390,3 +456,13 @@ def test_a_replay_applies_the_moves_its_payment_recorded() -> None:
     account = accounts.account()
     assert (account.balance, account.captured_archived) == (eur("100.00"), eur("0.00"))
     assert accounts.authorize(authorize(eur("30.00")), offset=1) == Effect()  # all applied now
+
+
+def test_a_cancel_replayed_after_it_was_applied_whole_refunds_nothing_more() -> None:
+    accounts = funded()
+    accounts.authorize(authorize(eur("30.00")), offset=1)
+    accounts.cancel(cancel(), offset=2)
+    refunded = accounts.account()
+    assert refunded.balance == eur("100.00")
+    assert accounts.cancel(cancel(), offset=2) == Effect()  # replayed after a crash
+    assert accounts.account() == refunded

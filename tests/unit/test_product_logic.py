@@ -8,6 +8,7 @@ reply. Replays and races are in test_product_replays.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -25,11 +26,13 @@ from participants.product.logic import (
     InvalidRestock,
     hold_key,
     product_of,
+    restock_key,
     stock_invariant_violations,
 )
 from schemas import codec
-from schemas.limits import MAX_ORDER_LINES, MAX_QUANTITY
+from schemas.limits import MAX_ORDER_LINES, MAX_QUANTITY, MAX_STOCK
 from schemas.messages import (
+    CommandApplied,
     ItemResult,
     MissingItem,
     Money,
@@ -103,15 +106,19 @@ class Stock:
         return effect
 
     def run(self, command: Any) -> tuple[Any, list[Any]]:
-        """Deliver `command` and every record it forwards; (the reply, the releases)."""
+        """Deliver `command` and every record it forwards; (the reply, the releases).
+        A command visits each product of its order once: no more hops than products."""
         queue: list[Any] = [command]
         reply: Any = None
         releases: list[Any] = []
-        while queue:
+        for _hop in range(MAX_ORDER_LINES + 1):
+            if not queue:
+                break
             effect = self.handle(queue.pop(0))
             for record in effect.forward:
                 (releases if isinstance(record, ReleaseItem) else queue).append(record)
             reply = effect.reply if effect.reply is not None else reply
+        assert not queue, f"{type(command).__name__} still travelling after every product"
         for release in releases:
             self.handle(release)
         return reply, releases
@@ -207,6 +214,26 @@ def test_a_release_at_a_product_that_does_not_exist_yet_refuses_a_later_reserve(
     assert stock.product("late").reserved == 0
 
 
+def test_a_reserve_after_its_release_at_a_product_still_missing_is_refused() -> None:
+    stock = stocked()
+    items = [OrderItem("late", 2)]
+    stock.run(release_cmd(items))  # the release overtook the reserve
+    reply, releases = stock.run(reserve_cmd(items))
+    assert isinstance(reply, ProductsUnavailable) and releases == []
+    assert reply.missing == [MissingItem("late", 2, 0)]
+
+
+def test_duplicates_at_a_product_that_does_not_exist_write_nothing() -> None:
+    stock = stocked()
+    items = [OrderItem("nope", 2)]
+    stock.run(reserve_cmd(items))
+    refused = stock.hold("nope")
+    again = stock.handle(reserve_cmd(items, attempt=2))  # re-sent on its deadline
+    assert isinstance(again.reply, ProductsUnavailable) and again.rows == ()
+    assert stock.handle(release_cmd(items)).rows == ()  # the saga's compensation
+    assert stock.hold("nope") == refused
+
+
 def test_selling_at_a_product_that_does_not_exist_writes_nothing() -> None:
     stock = stocked()
     assert stock.handle(sell_cmd([OrderItem("gone", 1)])) == Effect()
@@ -239,6 +266,22 @@ def test_an_order_breaking_the_limits_is_unavailable_at_its_first_hop(
     assert effect.reply == ProductsUnavailable(SAGA, RESERVE_ID, 1, Outcome.FAILURE, T0, missing)
     assert (effect.rows, effect.forward) == ((), ())
     assert stock.hold("p1") is None
+
+
+def test_an_order_with_many_bad_lines_names_ten_of_them() -> None:
+    items = [OrderItem(f"p{i}", 0) for i in range(12)]
+    effect = logic.reserve_products(None, None, reserve_cmd(items), T0, 10)
+    assert isinstance(effect.reply, ProductsUnavailable)
+    assert effect.reply.missing == [MissingItem(f"p{i}", 0, 0) for i in range(10)]
+
+
+def test_a_hop_past_the_orders_last_product_is_for_no_product() -> None:
+    # The agent dead-letters a record whose key is not its product: such a hop has none.
+    # TWO_PRODUCTS: three lines, two products once merged.
+    hops = {hop: product_of(replace(reserve_cmd(TWO_PRODUCTS), hop=hop)) for hop in (1, 2, -1)}
+    assert hops == {1: "p2", 2: "", -1: ""}
+    assert product_of(replace(sell_cmd(), hop=2)) == ""
+    assert product_of(replace(release_cmd([OrderItem("p1", 1)]), hop=1)) == ""
 
 
 def test_reserving_exactly_the_available_units_succeeds_and_one_more_does_not() -> None:
@@ -303,6 +346,21 @@ def test_release_gives_everything_back_and_the_last_hop_replies() -> None:
     assert stock.product("p1").available == 5
 
 
+def test_a_release_hop_gives_back_its_product_and_forwards_to_the_next() -> None:
+    stock = stocked()
+    stock.run(reserve_cmd(TWO_PRODUCTS))
+    effect = stock.handle(release_cmd())
+    assert [key for key, _row in effect.rows] == [hold_key("p1", SAGA), b"p1"]
+    (forwarded,) = effect.forward
+    assert isinstance(forwarded, ReleaseProducts) and forwarded.hop == 1
+    assert product_of(forwarded) == "p2" and effect.reply is None
+
+
+def test_a_release_of_an_order_without_lines_replies_and_writes_nothing() -> None:
+    effect = logic.release_products(None, None, release_cmd([]), T0, 3)
+    assert effect == Effect((), (), ProductsReleased(SAGA, RELEASE_ID, 1, Outcome.SUCCESS, T0))
+
+
 def test_a_release_before_the_reserve_makes_the_reserve_refused() -> None:
     stock = stocked()
     reply, _ = stock.run(release_cmd())
@@ -339,6 +397,16 @@ def test_sell_makes_what_the_saga_holds_sold_once() -> None:
     assert stock.hold("p1") == StockHold(SAGA, "p1", 3, SOLD, 2, 4)
     holds = [stock.hold("p1")]
     assert stock_invariant_violations(p1, holds) == []  # type: ignore[arg-type]
+
+
+def test_a_sell_hop_sells_its_product_and_forwards_to_the_next() -> None:
+    stock = stocked()
+    stock.run(reserve_cmd(TWO_PRODUCTS))
+    effect = stock.handle(sell_cmd())
+    assert [key for key, _row in effect.rows] == [hold_key("p1", SAGA), b"p1"]
+    (forwarded,) = effect.forward
+    assert isinstance(forwarded, SellProducts) and forwarded.hop == 1
+    assert product_of(forwarded) == "p2" and effect.reply is None
 
 
 def test_a_sale_is_never_released_and_nothing_unheld_is_sold() -> None:
@@ -556,29 +624,58 @@ def test_a_replay_applies_the_moves_its_hold_recorded() -> None:
 
 def test_restock_creates_the_product_and_is_applied_once_per_id() -> None:
     stock = Stock()
-    stock.handle(Restock("r1", "p1", 4, eur("2.50")))
+    effect = stock.handle(Restock("r1", "p1", 4, eur("2.50")))
     stock.handle(Restock("r1", "p1", 4, eur("2.50")))  # the same restock again
     stock.handle(Restock("r2", "p1", 0, eur("3.00")))  # a price change
     assert stock.product("p1") == StockRow("p1", 4, 0, 0, 4, eur("3.00"), applied_offset=2)
+    # The mark that it was applied first, the product last, with the record's offset.
+    assert effect.rows == (
+        (restock_key("p1", "r1"), CommandApplied("r1", 0)),
+        (b"p1", StockRow("p1", 4, 0, 0, 4, eur("2.50"), applied_offset=0)),
+    )
+
+
+def test_a_product_may_be_restocked_up_to_the_limit_and_not_a_unit_more() -> None:
+    stock = Stock()
+    stock.handle(Restock("r1", "p1", MAX_STOCK, eur("1.00")))  # a new product, all at once
+    assert stock.product("p1").available == MAX_STOCK
+    with pytest.raises(InvalidRestock, match=f"{MAX_STOCK} units at most in all"):
+        stock.handle(Restock("r2", "p1", 1, eur("1.00")))
+
+
+NOT_ISO = "unit price: currency {!r} is not an ISO 4217 code (three upper-case letters)"
+TOO_MANY = "must be >= 0, 1000000000000000 units at most in all"
 
 
 @pytest.mark.parametrize(
     ("quantity", "price", "problem"),
     [
-        (-1, eur("1.00"), "quantity -1"),
-        (1, eur("-1.00"), "negative"),
-        (1, eur("10000000.01"), "more than"),
-        (10**15 + 1, eur("1.00"), "units at most"),
-        (1, Money(Decimal("1.00"), ""), "ISO 4217"),
-        (1, Money(Decimal("1.00"), "eur"), "ISO 4217"),
-        (1, Money(Decimal("1.00"), "NOT-A-CURRENCY"), "ISO 4217"),
+        (-1, eur("1.00"), f"quantity -1 {TOO_MANY}"),
+        (1, eur("-1.00"), "unit price -1.00 EUR is negative"),
+        (1, eur("10000000.01"), "unit price 10000000.01 EUR is more than 10000000.00"),
+        (10**15 + 1, eur("1.00"), f"quantity 1000000000000001 {TOO_MANY}"),
+        (1, Money(Decimal("1.00"), ""), NOT_ISO.format("")),
+        (1, Money(Decimal("1.00"), "eur"), NOT_ISO.format("eur")),
+        (1, Money(Decimal("1.00"), "NOT-A-CURRENCY"), NOT_ISO.format("NOT-A-CURRENCY")),
     ],
 )
 def test_a_restock_that_cannot_be_applied_is_refused(
     quantity: int, price: Money, problem: str
 ) -> None:
-    with pytest.raises(InvalidRestock, match=problem):
+    # The message is the dead letter's reason: what the operator reads.
+    with pytest.raises(InvalidRestock) as refused:
         Stock().handle(Restock("r1", "p1", quantity, price))
+    assert str(refused.value) == f"restock r1 of p1: {problem}"
+
+
+@pytest.mark.parametrize(
+    ("product", "restock_id", "problem"),
+    [("", "r1", "product id is empty"), ("p1", "", "restock id is empty")],
+)
+def test_a_restock_with_a_bad_id_is_refused(product: str, restock_id: str, problem: str) -> None:
+    with pytest.raises(InvalidRestock) as refused:
+        logic.restock(None, None, Restock(restock_id, product, 1, eur("1.00")), 0)
+    assert str(refused.value) == f"restock {restock_id} of {product}: {problem}"
 
 
 def test_a_restock_in_another_currency_than_the_products_is_refused() -> None:
@@ -586,8 +683,12 @@ def test_a_restock_in_another_currency_than_the_products_is_refused() -> None:
     # "unavailable" (a total cannot mix currencies): the currency is fixed once it exists.
     stock = stocked()
     before = dict(stock.rows)
-    with pytest.raises(InvalidRestock, match="priced in EUR"):
+    with pytest.raises(InvalidRestock) as refused:
         stock.handle(Restock("r-usd", "p1", 5, Money(Decimal("3.00"), "USD")))
+    assert str(refused.value) == (
+        "restock r-usd of p1: price in USD, the product is priced in EUR"
+        " (a product's currency cannot change)"
+    )
     assert stock.rows == before  # no stock, no price, no mark that it was applied
 
 
@@ -627,3 +728,24 @@ def test_invariants_count_returned_units() -> None:
     assert stock_invariant_violations(StockRow("p1", 0, 0, 0, 1, eur("1.00"), returned=-1)) == [
         "returned is negative: -1"
     ]
+
+
+def test_invariants_name_every_broken_counter_and_hold() -> None:
+    row = StockRow("p1", -1, -2, -3, -6, eur("1.00"))
+    holds = [StockHold("s1", "p1", -2, HELD, 0, -1), StockHold("s2", "p1", 1, "LOST", 1, -1)]
+    assert stock_invariant_violations(row, holds) == [
+        "available is negative: -1",
+        "reserved is negative: -2",
+        "sold is negative: -3",
+        "returned 0 > sold -3",
+        "sold -3 != quantity sold to sagas 0",
+        "saga s1 holds -2",
+        "saga s2: unknown hold status LOST",
+    ]
+
+
+def test_a_hold_of_nothing_is_sound() -> None:
+    # What a release that came before the reserve leaves (and a refusal of zero units).
+    row = StockRow("p1", 5, 0, 0, 5, eur("1.00"))
+    holds = [StockHold("s1", "p1", 0, RELEASED, -1, 3), StockHold("s2", "p1", 0, REFUSED, 4, -1)]
+    assert stock_invariant_violations(row, holds) == []

@@ -83,7 +83,7 @@ class Expect:
     reason: str | None = EARLIER  # reason of the new state (EARLIER: unchanged)
 
 
-# Written out by hand from the brief, independently of orchestrator.definition.
+# Written out by hand from the brief, independently of orchestrator.engine.definition.
 TABLE: dict[tuple[str, type], Expect] = {
     ("CREATING_ORDER", OrderCreated): Expect(
         "VERIFYING_PRODUCTS", ReserveProducts, "verify_products", 1, 10

@@ -18,9 +18,12 @@ from click.testing import CliRunner
 from faust.types import TP
 
 from cli import up_cmd, worker_cmd
-from messaging import exit_codes
+from messaging import exit_codes, tables
 from messaging.faust_app import create_app, stop_worker, typed_table
+from participants.payment import logic as payment
+from participants.product import logic as product
 from schemas import codec
+from schemas import messages as m
 from schemas.state import (
     READ_EXACTLY,
     REFUSED,
@@ -117,6 +120,23 @@ def test_a_refused_row_is_recognised_from_its_header(name: str) -> None:
     codec.decode(raw)  # the codec alone would read it, losing what it held
 
 
+@pytest.mark.parametrize(
+    ("key_of", "owner", "item", "stored"),
+    [
+        (product.hold_key, "widget", "saga-1", b"widget\x00hold\x00saga-1"),
+        (product.restock_key, "widget", "r-1", b"widget\x00restock\x00r-1"),
+        (payment.payment_key, "alice", "saga-1", b"alice\x00payment\x00saga-1"),
+        (payment.top_up_key, "alice", "t-1", b"alice\x00top-up\x00t-1"),
+    ],
+)
+def test_rows_are_kept_under_the_keys_earlier_releases_wrote(
+    key_of: Any, owner: str, item: str, stored: bytes
+) -> None:
+    # A row looked for under another key is a row lost: a re-sent reserve would hold
+    # twice, a re-sent authorize charge twice, a seed published again credit twice.
+    assert key_of(owner, item) == stored
+
+
 def test_a_current_row_is_not_refused() -> None:
     row = codec.decode(encode_released("StockRow.v2", STOCK_V2))
     assert refused_schema(codec.encode(row)) is None
@@ -146,13 +166,16 @@ def test_reading_a_refused_row_raises_with_what_to_do(stock: Any) -> None:
     assert "table stock holds a StockRow.v2 row (key b'widget')" in message
     assert "product.stock" in message and "README, 'Upgrading'" in message
     for read in (lambda: list(stock.items()), lambda: list(stock.scan())):
-        with pytest.raises(StateFromEarlierRelease):
+        with pytest.raises(StateFromEarlierRelease, match=REFUSED_WIDGET):
             read()
     assert stock.row(b"gizmo") is not None  # rows of this release read as ever
 
 
+REFUSED_WIDGET = r"^table stock holds a StockRow\.v2 row \(key b'widget'\), "
+
+
 def test_a_store_with_a_refused_row_is_refused_once_recovered(stock: Any) -> None:
-    with pytest.raises(StateFromEarlierRelease, match=r"StockRow\.v2"):
+    with pytest.raises(StateFromEarlierRelease, match=REFUSED_WIDGET):
         stock.check_rows({0, 1, 2, 3})
     stock.check_rows({0, 1, 3})  # the partitions without one pass
 
@@ -177,7 +200,9 @@ def test_the_worker_exits_78_and_says_why(monkeypatch: pytest.MonkeyPatch) -> No
         def execute_from_commandline(self) -> None:
             raise SystemExit(1)  # what Faust's worker does after a crash
 
-    monkeypatch.setattr(worker_cmd, "build_service", lambda *_: SimpleNamespace(app=app))
+    monkeypatch.setattr(
+        worker_cmd, "build_service", lambda *_args, **_options: SimpleNamespace(app=app)
+    )
     monkeypatch.setattr(worker_cmd, "quiet_worker", lambda *_: Worker())
     monkeypatch.setattr("messaging.faust_app.discard_tables_after_crash", lambda _app: False)
     monkeypatch.setattr("messaging.faust_app.exit_if_stop_hangs", lambda _app: None)
@@ -211,3 +236,40 @@ async def test_recovery_of_a_partition_holding_a_refused_row_stops_the_worker(
     assert crashed == []  # a partition of this release's rows only
     await stock.on_recovery_completed({TP(changelog, 0), TP(changelog, 2)}, set())
     assert [type(e) for e in crashed] == [StateFromEarlierRelease]
+
+
+async def test_a_partition_is_checked_once_each_time_it_is_assigned(
+    stock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checking reads every row of the partition's store: not at every recovery.
+    changelog = stock.changelog_topic.get_topic_name()
+    p0, p1 = TP(changelog, 0), TP(changelog, 1)
+    price = m.Money(Decimal("2.50"), "EUR")
+    rows = {p: codec.encode(m.StockRow(f"p{p}", p, 0, 0, p, price)) for p in (0, 1)}
+    for partition, row in rows.items():
+        stock.data._db_for_partition(partition)[f"p{partition}".encode()] = row
+    read: list[bytes] = []
+    refused = tables.refused_schema
+
+    def reading(raw: bytes) -> str | None:
+        read.append(raw)
+        return refused(raw)
+
+    monkeypatch.setattr(tables, "refused_schema", reading)
+    await stock.on_recovery_completed({p0}, set())
+    await stock.on_recovery_completed({p1}, set())
+    await stock.on_recovery_completed({p0, p1}, set())
+    assert read == [rows[0], rows[1]]
+    # The store is told of each rebalance (here it keeps its databases open: RocksDB
+    # would reopen partition 0's, which another worker may have rebuilt meanwhile).
+    rebalances: list[tuple[Any, ...]] = []
+
+    async def store_rebalance(*args: Any) -> None:
+        rebalances.append(args)
+
+    monkeypatch.setattr(stock.data, "on_rebalance", store_rebalance)
+    await stock.on_rebalance({p1}, {p0}, set(), 2)  # partition 0 moved to another worker
+    await stock.on_rebalance({p0, p1}, set(), {p0}, 3)  # and came back: checked again
+    assert rebalances == [({p1}, {p0}, set(), 2), ({p0, p1}, set(), {p0}, 3)]
+    await stock.on_recovery_completed({p0, p1}, set())
+    assert read == [rows[0], rows[1], rows[0]]

@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from messaging import client
 from messaging import web as w
 from orchestrator.engine import views as saga_views
 from orchestrator.sagas import SAGAS
@@ -328,3 +329,58 @@ async def test_fetch_part_reports_an_unreachable_worker() -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(w.PeerFailed, match="unreachable"):
             await w.fetch_part(session, "http://127.0.0.1:1", asked_with(), 5.0)
+
+
+class WorkerApp:
+    """What partitions_settled and the views' error answers read of a Faust app."""
+
+    def __init__(self, rebalancing: bool, actives_ready: bool, should_stop: bool) -> None:
+        self.rebalancing = rebalancing
+        self.tables = SimpleNamespace(actives_ready=actives_ready)
+        self.should_stop = should_stop
+        self.conf = SimpleNamespace(canonical_url=A)
+
+
+def worker_app(rebalancing: bool, actives_ready: bool, should_stop: bool = False) -> Any:
+    return WorkerApp(rebalancing, actives_ready, should_stop)
+
+
+@pytest.mark.parametrize(
+    ("rebalancing", "actives_ready", "should_stop", "status"),
+    [
+        (False, True, False, 404),
+        (True, True, False, 503),  # partitions given up, or being assigned
+        (False, False, False, 503),  # tables still being restored
+        (False, True, True, 503),  # the worker stops: its stores close
+    ],
+)
+def test_a_missing_row_is_a_404_only_once_the_partitions_are_settled(
+    rebalancing: bool, actives_ready: bool, should_stop: bool, status: int
+) -> None:
+    sagas = SimpleNamespace(partitions=4)
+    app = worker_app(rebalancing, actives_ready, should_stop)
+    problem = w.missing(app, sagas, "s1", "no saga 's1'", saga_id="s1")
+    assert (problem.code, problem.extra_context) == (status, {"saga_id": "s1"})
+    assert problem.detail == ("no saga 's1'" if status == 404 else w.MOVING)
+
+
+def test_a_missing_row_is_a_503_until_the_worker_caught_up_with_its_partition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sagas = SimpleNamespace(partitions=4)
+    behind = {client.partition_for(b"s1", 4)}
+    monkeypatch.setattr(w.takeover, "caught_up", lambda _app, partition: partition not in behind)
+    problem = w.missing(worker_app(False, True), sagas, "s1", "no saga 's1'")
+    assert (problem.code, problem.detail) == (503, w.CATCHING_UP)
+    behind.clear()
+    assert w.missing(worker_app(False, True), sagas, "s1", "no saga 's1'").code == 404
+
+
+async def test_a_worker_whose_partitions_move_gives_no_part_of_a_list() -> None:
+    async def local() -> dict[str, Any]:
+        raise AssertionError("no rows are read while partitions move")
+
+    request = SimpleNamespace(query={"scope": "local"})
+    with pytest.raises(w.Problem) as raised:
+        await w.whole_table(worker_app(True, False), None, request, local, lambda *_: {})  # type: ignore[arg-type]
+    assert (raised.value.code, raised.value.detail) == (503, w.MOVING)

@@ -4,12 +4,14 @@ acknowledged, strictly in the order the records were submitted."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from faust.streams import current_event
 
-from messaging.faust_app import WriteAfterSend
+from messaging import web
+from messaging.faust_app import WriteAfterSend, row_in_flight
 
 
 class Event:
@@ -18,6 +20,8 @@ class Event:
 
 
 class Table(dict[bytes, Any]):
+    partitions = 4
+
     def __init__(self, log: list[str]) -> None:
         super().__init__()
         self.log = log
@@ -79,6 +83,10 @@ class Sender:
 
 
 class App:
+    rebalancing = False  # what a view reads of the app: its partitions are settled
+    tables = SimpleNamespace(actives_ready=True)
+    should_stop = False
+
     def __init__(self) -> None:
         self.crashed: BaseException | None = None
 
@@ -147,3 +155,18 @@ async def test_a_failed_send_writes_nothing_and_stops_the_worker(setup: Any) -> 
     await settle()
     assert log == [] and b"k" not in table
     assert isinstance(app.crashed, TimeoutError)
+
+
+async def test_a_row_waiting_for_its_outputs_is_in_flight_for_the_views(setup: Any) -> None:
+    """Its outputs (a saga's event) may be read elsewhere before it is written: a view
+    that does not find it must say 503, not 404 (messaging.web.missing)."""
+    writer, sender, table, stream, _log, app = setup
+    await writer.submit(stream, Event("e"), [("t", b"k", "out")], [(table, b"k", "v1")])
+    assert row_in_flight(app, table, b"k")
+    assert not row_in_flight(app, table, b"other")
+    problem = web.missing(app, table, "k", "no row 'k'")
+    assert (problem.code, problem.detail) == (503, web.WRITING)
+    sender.deliver("out")
+    await settle()
+    assert not row_in_flight(app, table, b"k")
+    assert web.missing(app, table, "k", "no row 'k'").code == 404
