@@ -28,7 +28,7 @@ import faust
 import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
-from messaging import exit_codes, settings, topics
+from messaging import exit_codes, metrics, settings, topics
 from messaging.cpu import CpuScarcity
 from messaging.dead_letters import send_dead_letter
 from messaging.fetching import FetchBatching
@@ -105,6 +105,7 @@ def create_app(
     flush_before_commit(app, producer)
     fence_stale_records(app)
     without_sensors(app)
+    metrics.install(app)  # after flush_before_commit: it times that flush
     return app
 
 
@@ -557,6 +558,7 @@ async def decoded_events(
                 message.topic,
                 message.partition,
                 message.offset,
+                metrics=metrics.metrics_of(app),
             )
             if not stream.enable_acks:  # Faust commits past it once the records before are
                 await stream.ack(event)
@@ -600,4 +602,5 @@ async def dead_letter_event(app: faust.App, event: EventT, error: Exception) -> 
         message.topic,
         message.partition,
         message.offset,
+        metrics=metrics.metrics_of(app),
     )
