@@ -222,6 +222,7 @@ def test_table_rows_are_rocksdb_estimates_of_the_active_partitions(tmp_path: Pat
     for p, db in dbs.items():
         for i in range(10 * (p + 1)):
             db[f"k{i}".encode()] = b"row"
+    dbs[2][metrics.FAUST_OFFSET_KEY] = b"41"  # how far the changelog is applied: no row
     topic = "saga-orchestrator-sagas-changelog"
     table = SimpleNamespace(
         name="sagas",
