@@ -16,12 +16,22 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian's Chromium (the test that loads the saga page in a real browser) and
-# docker-compose (validates docker-compose.yml; no Docker engine needed).
+# docker-compose (validates docker-compose.yml; no Docker engine needed), installed;
+# Debian's Prometheus (the metrics test scrapes the workers with it) only unpacked into
+# PROMETHEUS_DIR, no service installed: `apt-get download` needs no root, only package
+# lists (fetched through sudo when there are none).
 # apt-get needs root: other users go through sudo.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+PROMETHEUS_DIR ?= .local/prometheus
 tools:
 	@command -v chromium >/dev/null && command -v docker-compose >/dev/null || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium docker-compose >/dev/null; }
+	@test -x $(PROMETHEUS_DIR)/usr/bin/prometheus || { \
+	  mkdir -p $(PROMETHEUS_DIR) && cd $(PROMETHEUS_DIR) && \
+	  { apt-get download -qq prometheus 2>/dev/null || \
+	    { $(SUDO) apt-get update -qq && apt-get download -qq prometheus; }; } && \
+	  dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb && \
+	  test -x usr/bin/prometheus; }
 
 # Local Kafka (fetched from Maven Central once) and the topics of topics.yaml.
 broker: setup

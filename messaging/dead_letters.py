@@ -77,9 +77,11 @@ def send_dead_letter(
     source_topic: str,
     partition: int,
     offset: int,
+    metrics: Any = None,
 ) -> Any:
     """Send the raw record to the dead-letter topic with the worker's producer
-    (`messaging.producer.KafkaProducer`).
+    (`messaging.producer.KafkaProducer`), and count it by reason and source topic in
+    `metrics` (the worker's `messaging.metrics.WorkerMetrics`; None: not counted).
 
     Returns the delivery future; the producer's flush before each offset commit makes
     sure the dead letter is in Kafka before the bad record's offset is committed. A record
@@ -90,7 +92,10 @@ def send_dead_letter(
 
     headers = error_headers(error, source_topic, partition, offset)
     try:
-        return producer.send(DEAD_LETTER_TOPIC, key, value, headers=headers)
+        sent = producer.send(DEAD_LETTER_TOPIC, key, value, headers=headers)
     except SendFailed:
         dropped = ("value.dropped", str(len(value or b"")).encode())
-        return producer.send(DEAD_LETTER_TOPIC, key, None, headers=[*headers, dropped])
+        sent = producer.send(DEAD_LETTER_TOPIC, key, None, headers=[*headers, dropped])
+    if metrics is not None:
+        metrics.dead_letter(error_reason(error), source_topic)
+    return sent

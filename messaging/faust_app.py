@@ -29,7 +29,7 @@ import faust
 import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
-from messaging import exit_codes, settings, topics
+from messaging import exit_codes, metrics, settings, topics
 from messaging.cpu import CpuScarcity
 from messaging.dead_letters import send_dead_letter
 from messaging.fetching import FetchBatching
@@ -163,6 +163,7 @@ def create_app(
     fence_stale_records(app)
     track_takeovers(app)
     without_sensors(app)
+    metrics.install(app, producer)  # after flush_before_commit: it times that flush
     return app
 
 
@@ -626,6 +627,7 @@ async def decoded_events(
                 message.topic,
                 message.partition,
                 message.offset,
+                metrics=metrics.metrics_of(app),
             )
             if not stream.enable_acks:  # Faust commits past it once the records before are
                 await stream.ack(event)
@@ -669,4 +671,5 @@ async def dead_letter_event(app: faust.App, event: EventT, error: Exception) -> 
         message.topic,
         message.partition,
         message.offset,
+        metrics=metrics.metrics_of(app),
     )

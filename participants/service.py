@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import faust
 
+from messaging import metrics
 from messaging.faust_app import (
     WORKER_FAILURES,
     Sender,
@@ -16,6 +17,7 @@ from messaging.faust_app import (
     raw_topic,
     stop_worker,
 )
+from participants.metrics import DEAD_LETTERED, PROCESSED, ParticipantMetrics
 
 REPLY_TOPIC = "saga.replies"
 
@@ -30,6 +32,10 @@ class ParticipantService:
     def __init__(self, app_id: str, web_port: int, **app_options: Any) -> None:
         self.app = create_app(app_id, web_port=web_port, **app_options)
         self.sender = Sender(self.app)
+        worker_metrics = metrics.metrics_of(self.app)  # None: SAGA_METRICS=0
+        self.metrics = (
+            None if worker_metrics is None else ParticipantMetrics(worker_metrics.registry)
+        )
 
     def consume(
         self,
@@ -41,6 +47,7 @@ class ParticipantService:
         """An agent on `topic` dispatching each decoded message to the handler of its type."""
         expected = {topic: tuple(handlers)}
         app = self.app
+        counted = self.metrics
 
         async def run(stream: faust.StreamT) -> None:
             async for event, message in decoded_events(app, stream, expected, key_of=key_of):
@@ -52,6 +59,11 @@ class ParticipantService:
                     return
                 except Exception as exc:  # one bad record must not stop the service
                     await dead_letter_event(app, event, exc)
+                    if counted is not None:
+                        counted.handled(message, DEAD_LETTERED)
+                else:
+                    if counted is not None:
+                        counted.handled(message, PROCESSED)
 
         run.__name__ = name
         run.__qualname__ = name
@@ -59,3 +71,5 @@ class ParticipantService:
 
     def reply(self, reply: Any) -> None:
         self.sender.send(REPLY_TOPIC, reply.saga_id.encode(), reply)
+        if self.metrics is not None:
+            self.metrics.replied(reply)

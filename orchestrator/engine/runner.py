@@ -24,6 +24,7 @@ from typing import Any, cast
 import faust
 from faust.types import TP, EventT, StreamT
 
+from messaging import metrics
 from messaging.faust_app import (
     WORKER_FAILURES,
     Row,
@@ -40,6 +41,7 @@ from messaging.faust_app import (
 from orchestrator.engine.deadlines import DeadlineWatch
 from orchestrator.engine.early_replies import EarlyReplies
 from orchestrator.engine.machine import Decision, DefinitionMissing, act, decide, definition_of
+from orchestrator.engine.metrics import SagaMetrics
 from orchestrator.engine.saga import SagaType
 from schemas.limits import id_problem
 from schemas.messages import AbortSaga, RetrySaga, StepTimedOut
@@ -83,6 +85,8 @@ class SagaRunner:
         self.sender = Sender(self.app)
         self.writer = WriteAfterSend(self.app, self.sender)
         self.watch = DeadlineWatch()
+        worker_metrics = metrics.metrics_of(self.app)  # None: SAGA_METRICS=0
+        self.metrics = None if worker_metrics is None else SagaMetrics(worker_metrics.registry)
         self.early = self._early_replies()
         # The agent and the deadline timer both decide records (the timer: held replies
         # given up); one at a time, or a saga's replies could be decided out of order.
@@ -218,10 +222,18 @@ class SagaRunner:
         new_row = decision.state
         if new_row is not None and new_row is not row:
             rows.append((self.sagas, key, new_row))
-            # The deadline index follows written rows only: a send that fails leaves the
-            # row, and so the deadline of its real state, as they were.
-            on_written = partial(self.watch.update, key, new_row)
+            # The deadline index (and the metrics) follow written rows only: a send that
+            # fails leaves the row, and so the deadline of its real state, as they were.
+            on_written = partial(self._written, key, row, decision, message)
         await self.writer.submit(stream, event, outputs, rows, on_written)
+
+    def _written(self, key: bytes, before: Any, decision: Decision, message: object) -> None:
+        self.watch.update(key, decision.state)
+        if self.metrics is not None:
+            try:
+                self.metrics.written(before, decision.state, decision.events, message)
+            except Exception:  # a metric must never stop the engine
+                log.exception("recording the metrics of saga %r failed", key)
 
     # ---- deadlines ----
 
@@ -251,6 +263,9 @@ class SagaRunner:
                     timeout.attempt,
                 )
                 self.sender.send(REPLY_TOPIC, key, timeout)
+                if self.metrics is not None:
+                    saga = self.by_row.get(type(self.watch.open.get(key)))
+                    self.metrics.deadline_fired(saga.name if saga else "unknown", timeout.step)
         except DefinitionMissing as exc:
             await stop_worker(self.app, exc)
         except Exception:

@@ -39,7 +39,9 @@ class Recorder:
         self.sent.append((topic, key, message))
         return 0
 
-    def dead_letter(self, producer: Any, key: Any, value: Any, error: Any, *rest: Any) -> None:
+    def dead_letter(
+        self, producer: Any, key: Any, value: Any, error: Any, *rest: Any, **options: Any
+    ) -> None:
         self.dead.append((key, value, getattr(error, "reason", type(error).__name__)))
 
 

@@ -46,7 +46,9 @@ class Recorder:
         self.sent.append((topic, key, message))
         return 0
 
-    def dead_letter(self, producer: Any, key: Any, value: Any, error: Any, *rest: Any) -> None:
+    def dead_letter(
+        self, producer: Any, key: Any, value: Any, error: Any, *rest: Any, **options: Any
+    ) -> None:
         self.dead.append((key, getattr(error, "reason", type(error).__name__)))
         self.dead_errors.append(str(error))
 

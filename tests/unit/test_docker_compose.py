@@ -113,15 +113,50 @@ def test_one_service_per_worker_plus_topics_and_seed_init() -> None:
     assert services["seed"]["command"] == ["seed"]  # the image's examples/catalog.yaml
 
 
-def fake_bin(tmp_path: Path, uid: int, *present: str) -> Path:
-    """A PATH of stubs: `id -u` says `uid`; sudo and apt-get record their calls."""
+def test_prometheus_scrapes_every_worker_of_each_service_on_its_port() -> None:
+    services = compose()["services"]
+    prometheus = services["prometheus"]
+    source, target, *_ = prometheus["volumes"][0].split(":")
+    assert target == "/etc/prometheus/prometheus.yml"  # what the image's command reads
+    config = yaml.safe_load((ROOT / source).read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == set(SERVICES)
+    for name in SERVICES:
+        port = int(services[name]["command"][-1])  # worker NAME --web-port PORT
+        assert jobs[name]["dns_sd_configs"] == [{"names": [name], "type": "A", "port": port}]
+    assert set(prometheus["depends_on"]) == set(SERVICES)
+    assert prometheus["ports"] == ["127.0.0.1:9090:9090"]
+
+
+def fake_bin(tmp_path: Path, uid: int, *present: str, lists: bool = True) -> Path:
+    """A PATH of stubs: `id -u` says `uid`; sudo, apt-get and dpkg-deb record their calls.
+
+    `apt-get download` leaves a .deb in the current folder (fails while there are no
+    package lists, until `apt-get update`: `lists=False`); `dpkg-deb -x` unpacks a
+    prometheus binary from it.
+    """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls"
+    updated = tmp_path / "lists-updated"
+    if lists:
+        updated.touch()
     stubs = {
         "id": f"echo {uid}",
         "sudo": f'echo "sudo $*" >> {calls}; exec "$@"',
-        "apt-get": f'echo "apt-get $*" >> {calls}',
+        "apt-get": (
+            f'echo "apt-get $*" >> {calls}\n'
+            f'case "$1" in update) : > {updated};; download)\n'
+            f"  test -e {updated} || exit 100\n"
+            "  : > prometheus_2.42.0+ds-5_amd64.deb;;\nesac"
+        ),
+        "dpkg-deb": (
+            f'echo "dpkg-deb $*" >> {calls}\n'
+            '/bin/mkdir -p "$3/usr/bin" && printf "#!/bin/sh\\n" > "$3/usr/bin/prometheus"\n'
+            '/bin/chmod +x "$3/usr/bin/prometheus"'
+        ),
+        "mkdir": 'exec /bin/mkdir "$@"',
+        "rm": 'exec /bin/rm "$@"',
         **{name: "true" for name in present},
     }
     for name, body in stubs.items():
@@ -132,10 +167,12 @@ def fake_bin(tmp_path: Path, uid: int, *present: str) -> Path:
 
 
 def run_make_tools(bin_dir: Path) -> list[str]:
+    """`make tools` with the stubs of `bin_dir`, unpacking Prometheus beside them."""
     make = shutil.which("make")
     assert make
+    prometheus_dir = bin_dir.parent / "prometheus"
     result = subprocess.run(
-        [make, "-s", "-C", str(ROOT), "tools"],
+        [make, "-s", "-C", str(ROOT), "tools", f"PROMETHEUS_DIR={prometheus_dir}"],
         env={"PATH": str(bin_dir)},
         capture_output=True,
         text=True,
@@ -158,7 +195,33 @@ def test_make_tools_runs_apt_get_directly_as_root(tmp_path: Path) -> None:
     assert not any(call.startswith("sudo") for call in calls)
 
 
-def test_make_tools_does_nothing_when_both_tools_exist(tmp_path: Path) -> None:
+def test_make_tools_unpacks_prometheus_without_installing_it(tmp_path: Path) -> None:
+    calls = run_make_tools(fake_bin(tmp_path, 1000, "chromium", "docker-compose"))
+    assert calls == [
+        "apt-get download -qq prometheus",
+        "dpkg-deb -x prometheus_2.42.0+ds-5_amd64.deb .",
+    ]
+    unpacked = tmp_path / "prometheus"
+    assert os.access(unpacked / "usr" / "bin" / "prometheus", os.X_OK)
+    assert not list(unpacked.glob("*.deb"))  # the package file is not kept
+
+
+def test_make_tools_fetches_package_lists_when_there_are_none(tmp_path: Path) -> None:
+    calls = run_make_tools(fake_bin(tmp_path, 1000, "chromium", "docker-compose", lists=False))
+    assert calls[:3] == [
+        "apt-get download -qq prometheus",
+        "sudo apt-get update -qq",
+        "apt-get update -qq",
+    ]
+    assert calls[3] == "apt-get download -qq prometheus"
+    assert (tmp_path / "prometheus" / "usr" / "bin" / "prometheus").exists()
+
+
+def test_make_tools_does_nothing_when_every_tool_exists(tmp_path: Path) -> None:
+    binary = tmp_path / "prometheus" / "usr" / "bin" / "prometheus"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
     assert run_make_tools(fake_bin(tmp_path, 1000, "chromium", "docker-compose")) == []
 
 
