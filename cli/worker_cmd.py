@@ -53,7 +53,11 @@ def worker(name: str, web_port: int | None, loglevel: str) -> None:
     )
     from schemas.state import StateRefused
 
-    service = build_service(name, web_port)
+    try:
+        service = build_service(name, web_port)
+    except ValueError as exc:  # its settings (SAGA_RETENTION, SAGA_SAGAS): nothing started
+        click.echo(f"{name}: refusing to start: {exc}", err=True)
+        raise SystemExit(exit_codes.STATE_REFUSED) from None
     discard_tables_after_crash(service.app)
     exit_if_stop_hangs(service.app)
     try:

@@ -246,6 +246,7 @@ _ABSENT = object()
 
 class WriteAfterSend:
     """Writes a record's table rows only once the broker has its outputs, without stalling.
+    A row given as None is deleted, by the same path (its outputs acknowledged first).
 
     Writing the row first would let a crash keep a transition whose outputs were lost (the
     re-processed input then finds itself stale and nothing re-sends them). Waiting for the
@@ -297,7 +298,10 @@ class WriteAfterSend:
                 await self.sender.producer.wait_delivered(epoch)
                 with processing(event):
                     for table, key, row in rows:
-                        table[key] = row
+                        if row is None:  # deleted: a tombstone at the next write-back
+                            del table[key]
+                        else:
+                            table[key] = row
                         if self.staged.get((id(table), key), _ABSENT) is row:
                             del self.staged[(id(table), key)]
                 if on_written is not None:
