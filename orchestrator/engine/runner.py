@@ -214,6 +214,8 @@ class SagaRunner:
             not held
             and type(message) not in self.by_request
             and not isinstance(message, (*ACTIONS, ExpireSaga))
+            # a forget is asked only of a row written long ago: without it, a duplicate
+            and type(message) not in self.forget_answers
             and self.early.should_hold(stream, event, message, row is not None)
         ):
             return  # decided by release_early_replies, once its request was processed

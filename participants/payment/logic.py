@@ -40,6 +40,7 @@ from schemas.messages import (
     AuthorizePayment,
     CancelPayment,
     CommandApplied,
+    ForgetPayment,
     Money,
     Outcome,
     Payment,
@@ -73,9 +74,9 @@ class InvalidTopUp(ValueError):
 
 @dataclass(frozen=True)
 class Effect:
-    """Rows to write, in this order (the account last), and the reply to send."""
+    """Rows to write, in this order (the account last; None: delete it), and the reply."""
 
-    rows: tuple[tuple[bytes, Row], ...] = ()
+    rows: tuple[tuple[bytes, Row | None], ...] = ()
     reply: Reply | None = None
 
 
@@ -200,6 +201,28 @@ def refund_payment(
         refunded=refunded,
     )
     return Effect(rows, reply)
+
+
+def forget_payment(
+    account: Account | None, payment: Payment | None, command: ForgetPayment, offset: int
+) -> Effect:
+    """An expired CreateOrderSaga: delete its payment, whatever its status; the account
+    keeps its balance and totals (recording the offset, so a replay changes nothing). No
+    reply.
+
+    Nothing can come after it: the saga has ended, so it sends no more commands, and its
+    last ones came on this partition before this one. A cancel of its order that could
+    still refund it cannot be in flight: the orchestrator sends this only after the Order
+    Service forgot the order, which it does not while a cancel holds it, and after which
+    a cancel is refused."""
+    if _replayed(account, offset) or payment is None:
+        return Effect()
+    rows: tuple[tuple[bytes, Row | None], ...] = (
+        (payment_key(command.customer_id, command.saga_id), None),
+    )
+    if account is not None:
+        rows += ((command.customer_id.encode(), replace(account, applied_offset=offset)),)
+    return Effect(rows)
 
 
 def top_up(
