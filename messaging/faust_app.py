@@ -332,7 +332,8 @@ CLEAN_SHUTDOWN_MARKER = "clean-shutdown"
 
 
 def discard_tables_after_crash(app: faust.App) -> bool:
-    """Delete the local table stores unless the worker last stopped cleanly.
+    """Delete the local table stores unless the worker last stopped cleanly, and not
+    longer ago than the changelogs keep tombstones.
 
     Faust writes a row to RocksDB at once and its changelog record later, so a killed
     worker can leave rows the changelog never got (and outputs never sent). Restored from
@@ -341,13 +342,39 @@ def discard_tables_after_crash(app: faust.App) -> bool:
     """
     marker = Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER
     clean = marker.exists()
+    # Stopped for longer than the changelogs keep a deleted row's tombstone (retention
+    # deletes rows): compaction may have dropped one this store never saw, and the row
+    # would come back. Restored from the changelog, it stays deleted.
+    stale = clean and time.time() - marker.stat().st_mtime > tombstones_kept_seconds()
     marker.unlink(missing_ok=True)  # from now on, a crash is not a clean stop
     tables = Path(app.conf.tabledir)
-    if clean or not tables.exists():
+    if (clean and not stale) or not tables.exists():
         return False
-    log.warning("last stop was not clean: restoring tables from changelogs (%s)", tables)
+    if stale:
+        log.warning(
+            "stopped for longer than the changelogs keep deletions (%.0f s): restoring"
+            " tables from changelogs (%s)",
+            tombstones_kept_seconds(),
+            tables,
+        )
+    else:
+        log.warning("last stop was not clean: restoring tables from changelogs (%s)", tables)
     shutil.rmtree(tables)
     return True
+
+
+KAFKA_DELETE_RETENTION_MS = 86_400_000  # Kafka's default delete.retention.ms: 1 day
+
+
+def tombstones_kept_seconds() -> float:
+    """How long a changelog keeps a deletion's tombstone once compacted: the least
+    `delete.retention.ms` of the changelogs in topics.yaml (Kafka's default: 1 day)."""
+    values = [
+        int(spec.configs.get("delete.retention.ms", KAFKA_DELETE_RETENTION_MS))
+        for name, spec in topics.project_topics().topics.items()
+        if name.endswith("-changelog")
+    ]
+    return min(values, default=KAFKA_DELETE_RETENTION_MS) / 1000
 
 
 def unclean_stop(app: faust.App) -> str | None:
