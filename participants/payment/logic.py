@@ -8,7 +8,8 @@ The `accounts` table (key customer id) holds, per customer:
   attempt echoed, replied_at=now), the account unchanged. Refusals are recorded too
   (FAILED with the reason), so a duplicate after a top-up is still refused; a cancel
   that comes first is recorded (CANCELLED), so a late authorize is refused. Payment rows
-  are never pruned: one per saga, like the orchestrator's saga rows.
+  are kept until the saga expires (ForgetPayment: see the README's Retention), like
+  the orchestrator's saga rows.
 - one `CommandApplied` per TopUp (key: customer id, "top-up", top-up id).
 
 Money is conserved per account: balance + captured == topped_up, where captured
