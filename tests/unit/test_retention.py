@@ -299,3 +299,26 @@ def test_saga_worker_with_a_bad_retention_says_so_and_exits_78(
     assert result.exit_code == 78  # `saga up` does not restart it: only a fix helps
     assert "orchestrator: refusing to start: SAGA_RETENTION='forever'" in result.output
     assert not (tmp_path / "workers").exists() or not any((tmp_path / "workers").iterdir())
+
+
+def test_saga_order_follows_a_new_saga_when_the_id_s_first_saga_expired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cli.orders_cmd import expired
+    from schemas.messages import SagaEvent
+
+    def ended(at: datetime) -> list[SagaEvent]:
+        return [
+            SagaEvent(
+                SAGA, 1, at, "OrderRequested", None, "CREATING_ORDER", "c", 1, None, [], False
+            ),
+            SagaEvent(SAGA, 5, at, "OrderApproved", "A", "ORDER_APPROVED", None, 0, None, [], True),
+        ]
+
+    now = datetime.now(UTC)
+    monkeypatch.delenv("SAGA_RETENTION", raising=False)
+    assert expired(ended(now - timedelta(days=8)))
+    assert not expired(ended(now - timedelta(days=6)))
+    assert not expired(ended(now - timedelta(days=8))[:1])  # never ended: never expires
+    monkeypatch.setenv("SAGA_RETENTION", "2s")
+    assert expired(ended(now - timedelta(seconds=3)))
