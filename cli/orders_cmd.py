@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -118,8 +118,12 @@ def order(
     deadline = time.monotonic() + timeout  # --timeout counts from the request on
     try:
         client.require_broker()
-        # A second request for an order id starts no saga: follow the first one instead.
+        # A second request for an order id starts no saga: follow the first one instead,
+        # unless that one ended more than the retention ago: it expired, and this request
+        # starts a new saga (orchestrator/engine/retention.py).
         earlier = client.saga_events(order_id) if wait and order_id is not None else []
+        if earlier and expired(earlier):
+            earlier = []
         producer = client.producer()
         client.send(producer, client.REQUEST_TOPIC, request.order_id, request)
         client.flush(producer)
@@ -134,6 +138,19 @@ def order(
         since = earlier[0].at
         click.echo(f"order {request.order_id} already has a saga; a second request starts none")
     follow(request.order_id, since, deadline, timeout, stopped, keep_waiting, "ORDER_APPROVED")
+
+
+def expired(events: list[m.SagaEvent]) -> bool:
+    """Did the saga of `events` end more than the retention (SAGA_RETENTION, else 7 days)
+    ago, so that the orchestrator forgot it?"""
+    from orchestrator.engine.retention import RetentionError, configured_retention
+
+    try:
+        retention = configured_retention()
+    except RetentionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    ends = [event.at for event in events if event.terminal]
+    return bool(ends) and max(ends) + retention < datetime.now(UTC)
 
 
 def follow(

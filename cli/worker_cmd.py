@@ -70,7 +70,11 @@ def worker(
         address = web_address(web_bind, web_host)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--web-host") from exc
-    service = build_service(name, web_port, web_bind=address.bind, web_host=address.host)
+    try:
+        service = build_service(name, web_port, web_bind=address.bind, web_host=address.host)
+    except ValueError as exc:  # its settings (SAGA_RETENTION, SAGA_SAGAS): nothing started
+        click.echo(f"{name}: refusing to start: {exc}", err=True)
+        raise SystemExit(exit_codes.STATE_REFUSED) from None
     discard_tables_after_crash(service.app)
     exit_if_stop_hangs(service.app)
     try:

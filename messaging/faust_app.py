@@ -305,6 +305,7 @@ _ABSENT = object()
 
 class WriteAfterSend:
     """Writes a record's table rows only once the broker has its outputs, without stalling.
+    A row given as None is deleted, by the same path (its outputs acknowledged first).
 
     Writing the row first would let a crash keep a transition whose outputs were lost (the
     re-processed input then finds itself stale and nothing re-sends them). Waiting for the
@@ -357,7 +358,10 @@ class WriteAfterSend:
                 await self.sender.producer.wait_delivered(epoch)
                 with processing(event):
                     for table, key, row in rows:
-                        table[key] = row
+                        if row is None:  # deleted: a tombstone at the next write-back
+                            del table[key]
+                        else:
+                            table[key] = row
                         if self.staged.get((id(table), key), _ABSENT) is row:
                             del self.staged[(id(table), key)]
                 if on_written is not None:
@@ -398,7 +402,8 @@ CLEAN_SHUTDOWN_MARKER = "clean-shutdown"
 
 
 def discard_tables_after_crash(app: faust.App) -> bool:
-    """Delete the local table stores unless the worker last stopped cleanly.
+    """Delete the local table stores unless the worker last stopped cleanly, and not
+    longer ago than the changelogs keep tombstones.
 
     Faust writes a row to RocksDB at once and its changelog record later, so a killed
     worker can leave rows the changelog never got (and outputs never sent). Restored from
@@ -407,13 +412,39 @@ def discard_tables_after_crash(app: faust.App) -> bool:
     """
     marker = Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER
     clean = marker.exists()
+    # Stopped for longer than the changelogs keep a deleted row's tombstone (retention
+    # deletes rows): compaction may have dropped one this store never saw, and the row
+    # would come back. Restored from the changelog, it stays deleted.
+    stale = clean and time.time() - marker.stat().st_mtime > tombstones_kept_seconds()
     marker.unlink(missing_ok=True)  # from now on, a crash is not a clean stop
     tables = Path(app.conf.tabledir)
-    if clean or not tables.exists():
+    if (clean and not stale) or not tables.exists():
         return False
-    log.warning("last stop was not clean: restoring tables from changelogs (%s)", tables)
+    if stale:
+        log.warning(
+            "stopped for longer than the changelogs keep deletions (%.0f s): restoring"
+            " tables from changelogs (%s)",
+            tombstones_kept_seconds(),
+            tables,
+        )
+    else:
+        log.warning("last stop was not clean: restoring tables from changelogs (%s)", tables)
     shutil.rmtree(tables)
     return True
+
+
+KAFKA_DELETE_RETENTION_MS = 86_400_000  # Kafka's default delete.retention.ms: 1 day
+
+
+def tombstones_kept_seconds() -> float:
+    """How long a changelog keeps a deletion's tombstone once compacted: the least
+    `delete.retention.ms` of the changelogs in topics.yaml (Kafka's default: 1 day)."""
+    values = [
+        int(spec.configs.get("delete.retention.ms", KAFKA_DELETE_RETENTION_MS))
+        for name, spec in topics.project_topics().topics.items()
+        if name.endswith("-changelog")
+    ]
+    return min(values, default=KAFKA_DELETE_RETENTION_MS) / 1000
 
 
 def unclean_stop(app: faust.App) -> str | None:

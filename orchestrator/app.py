@@ -15,10 +15,12 @@ from schemas.messages import StepTimedOut
 
 APP_ID = settings.APP_IDS["orchestrator"]
 DEFAULT_WEB_PORT = 6066
-# Every message type the orchestrator takes: the sagas' requests and replies, deadlines.
+# Every message type the orchestrator takes: the sagas' requests and replies (and the
+# answers of their forget gates), deadlines.
 INPUTS: tuple[type, ...] = (
     *(saga.request for saga in SAGAS),
     *{reply for saga in SAGAS for reply in saga.replies},
+    *{saga.forget.answer for saga in SAGAS if saga.forget.answer is not None},
     StepTimedOut,
 )
 

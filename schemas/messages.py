@@ -219,6 +219,60 @@ class ReturnProducts:
     hop: int = 0
 
 
+# ---- forgetting an expired saga (retention: see orchestrator/engine/retention.py) ----
+# The orchestrator sends these once a terminal saga's row leaves its table. None can be
+# followed by a command of the same saga: it sends none once terminal.
+
+
+@dataclass(frozen=True)
+class ForgetOrder:
+    """A CreateOrderSaga expired: forget its order, unless a cancel holds it. Answered."""
+
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+    ended_by: datetime  # the ExpireSaga's cut-off, echoed by OrderForgotten
+
+
+@dataclass(frozen=True)
+class ForgetProducts:
+    """A CreateOrderSaga expired: each product forgets its hold (no reply). Travels from
+    product to product like SellProducts."""
+
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+    items: list[OrderItem]
+    hop: int = 0
+
+
+@dataclass(frozen=True)
+class ForgetPayment:
+    """A CreateOrderSaga expired: the customer's account forgets its payment (no reply)."""
+
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+    customer_id: str
+
+
+@dataclass(frozen=True)
+class ForgetCancel:
+    """A CancelOrderSaga expired: the order forgets its OrderCancel row (no reply)."""
+
+    saga_id: str
+    command_id: str
+    attempt: int
+    sent_at: datetime
+    order_id: str
+
+
 # ---- replies (participants -> saga.replies, key = saga id) ----
 # Every reply echoes saga_id, command_id, attempt and carries an outcome.
 
@@ -377,6 +431,20 @@ class ProductsReturned:
     replied_at: datetime
 
 
+@dataclass(frozen=True)
+class OrderForgotten:
+    """Answer to ForgetOrder: SUCCESS forgotten (or never known), FAILURE kept (reason)."""
+
+    saga_id: str
+    command_id: str
+    attempt: int
+    outcome: Outcome
+    replied_at: datetime
+    order_id: str
+    ended_by: datetime
+    reason: str | None = None
+
+
 # ---- orchestrator internal ----
 
 
@@ -446,6 +514,16 @@ class SagaActionAnswered:
     state: str | None  # the saga's state after; None for an unknown saga
     operator: str
     answered_at: datetime
+
+
+@dataclass(frozen=True)
+class ExpireSaga:
+    """The saga ended more than the retention ago: its row leaves the table (sent by the
+    orchestrator's expiry timer to saga.operations, handled by its agent)."""
+
+    saga_id: str
+    ended_by: datetime  # expire only a saga that ended at or before this
+    requested_at: datetime
 
 
 # ---- Product Service internal (product.commands, key product id) ----

@@ -5,10 +5,13 @@ Public surface (everything a saga module or a worker needs):
 - declaring a saga: `SagaDefinition` of `Step`, `State`, `Transition` and `Notification`,
   `StepKind`, deadlines (`backoff`, `single_deadline`), `DEADLINE` (the trigger of a
   deadline transition); and `SagaType`, which adds what the engine cannot know: `Start`
-  (what a request puts in the row), command builders, `Route`s, `absorb`, reasons.
+  (what a request puts in the row), command builders, `Route`s, `absorb`, reasons, and
+  `Forget` (what its participants forget once it expired).
   Definitions are checked when the SagaType is built (`DefinitionError`).
 - deciding: `decide(saga, row, message, now) -> Decision`, pure; an operator's action
-  (AbortSaga, RetrySaga) with `act(saga, row, action, now)`, answered in `Decision.answer`.
+  (AbortSaga, RetrySaga) with `act(saga, row, action, now)`, answered in `Decision.answer`;
+  retention (ExpireSaga, and the answer of a forget gate) with `expire` and `forgotten`,
+  whose Decision deletes the row (`Decision.deleted`).
 - running: `orchestrator.engine.runner.SagaRunner`, a Faust worker for a set of saga
   types; `orchestrator.engine.diagram.mermaid` draws a definition.
 """
@@ -28,15 +31,26 @@ from orchestrator.engine.definition import (
     single_deadline,
     validate,
 )
-from orchestrator.engine.machine import Decision, DefinitionMissing, act, decide, expired
-from orchestrator.engine.saga import Route, SagaType, Start
+from orchestrator.engine.machine import (
+    Decision,
+    DefinitionMissing,
+    act,
+    decide,
+    expire,
+    expired,
+    forgotten,
+)
+from orchestrator.engine.retention import RetentionError, parse_retention
+from orchestrator.engine.saga import Forget, Route, SagaType, Start
 
 __all__ = [
     "DEADLINE",
     "Decision",
     "DefinitionError",
     "DefinitionMissing",
+    "Forget",
     "Notification",
+    "RetentionError",
     "Route",
     "SagaDefinition",
     "SagaType",
@@ -50,7 +64,10 @@ __all__ = [
     "backoff",
     "command_id",
     "decide",
+    "expire",
     "expired",
+    "forgotten",
+    "parse_retention",
     "single_deadline",
     "validate",
 ]

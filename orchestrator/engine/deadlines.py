@@ -23,9 +23,10 @@ class DeadlineWatch:
         self.needs_rescan = True
         self.touched: set[bytes] = set()  # keys the agent wrote since the scan began
 
-    def update(self, key: bytes, state: Any) -> None:
+    def update(self, key: bytes, state: Any | None) -> None:
+        """The agent wrote `state` (None: deleted the row)."""
         self.touched.add(key)
-        if state.deadline is None:
+        if state is None or state.deadline is None:
             self.open.pop(key, None)
         else:
             self.open[key] = state

@@ -29,10 +29,12 @@ from orchestrator.engine.definition import (
     command_id,
     forward_steps,
 )
+from orchestrator.engine.retention import ended_by
 from orchestrator.engine.saga import SagaType
 from schemas.limits import reason
 from schemas.messages import (
     AbortSaga,
+    ExpireSaga,
     Outcome,
     RetrySaga,
     SagaActionAnswered,
@@ -61,6 +63,7 @@ class Decision:
     commands: tuple[Any, ...] = ()
     events: tuple[SagaEvent, ...] = ()
     answer: SagaActionAnswered | None = None  # to an operator's action
+    deleted: bool = False  # the row leaves the table (it expired); `state` is then None
 
 
 def decide(saga: SagaType, row: Any | None, message: object, now: datetime) -> Decision:
@@ -165,6 +168,41 @@ def on_deadline(
     if transition is None:
         return Decision(row)
     return take(saga, definition, row, transition, timeout, now)
+
+
+# ---- retention: a terminal saga leaves the table ----
+
+
+def expire(saga: SagaType | None, row: Any | None, message: ExpireSaga, now: datetime) -> Decision:
+    """An ExpireSaga: a saga that ended at or before its cut-off leaves the table, and its
+    participants are told to forget it (first its gate, if its type has one and it has
+    something to ask: the row stays until the gate answers). Anything else (no row, a saga
+    still running, one that ended after the cut-off: a stale or duplicate ExpireSaga)
+    changes nothing.
+
+    Only a terminal row is ever deleted or forgotten: a saga in flight still sends commands
+    and needs its participants' rows, and a terminal one never sends another command."""
+    if saga is None or not saga.owns(row) or not ended_by(row, message.ended_by):
+        return Decision(row)
+    ask = saga.forget_gate(row, message.ended_by, now)
+    if ask:  # the row stays until the gate answers
+        return Decision(row, ask)
+    return Decision(None, saga.forget_commands(row, message.ended_by, now), deleted=True)
+
+
+def forgotten(saga: SagaType | None, row: Any | None, answer: Any, now: datetime) -> Decision:
+    """The gate's answer to a forget: SUCCESS for a row that still ended by the cut-off it
+    was asked with deletes the row and sends the other forget commands; anything else (a
+    FAILURE: something still needs the saga's rows; a duplicate; an answer about an
+    earlier saga with the same id) changes nothing."""
+    if (
+        saga is None
+        or not saga.owns(row)
+        or getattr(answer, "outcome", None) != Outcome.SUCCESS
+        or not ended_by(row, answer.ended_by)
+    ):
+        return Decision(row)
+    return Decision(None, saga.forget_commands(row, answer.ended_by, now), deleted=True)
 
 
 # ---- operator actions ----

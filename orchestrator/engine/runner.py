@@ -10,6 +10,10 @@ may). A reply read before its saga's request waits for it (EarlyReplies).
 Which saga a message belongs to: a request by its type (each saga type has its own), a
 reply by the row it finds (each saga type has its own row type). A row finishes on the
 definition version it started on; a deploy that no longer has it is refused at start-up.
+
+Retention: the same timer sends an ExpireSaga to saga.operations for each saga that ended
+more than the retention ago (ExpiryIndex), and the agent deletes its row there and tells
+its participants to forget it (orchestrator/engine/retention.py).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, cast
 
@@ -40,11 +44,20 @@ from messaging.faust_app import (
 )
 from orchestrator.engine.deadlines import DeadlineWatch
 from orchestrator.engine.early_replies import EarlyReplies
-from orchestrator.engine.machine import Decision, DefinitionMissing, act, decide, definition_of
+from orchestrator.engine.machine import (
+    Decision,
+    DefinitionMissing,
+    act,
+    decide,
+    definition_of,
+    expire,
+    forgotten,
+)
 from orchestrator.engine.metrics import SagaMetrics
+from orchestrator.engine.retention import ExpiryIndex, configured_retention
 from orchestrator.engine.saga import SagaType
 from schemas.limits import id_problem
-from schemas.messages import AbortSaga, RetrySaga, StepTimedOut
+from schemas.messages import AbortSaga, ExpireSaga, RetrySaga, StepTimedOut
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +78,26 @@ class SagaRunner:
         *,
         app_id: str,
         web_port: int,
+        retention: timedelta | str | None = None,
         **app_options: Any,
     ) -> None:
+        # How long a terminal saga stays (None: SAGA_RETENTION, else 7 days): checked
+        # first, so a bad value stops the worker before it touches anything.
+        self.retention = configured_retention(retention)
         self.saga_types = tuple(sagas)
         self.by_request = {saga.request: saga for saga in self.saga_types}
         self.by_row = {saga.row: saga for saga in self.saga_types}
         self.request_topic = _one_request_topic(self.saga_types)
         replies = {reply for saga in self.saga_types for reply in saga.replies}
+        # The answers of the sagas' forget gates come on the reply topic too.
+        self.forget_answers = {s.forget.answer for s in self.saga_types if s.forget.answer}
+        replies |= self.forget_answers
         # Only requests start sagas and only replies move them, each on its own topic: a
         # reply on the request topic (or a request on the reply topic) is dead-lettered.
         self.inputs_by_topic: Mapping[str, tuple[type, ...]] = {
             self.request_topic: tuple(self.by_request),
             REPLY_TOPIC: (*sorted(replies, key=lambda t: t.__name__), StepTimedOut),
-            OPERATIONS_TOPIC: ACTIONS,
+            OPERATIONS_TOPIC: (*ACTIONS, ExpireSaga),
         }
         self.app = create_app(app_id, web_port=web_port, **app_options)
         self.sagas = typed_table(self.app, TABLE)
@@ -87,6 +107,7 @@ class SagaRunner:
         self.watch = DeadlineWatch()
         worker_metrics = metrics.metrics_of(self.app)  # None: SAGA_METRICS=0
         self.metrics = None if worker_metrics is None else SagaMetrics(worker_metrics.registry)
+        self.expiry = ExpiryIndex(self.retention)
         self.early = self._early_replies()
         # The agent and the deadline timer both decide records (the timer: held replies
         # given up); one at a time, or a saga's replies could be decided out of order.
@@ -196,13 +217,19 @@ class SagaRunner:
         if (
             not held
             and type(message) not in self.by_request
-            and not isinstance(message, ACTIONS)
+            and not isinstance(message, (*ACTIONS, ExpireSaga))
+            # a forget is asked only of a row written long ago: without it, a duplicate
+            and type(message) not in self.forget_answers
             and self.early.should_hold(stream, event, message, row is not None)
         ):
             return  # decided by release_early_replies, once its request was processed
         saga = self.saga_of(message, row)
         if isinstance(message, ACTIONS):
             decision = act(saga, row, message, utc_now())
+        elif isinstance(message, ExpireSaga):
+            decision = expire(saga, row, message, utc_now())
+        elif type(message) in self.forget_answers:
+            decision = forgotten(saga, row, message, utc_now())
         elif saga is None:
             decision = Decision(row)
         else:
@@ -220,18 +247,26 @@ class SagaRunner:
         rows: list[Row] = []
         on_written = None
         new_row = decision.state
-        if new_row is not None and new_row is not row:
-            rows.append((self.sagas, key, new_row))
-            # The deadline index (and the metrics) follow written rows only: a send that
-            # fails leaves the row, and so the deadline of its real state, as they were.
-            on_written = partial(self._written, key, row, decision, message)
+        if decision.deleted or (new_row is not None and new_row is not row):
+            # An expired row is deleted (None: a tombstone in the changelog) the same way,
+            # once the broker has its forget commands.
+            written = None if decision.deleted else new_row
+            rows.append((self.sagas, key, written))
+            # The deadline and expiry indexes (and the metrics) follow written rows only: a
+            # send that fails leaves the row, and so the deadline of its real state, as
+            # they were.
+            on_written = partial(self.row_written, key, written, row, decision, message)
         await self.writer.submit(stream, event, outputs, rows, on_written)
 
-    def _written(self, key: bytes, before: Any, decision: Decision, message: object) -> None:
-        self.watch.update(key, decision.state)
-        if self.metrics is not None:
+    def row_written(
+        self, key: bytes, row: Any | None, before: Any, decision: Decision, message: object
+    ) -> None:
+        """The agent wrote `row` (None: deleted it): the indexes and metrics follow."""
+        self.watch.update(key, row)
+        self.expiry.update(key, row)
+        if self.metrics is not None and row is not None:
             try:
-                self.metrics.written(before, decision.state, decision.events, message)
+                self.metrics.written(before, row, decision.events, message)
             except Exception:  # a metric must never stop the engine
                 log.exception("recording the metrics of saga %r failed", key)
 
@@ -254,7 +289,9 @@ class SagaRunner:
                 async with self.deciding:
                     await self.release_early_replies()
             if self.watch.needs_rescan:
-                await self.watch.rescan(self._versions_checked(self.sagas.items()))
+                self.expiry.begin_rescan()
+                await self.watch.rescan(self._indexed(self._versions_checked(self.sagas.items())))
+                self.expiry.end_rescan()
             for key, timeout in self.watch.due(now):
                 log.info(
                     "deadline passed: saga %s step %s attempt %s",
@@ -266,6 +303,9 @@ class SagaRunner:
                 if self.metrics is not None:
                     saga = self.by_row.get(type(self.watch.open.get(key)))
                     self.metrics.deadline_fired(saga.name if saga else "unknown", timeout.step)
+            for key, expiry in self.expiry.due(now):
+                log.debug("retention passed: saga %s ended by %s", key, expiry.ended_by)
+                self.sender.send(OPERATIONS_TOPIC, key, expiry)
         except DefinitionMissing as exc:
             await stop_worker(self.app, exc)
         except Exception:
@@ -273,6 +313,11 @@ class SagaRunner:
             # then would crash the app (exit 1). Unsent deadlines fire after the restart.
             if not self.app.should_stop:
                 raise
+
+    def _indexed(self, rows: Any) -> Iterator[tuple[bytes, Any]]:
+        for key, row in rows:
+            self.expiry.found(key, row)
+            yield key, row
 
     def _versions_checked(self, rows: Any) -> Iterator[tuple[bytes, Any]]:
         for key, row in rows:

@@ -56,6 +56,32 @@ class Start:
 
 # build(row, command_id, now) -> the command, for the row's current attempt.
 Build = Callable[[Any, str, datetime], Any]
+# forget(row, ended_by, now) -> the command asking a participant to forget its rows of
+# the saga (None: it has none). `ended_by` is the ExpireSaga's cut-off.
+ForgetBuild = Callable[[Any, datetime, datetime], Any | None]
+
+
+@dataclass(frozen=True)
+class Forget:
+    """What the participants forget of a saga that expired (see engine/retention.py).
+
+    `commands` ((participant, command type, build)) are sent when the saga's row leaves the
+    table. With a `gate` (the same), the orchestrator first asks that participant, and
+    the row stays until its `answer` (a reply type with an `outcome` and the `ended_by` it
+    was asked with) says SUCCESS: the participant that knows whether anything still needs
+    the saga's rows (a cancel in flight needs its order's payment) decides, and the other
+    commands follow. A FAILURE, or no answer, leaves the row: the expiry timer asks again.
+    """
+
+    commands: tuple[tuple[str, type, ForgetBuild], ...] = ()
+    gate: tuple[str, type, ForgetBuild] | None = None
+    answer: type | None = None
+
+    @property
+    def participants(self) -> dict[type, str]:
+        """The participant of each forget command type."""
+        every = (*self.commands, *((self.gate,) if self.gate else ()))
+        return {command: participant for participant, command, _ in every}
 
 
 def _nothing(_row: Any, _reply: Any) -> Mapping[str, Any]:
@@ -87,6 +113,8 @@ class SagaType:
     # lists (summary), everything that matters on its page (describe).
     summary: Callable[[Any], Mapping[str, Any]] = _nothing_of
     describe: Callable[[Any], Mapping[str, Any]] = _nothing_of
+    # What its participants forget once it expired (default: nothing, no gate).
+    forget: Forget = Forget()
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -117,16 +145,51 @@ class SagaType:
         return frozenset(r for d in self.definitions for step in d.steps for r in step.replies)
 
     def route(self, command: Any) -> tuple[str, bytes]:
-        """(topic, key) of a command of this saga."""
+        """(topic, key) of a command of this saga (a step's, a notification's, a forget's)."""
         for definition in reversed(self.definitions):
             participant = definition.participant_of(type(command))
             if participant is not None:
                 route = self.routes[participant]
                 return route.topic, route.key(command).encode("utf-8")
+        participant = self.forget.participants.get(type(command))
+        if participant is not None:
+            route = self.routes[participant]
+            return route.topic, route.key(command).encode("utf-8")
         raise TypeError(f"{type(command).__name__} is not a command of {self.name}")
+
+    def forget_commands(self, row: Any, ended_by: datetime, now: datetime) -> tuple[Any, ...]:
+        """The commands sent when the saga's row leaves the table."""
+        return self._forget_built(self.forget.commands, row, ended_by, now)
+
+    def forget_gate(self, row: Any, ended_by: datetime, now: datetime) -> tuple[Any, ...]:
+        """The command asking the gate whether the saga may be forgotten (none: no gate)."""
+        gate = () if self.forget.gate is None else (self.forget.gate,)
+        return self._forget_built(gate, row, ended_by, now)
+
+    def _forget_built(
+        self,
+        builds: tuple[tuple[str, type, ForgetBuild], ...],
+        row: Any,
+        ended_by: datetime,
+        now: datetime,
+    ) -> tuple[Any, ...]:
+        commands = []
+        for _participant, command_type, build in builds:
+            command = build(row, ended_by, now)
+            if command is not None and type(command) is not command_type:
+                made = type(command).__name__
+                raise TypeError(f"{self.name}: a forget of {command_type.__name__} made a {made}")
+            if command is not None:
+                commands.append(command)
+        return tuple(commands)
 
     def _problems(self) -> list[str]:
         problems = []
+        for participant in self.forget.participants.values():
+            if participant not in self.routes:
+                problems.append(f"no route for participant {participant} (forget)")
+        if (self.forget.gate is None) != (self.forget.answer is None):
+            problems.append("forget: a gate needs its answer type, and an answer its gate")
         if not self.definitions:
             problems.append("it has no definition")
         for definition in self.definitions:

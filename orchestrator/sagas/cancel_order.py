@@ -21,6 +21,7 @@ from typing import Any
 
 from orchestrator.engine import (
     DEADLINE,
+    Forget,
     Route,
     SagaDefinition,
     SagaType,
@@ -30,6 +31,7 @@ from orchestrator.engine import (
     StepKind,
     Transition,
     backoff,
+    command_id,
     single_deadline,
 )
 from schemas.limits import id_problem, merged_items
@@ -38,6 +40,7 @@ from schemas.messages import (
     CancelOrderRequested,
     CancelSagaState,
     ConfirmCancelOrder,
+    ForgetCancel,
     OrderCancelBegun,
     OrderCancelled,
     OrderCancelRefused,
@@ -207,6 +210,26 @@ BUILDERS: Mapping[type, Callable[[CancelSagaState, str, datetime], Any]] = {
 }
 
 
+# ---- what the participants forget once the saga expired (retention) ----
+#
+# A cancel's effects are changes of its order's rows: the order CANCELLED, its
+# CreateOrderSaga's payment REFUNDED and holds RETURNED; those go when the CreateOrderSaga
+# expires (which ended earlier). Its own row is the Order Service's OrderCancel (what the
+# cancel did, so its duplicates get the same answer): that goes now, unless the order
+# still names this cancel (it cancelled it): then it goes with the order. A request with
+# an invalid order id reached no participant.
+
+
+def _forget_cancel(row: CancelSagaState, _ended_by: datetime, now: datetime) -> ForgetCancel | None:
+    if id_problem("order id", row.order_id) is not None:
+        return None
+    cid = command_id(row.saga_id, "forget_cancel")
+    return ForgetCancel(row.saga_id, cid, 1, now, row.order_id)
+
+
+FORGET = Forget(commands=((ORDER, ForgetCancel, _forget_cancel),))
+
+
 # ---- what a request and the replies put in the row ----
 
 
@@ -261,4 +284,5 @@ SAGA = SagaType(
     failure_reason=failure_reason,
     summary=summary,
     describe=describe,
+    forget=FORGET,
 )

@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.engine import (
     DEADLINE,
+    Forget,
     Notification,
     Route,
     SagaDefinition,
@@ -26,6 +27,7 @@ from orchestrator.engine import (
     StepKind,
     Transition,
     backoff,
+    command_id,
     single_deadline,
 )
 from schemas.limits import id_problem, merged_items, request_problems
@@ -34,9 +36,13 @@ from schemas.messages import (
     AuthorizePayment,
     CancelPayment,
     CreateOrder,
+    ForgetOrder,
+    ForgetPayment,
+    ForgetProducts,
     Money,
     OrderApproved,
     OrderCreated,
+    OrderForgotten,
     OrderRejected,
     OrderRequested,
     PaymentAuthorized,
@@ -309,6 +315,50 @@ BUILDERS: Mapping[type, Callable[[SagaState, str, datetime], Any]] = {
 }
 
 
+# ---- what the participants forget once the saga expired (retention) ----
+#
+# The saga's order, its stock holds and its payment: per-saga rows, which only guard
+# against duplicate or late commands of the saga, and it sends none once it has ended
+# (see orchestrator/engine/retention.py). The products' counters and the accounts stay.
+# The Order Service decides first (the gate): a CancelOrderSaga in flight on the order
+# (CANCEL_PENDING) still needs the payment (its refund) and the holds (its return), so
+# the order is kept and the saga with it, and the expiry timer asks again later. Once the
+# order is forgotten, a cancel of it is refused (unknown order), so forgetting the
+# payment and the holds cannot race one. A request that broke the input limits reached
+# no participant: nothing to forget.
+
+
+def _forget_order(saga: SagaState, ended_by: datetime, now: datetime) -> ForgetOrder | None:
+    if not saga.items:
+        return None
+    cid = command_id(saga.saga_id, "forget_order")
+    return ForgetOrder(saga.saga_id, cid, 1, now, saga.order_id, ended_by)
+
+
+def _forget_products(saga: SagaState, _ended_by: datetime, now: datetime) -> ForgetProducts | None:
+    if not saga.items:
+        return None
+    cid = command_id(saga.saga_id, "forget_products")
+    return ForgetProducts(saga.saga_id, cid, 1, now, saga.order_id, list(saga.items))
+
+
+def _forget_payment(saga: SagaState, _ended_by: datetime, now: datetime) -> ForgetPayment | None:
+    if saga.total is None:  # it never asked for a payment (products were not reserved)
+        return None
+    cid = command_id(saga.saga_id, "forget_payment")
+    return ForgetPayment(saga.saga_id, cid, 1, now, saga.order_id, saga.customer_id)
+
+
+FORGET = Forget(
+    gate=(ORDER, ForgetOrder, _forget_order),
+    answer=OrderForgotten,
+    commands=(
+        (PRODUCT, ForgetProducts, _forget_products),
+        (PAYMENT, ForgetPayment, _forget_payment),
+    ),
+)
+
+
 # ---- what a request and the replies put in the row ----
 
 
@@ -374,4 +424,5 @@ SAGA = SagaType(
     failure_reason=failure_reason,
     summary=summary,
     describe=describe,
+    forget=FORGET,
 )

@@ -16,6 +16,7 @@ from schemas import messages as m
 APP_ID = settings.APP_IDS["order"]
 DEFAULT_WEB_PORT = 6067
 COMMAND_TOPIC = "order.commands"
+MAX_CANCELS = 100_000  # cancel rows of one order read to forget them (one per cancel saga)
 
 
 class OrderService(ParticipantService):
@@ -31,6 +32,8 @@ class OrderService(ParticipantService):
                 m.BeginCancelOrder: self._cancel_command(logic.begin_cancel_order),
                 m.UndoBeginCancelOrder: self._cancel_command(logic.undo_begin_cancel_order),
                 m.ConfirmCancelOrder: self._cancel_command(logic.confirm_cancel_order),
+                m.ForgetOrder: self._forget_order,
+                m.ForgetCancel: self._forget_cancel,
             },
             key_of=lambda command: command.order_id,
             name="handle_order_commands",
@@ -54,10 +57,22 @@ class OrderService(ParticipantService):
 
         return handle
 
+    def _forget_order(self, key: bytes, command: m.ForgetOrder, offset: int) -> None:
+        """An expired CreateOrderSaga: the order and every cancel row of it."""
+        cancels = self.orders.owned(key, "cancel", limit=MAX_CANCELS)
+        self._apply(logic.forget_order(self.orders.row(key), cancels, command, utc_now(), offset))
+
+    def _forget_cancel(self, key: bytes, command: m.ForgetCancel, offset: int) -> None:
+        cancel = self.orders.row(logic.cancel_key(command.order_id, command.saga_id))
+        self._apply(logic.forget_cancel(self.orders.row(key), cancel, command, offset))
+
     def _apply(self, effect: logic.Effect) -> None:
-        """Write the rows (in order, the order last), then send the reply."""
+        """Write the rows (in order, the order last; None: delete), then send the reply."""
         for row_key, row in effect.rows:
-            self.orders[row_key] = row
+            if row is None:
+                del self.orders[row_key]
+            else:
+                self.orders[row_key] = row
         if effect.reply is not None:
             self.reply(effect.reply)
 

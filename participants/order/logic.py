@@ -51,6 +51,8 @@ from schemas.messages import (
     BeginCancelOrder,
     ConfirmCancelOrder,
     CreateOrder,
+    ForgetCancel,
+    ForgetOrder,
     OrderApproved,
     OrderCancel,
     OrderCancelBegun,
@@ -58,6 +60,7 @@ from schemas.messages import (
     OrderCancelRefused,
     OrderCancelUndone,
     OrderCreated,
+    OrderForgotten,
     OrderRejected,
     OrderRow,
     Outcome,
@@ -97,15 +100,16 @@ Reply: TypeAlias = (
     | OrderCancelRefused
     | OrderCancelUndone
     | OrderCancelled
+    | OrderForgotten
 )
 Row: TypeAlias = OrderRow | OrderCancel
 
 
 @dataclass(frozen=True)
 class Effect:
-    """Rows to write, in this order (the order last), and the reply to send."""
+    """Rows to write, in this order (the order last; None: delete it), and the reply."""
 
-    rows: tuple[tuple[bytes, Row], ...] = ()
+    rows: tuple[tuple[bytes, Row | None], ...] = ()
     reply: Reply | None = None
 
 
@@ -342,6 +346,71 @@ def confirm_cancel_order(
         order_id=command.order_id,
     )
     return Effect(rows, reply)
+
+
+# =====================================================================================
+# retention: an expired saga's rows are forgotten
+# =====================================================================================
+
+
+def forget_order(
+    row: OrderRow | None,
+    cancels: Iterable[OrderCancel],
+    command: ForgetOrder,
+    now: datetime,
+    offset: int,
+) -> Effect:
+    """An expired CreateOrderSaga: delete the order and its cancel sagas' rows (cancels
+    first, the order last), answering OrderForgotten; an order never known is forgotten
+    already. Kept while a cancel holds it (CANCEL_PENDING): that cancel still refunds the
+    payment and returns the stock of the order's saga, whose rows the orchestrator
+    forgets only after this answer (FAILURE, with the reason: it asks again later).
+
+    Why nothing can come after: the CreateOrderSaga has ended, so it sends no more
+    commands, and its last ones came on this partition before this one. A cancel that
+    begins later finds no order and is refused (unknown order). A new CreateOrderSaga
+    with the same order id (the orchestrator forgot it too) creates a new order. A replay
+    of this record finds the order gone (answered again) or, once a new saga created it,
+    its `applied_offset` past this one (nothing to do)."""
+    if _replayed(row, offset):
+        return NOTHING
+    if row is not None and row.status == CANCEL_PENDING:
+        why = reason(f"kept: being cancelled by {row.cancel_saga}")
+        return Effect((), _forgotten(command, now, Outcome.FAILURE, why))
+    rows: tuple[tuple[bytes, Row | None], ...] = tuple(
+        (cancel_key(command.order_id, cancel.saga_id), None) for cancel in cancels
+    )
+    if row is not None:
+        rows += ((order_key(command.order_id), None),)
+    return Effect(rows, _forgotten(command, now, Outcome.SUCCESS, None))
+
+
+def forget_cancel(
+    row: OrderRow | None, cancel: OrderCancel | None, command: ForgetCancel, offset: int
+) -> Effect:
+    """An expired CancelOrderSaga: delete its OrderCancel row, unless the order still
+    names the saga (it cancelled the order): the row then goes with the order. No reply.
+    Ended, the saga sends nothing more (its row settled: REFUSED, UNDONE, CONFIRMED)."""
+    if _replayed(row, offset) or cancel is None:
+        return NOTHING
+    if row is not None and row.cancel_saga == command.saga_id:
+        return NOTHING
+    return Effect(((cancel_key(command.order_id, command.saga_id), None),))
+
+
+def _forgotten(
+    command: ForgetOrder, now: datetime, outcome: Outcome, why: str | None
+) -> OrderForgotten:
+    return OrderForgotten(
+        saga_id=command.saga_id,
+        command_id=command.command_id,
+        attempt=command.attempt,
+        outcome=outcome,
+        replied_at=now,
+        order_id=command.order_id,
+        ended_by=command.ended_by,
+        reason=why,
+    )
 
 
 def order_invariant_violations(

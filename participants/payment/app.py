@@ -27,6 +27,7 @@ class PaymentService(ParticipantService):
                 m.AuthorizePayment: self._authorize,
                 m.CancelPayment: self._cancel,
                 m.RefundPayment: self._refund,
+                m.ForgetPayment: self._forget,
                 m.TopUp: self._top_up,
             },
             key_of=lambda message: message.customer_id,
@@ -50,6 +51,10 @@ class PaymentService(ParticipantService):
         account, payment = self.accounts.row(key), self._payment(key.decode(), command.order_id)
         self._apply(logic.refund_payment(account, payment, command, utc_now(), offset))
 
+    def _forget(self, key: bytes, command: m.ForgetPayment, offset: int) -> None:
+        payment = self._payment(key.decode(), command.saga_id)
+        self._apply(logic.forget_payment(self.accounts.row(key), payment, command, offset))
+
     def _top_up(self, key: bytes, command: m.TopUp, offset: int) -> None:
         applied = self.accounts.row(logic.top_up_key(command.customer_id, command.top_up_id))
         self._apply(logic.top_up(self.accounts.row(key), applied, command, offset))
@@ -57,7 +62,10 @@ class PaymentService(ParticipantService):
     def _apply(self, effect: logic.Effect) -> None:
         """Write the rows (in order, the account last), then send the reply."""
         for row_key, row in effect.rows:
-            self.accounts[row_key] = row
+            if row is None:  # forgotten
+                del self.accounts[row_key]
+            else:
+                self.accounts[row_key] = row
         if effect.reply is not None:
             self.reply(effect.reply)
 

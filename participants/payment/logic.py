@@ -8,7 +8,8 @@ The `accounts` table (key customer id) holds, per customer:
   attempt echoed, replied_at=now), the account unchanged. Refusals are recorded too
   (FAILED with the reason), so a duplicate after a top-up is still refused; a cancel
   that comes first is recorded (CANCELLED), so a late authorize is refused. Payment rows
-  are never pruned: one per saga, like the orchestrator's saga rows.
+  are kept until the saga expires (ForgetPayment: see the README's Retention), like
+  the orchestrator's saga rows.
 - one `CommandApplied` per TopUp (key: customer id, "top-up", top-up id).
 
 Money is conserved per account: balance + captured == topped_up, where captured
@@ -40,6 +41,7 @@ from schemas.messages import (
     AuthorizePayment,
     CancelPayment,
     CommandApplied,
+    ForgetPayment,
     Money,
     Outcome,
     Payment,
@@ -73,9 +75,9 @@ class InvalidTopUp(ValueError):
 
 @dataclass(frozen=True)
 class Effect:
-    """Rows to write, in this order (the account last), and the reply to send."""
+    """Rows to write, in this order (the account last; None: delete it), and the reply."""
 
-    rows: tuple[tuple[bytes, Row], ...] = ()
+    rows: tuple[tuple[bytes, Row | None], ...] = ()
     reply: Reply | None = None
 
 
@@ -200,6 +202,28 @@ def refund_payment(
         refunded=refunded,
     )
     return Effect(rows, reply)
+
+
+def forget_payment(
+    account: Account | None, payment: Payment | None, command: ForgetPayment, offset: int
+) -> Effect:
+    """An expired CreateOrderSaga: delete its payment, whatever its status; the account
+    keeps its balance and totals (recording the offset, so a replay changes nothing). No
+    reply.
+
+    Nothing can come after it: the saga has ended, so it sends no more commands, and its
+    last ones came on this partition before this one. A cancel of its order that could
+    still refund it cannot be in flight: the orchestrator sends this only after the Order
+    Service forgot the order, which it does not while a cancel holds it, and after which
+    a cancel is refused."""
+    if _replayed(account, offset) or payment is None:
+        return Effect()
+    rows: tuple[tuple[bytes, Row | None], ...] = (
+        (payment_key(command.customer_id, command.saga_id), None),
+    )
+    if account is not None:
+        rows += ((command.customer_id.encode(), replace(account, applied_offset=offset)),)
+    return Effect(rows)
 
 
 def top_up(

@@ -36,6 +36,7 @@ class ProductService(ParticipantService):
                 m.ReleaseProducts: handle,
                 m.SellProducts: handle,
                 m.ReturnProducts: handle,
+                m.ForgetProducts: handle,
                 m.ReleaseItem: handle,
                 m.Restock: handle,
             },
@@ -50,7 +51,10 @@ class ProductService(ParticipantService):
         owned = self.stock.row(logic.owned_key(record))
         effect = logic.handle(record, self.stock.row(key), owned, utc_now(), offset)
         for row_key, row in effect.rows:
-            self.stock[row_key] = row
+            if row is None:  # forgotten
+                del self.stock[row_key]
+            else:
+                self.stock[row_key] = row
         for forward in effect.forward:
             self.sender.send(COMMAND_TOPIC, logic.product_of(forward).encode(), forward)
         if effect.reply is not None:

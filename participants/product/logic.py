@@ -60,6 +60,7 @@ from schemas.limits import (
 )
 from schemas.messages import (
     CommandApplied,
+    ForgetProducts,
     ItemResult,
     MissingItem,
     Money,
@@ -88,7 +89,9 @@ HOLD_STATUSES = (HELD, RELEASED, SOLD, REFUSED, RETURNED)
 
 DEFAULT_CURRENCY = "EUR"  # price of a product that does not exist
 
-Travelling: TypeAlias = ReserveProducts | ReleaseProducts | SellProducts | ReturnProducts
+Travelling: TypeAlias = (
+    ReserveProducts | ReleaseProducts | SellProducts | ReturnProducts | ForgetProducts
+)
 StockMessage: TypeAlias = Travelling | ReleaseItem
 Reply: TypeAlias = ProductsReserved | ProductsUnavailable | ProductsReleased | ProductsReturned
 Row: TypeAlias = StockRow | StockHold | CommandApplied
@@ -103,9 +106,10 @@ class InvalidRestock(ValueError):
 @dataclass(frozen=True)
 class Effect:
     """What handling one record does: rows to write, in this order (the product's row
-    last), records for product.commands (each keyed by its product) and a reply."""
+    last; None: delete it), records for product.commands (each keyed by its product) and
+    a reply."""
 
-    rows: tuple[tuple[bytes, Row], ...] = ()
+    rows: tuple[tuple[bytes, Row | None], ...] = ()
     forward: tuple[StockMessage, ...] = ()
     reply: Reply | None = None
 
@@ -162,6 +166,8 @@ def handle(
         return sell_products(stock, owned, record, offset)
     if isinstance(record, ReturnProducts):
         return return_products(stock, owned, record, now, offset)
+    if isinstance(record, ForgetProducts):
+        return forget_products(stock, owned, record, offset)
     return release_item(stock, owned, record, offset)
 
 
@@ -273,6 +279,33 @@ def return_products(
     if command.hop + 1 < len(items):
         return Effect(rows, (replace(command, hop=command.hop + 1),))
     return Effect(rows, (), _returned(command, now))
+
+
+def forget_products(
+    stock: StockRow | None, hold: StockHold | None, command: ForgetProducts, offset: int
+) -> Effect:
+    """One hop of ForgetProducts (the saga expired): delete the saga's hold of this
+    product, keep the product's counters (recording the offset, so a replay changes and
+    forwards nothing); forward to the next product. No reply.
+
+    A HELD hold is kept: units still counted as reserved belong to a saga that can move
+    them, and an ended saga has none (its sale or release came on this partition before
+    this command, which the orchestrator sent after them). Nothing of the saga comes
+    after: it sends no more commands, and a ReturnProducts of a cancel of its order can
+    no longer begin (the Order Service forgot the order first)."""
+    items = merged_items(command.items)
+    if not items or not 0 <= command.hop < len(items):
+        return NOTHING
+    if stock is not None and offset <= stock.applied_offset:
+        return NOTHING  # a replay
+    rows: tuple[tuple[bytes, Row | None], ...] = ()
+    if hold is not None and hold.status != HELD:
+        rows = ((hold_key(items[command.hop].product_id, command.saga_id), None),)
+        if stock is not None:
+            rows += ((_key(stock), replace(stock, applied_offset=offset)),)
+    if command.hop + 1 < len(items):
+        return Effect(rows, (replace(command, hop=command.hop + 1),))
+    return Effect(rows)
 
 
 def release_item(

@@ -73,6 +73,10 @@ NAMESPACES = {
         "AuthorizePayment",
         "CancelPayment",
         "SellProducts",
+        "ForgetOrder",
+        "ForgetProducts",
+        "ForgetPayment",
+        "ForgetCancel",
     },
     "saga.replies": {
         "OrderCancelBegun",
@@ -90,6 +94,7 @@ NAMESPACES = {
         "PaymentAuthorized",
         "PaymentFailed",
         "PaymentCancelled",
+        "OrderForgotten",
     },
     "saga.internal": {
         "StepTimedOut",
@@ -100,7 +105,7 @@ NAMESPACES = {
         "ItemResult",
     },
     "saga.admin": {"Restock", "TopUp"},
-    "saga.operations": {"AbortSaga", "RetrySaga", "SagaActionAnswered"},
+    "saga.operations": {"AbortSaga", "RetrySaga", "SagaActionAnswered", "ExpireSaga"},
     "saga.state": {
         "SagaState",
         "CancelSagaState",

@@ -112,3 +112,23 @@ def test_the_worker_exits_non_zero_and_leaves_no_marker_after_an_unclean_stop(
     result = CliRunner().invoke(worker_cmd.worker, ["product"])
     assert result.exit_code == (0 if clean else exit_codes.UNCLEAN_STOP)
     assert (Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER).exists() is clean
+
+
+def test_stores_are_discarded_after_a_clean_stop_longer_ago_than_tombstones_live(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compaction drops a deleted row's tombstone after delete.retention.ms: a store
+    stopped for longer may have missed it, and would bring an expired row back."""
+    import os
+    import time
+
+    from messaging import faust_app
+
+    assert faust_app.tombstones_kept_seconds() == 86_400  # topics.yaml's changelogs
+    tables = stored_tables(app)
+    marker = Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER
+    marker.touch()
+    day_ago = time.time() - 86_400 - 60
+    os.utime(marker, (day_ago, day_ago))
+    assert discard_tables_after_crash(app) is True
+    assert not tables.exists()

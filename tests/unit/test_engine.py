@@ -46,6 +46,7 @@ ENGINE = Path(__file__).resolve().parents[2] / "orchestrator" / "engine"
 # What the engine may take from schemas.messages: its own messages, none of a saga's.
 ENGINE_MESSAGES = {
     "AbortSaga",
+    "ExpireSaga",
     "Money",
     "Outcome",
     "RetrySaga",

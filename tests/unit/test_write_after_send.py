@@ -31,6 +31,11 @@ class Table(dict[bytes, Any]):
         self.log.append(f"write {key.decode()}={value} in {getattr(event, 'name', None)}")
         super().__setitem__(key, value)
 
+    def __delitem__(self, key: bytes) -> None:
+        event = current_event()
+        self.log.append(f"delete {key.decode()} in {getattr(event, 'name', None)}")
+        self.pop(key, None)
+
     def row(self, key: bytes) -> Any:
         return self.get(key)
 
@@ -170,3 +175,30 @@ async def test_a_row_waiting_for_its_outputs_is_in_flight_for_the_views(setup: A
     await settle()
     assert not row_in_flight(app, table, b"k")
     assert web.missing(app, table, "k", "no row 'k'").code == 404
+
+
+async def test_a_row_given_as_none_is_deleted_once_its_outputs_are_acknowledged(
+    setup: Any,
+) -> None:
+    """An expired saga: its forget commands reach the broker, then its row is deleted (a
+    tombstone at the next write-back); never the other way round."""
+    writer, sender, table, stream, log, _app = setup
+    table[b"k"] = "ended"
+    log.clear()
+    await writer.submit(stream, Event("expire"), [("t", b"k", "forget")], [(table, b"k", None)])
+    assert writer.read(table, b"k") is None  # gone for the agent at once
+    await settle()
+    assert log == [] and table[b"k"] == "ended"  # for the store, not before the broker has it
+    sender.deliver("forget")
+    await settle()
+    assert log == ["delete k in expire", "ack expire"]
+    assert b"k" not in table and writer.staged == {}
+
+
+async def test_a_failed_forget_send_keeps_the_row(setup: Any) -> None:
+    writer, sender, table, stream, _log, app = setup
+    table[b"k"] = "ended"
+    await writer.submit(stream, Event("expire"), [("t", b"k", "forget")], [(table, b"k", None)])
+    sender.fail(TimeoutError("broker gone"))
+    await settle()
+    assert table[b"k"] == "ended" and isinstance(app.crashed, TimeoutError)
