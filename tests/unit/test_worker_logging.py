@@ -6,7 +6,7 @@ import logging
 
 import faust
 
-from cli.worker_cmd import quiet_worker
+from messaging.faust_workarounds import quiet_worker
 
 
 def test_root_logger_keeps_the_worker_level() -> None:
