@@ -23,8 +23,8 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from cli.chaos_cmd import share_jars
-from cli.processes import SERVICE_NAMES, Workers
 from messaging import catalog, client, local_broker, settings, topics
+from messaging.local_workers import SERVICE_NAMES, Workers
 from tests.integration.order_helpers import place_orders, wait_terminal
 from tests.integration.test_local_broker import pid_alive
 from tests.ports import cluster_port, free_ports

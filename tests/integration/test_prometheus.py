@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cli.processes import Workers
 from messaging import settings
 from messaging.catalog import Catalog
+from messaging.local_workers import Workers
 from tests.conftest import TEST_WORKER_PORTS
 from tests.integration.order_helpers import (
     customer,
