@@ -208,50 +208,30 @@ def _latest(summary: Mapping[str, Any]) -> tuple[datetime, str]:
 # ---- HTML ----
 
 
+PAGES = w.Pages("orchestrator.engine")
+
+
 def render_list(payload: Mapping[str, Any]) -> str:
     chosen = payload["filter"]["state"]
-    counts: Mapping[str, int] = payload["counts"]
     # The filter links keep a local scope; the whole table is the default.
     scope = "local" if payload["scope"] == w.LOCAL_SCOPE else None
-    everything = w.path("sagas", limit=payload["limit"], scope=scope)
-    links = [
-        w.tag(
-            "a", f"all ({payload['total']})", href=everything, class_=None if chosen else "current"
-        )
-    ]
-    for state, count in counts.items():
-        href = w.path("sagas", state=state, limit=payload["limit"], scope=scope)
-        current = "current" if state == chosen else None
-        links.append(w.tag("a", f"{state} ({count})", href=href, class_=current))
-    rows = [
+    limit = payload["limit"]
+    filters = [(f"all ({payload['total']})", w.path("sagas", limit=limit, scope=scope), not chosen)]
+    filters += [
         (
-            w.link(s["url"], w.tag("span", s["saga_id"], class_="mono")),
-            s["saga"],
-            w.state_badge(s["state"]),
-            s["step"],
-            about(s),
-            w.tag("time", s["updated_at"], datetime=s["updated_at"]),
+            f"{state} ({count})",
+            w.path("sagas", state=state, limit=limit, scope=scope),
+            state == chosen,
         )
-        for s in payload["sagas"]
+        for state, count in payload["counts"].items()
     ]
-    scanned = f"{payload['total']} saga(s) read" + (
-        "" if payload["complete"] else f" (a worker's scan stopped at the cap of {SCAN_CAP})"
-    )
-    title = f"Sagas in {chosen}" if chosen else "Sagas"
-    return w.document(
-        title,
-        f"{SERVICE} · {payload['worker']}",
-        w.scope_note(payload, scanned),
-        w.tag("nav", w.join(*links), class_="filters"),
-        w.section(
-            f"Latest {len(rows)} by last update",
-            w.table(
-                ["saga", "type", "state", "waiting for", "about", "updated"],
-                rows,
-                id="sagas",
-                empty="no saga here",
-            ),
-        ),
+    return PAGES.render(
+        "sagas.html.j2",
+        service=f"{SERVICE} · {payload['worker']}",
+        sagas=payload,
+        filters=filters,
+        rows=[(summary, about(summary)) for summary in payload["sagas"]],
+        scan_cap=SCAN_CAP,
     )
 
 
@@ -278,23 +258,24 @@ def about(summary: Mapping[str, Any]) -> str:
     return " · ".join(text(v) for k, v in summary.items() if k not in SUMMARY_KEYS and v)
 
 
-def described(title: str, value: Any) -> Any:
+def described(title: str, value: Any) -> dict[str, Any]:
     """A section of what a saga's type describes: its plain values as fields, its lists of
     records as tables."""
     if not isinstance(value, Mapping):
-        return w.section(title.capitalize(), w.fields([(title, text(value))]))
-    plain = [(k.replace("_", " "), text(v)) for k, v in value.items() if not _records(v)]
-    tables = [
-        w.table(
-            list(v[0]),
-            [[text(cell) for cell in record.values()] for record in v],
-            id=k,
-            class_="compact",
-        )
-        for k, v in value.items()
-        if _records(v) and v
-    ]
-    return w.section(title.capitalize(), w.fields(plain), *tables)
+        return {"title": title.capitalize(), "fields": [(title, text(value))], "tables": []}
+    return {
+        "title": title.capitalize(),
+        "fields": [(k.replace("_", " "), text(v)) for k, v in value.items() if not _records(v)],
+        "tables": [
+            {
+                "id": k,
+                "headers": list(v[0]),
+                "rows": [[text(cell) for cell in record.values()] for record in v],
+            }
+            for k, v in value.items()
+            if _records(v) and v
+        ],
+    }
 
 
 def _records(value: Any) -> bool:
@@ -310,65 +291,12 @@ def render_saga(payload: Mapping[str, Any]) -> str:
             return ""
         return f"+{(datetime.fromisoformat(at) - first_at).total_seconds():.3f}s"
 
-    timeline_rows = [
-        (
-            e["sequence"],
-            w.when(e["at"]),
-            offset(e["at"]),
-            w.join(
-                w.state_badge(e["from_state"] or "START"), " \u2192 ", w.state_badge(e["to_state"])
-            ),
-            e["trigger"],
-            ", ".join(e["commands"]) or None,
-            e["reason"],
-        )
-        for e in events
-    ]
-    timeline_note = (
-        ""
-        if payload["timeline_complete"]
-        else w.tag(
-            "p",
-            "The timeline may be incomplete: "
-            f"{payload['timeline_error'] or 'not read to the end'}.",
-            class_="note",
-        )
-    )
-    return w.document(
-        f"Saga {payload['saga_id']}",
-        f"{SERVICE} · {payload['worker']}",
-        w.fields(
-            [
-                ("type", f"{payload['saga']} v{payload['version']}"),
-                ("state", w.state_badge(payload["state"])),
-                ("waiting for step", payload["step"]),
-                ("attempt", payload["attempt"]),
-                ("deadline", payload["deadline"]),
-                ("reason", payload["reason"]),
-                ("created", payload["created_at"]),
-                ("last update", payload["updated_at"]),
-            ],
-            id="saga",
-        ),
-        *(described(k, v) for k, v in payload.items() if k not in DETAIL_KEYS),
-        w.section(
-            f"Timeline ({len(events)} transitions)",
-            timeline_note,
-            w.table(
-                ["#", "at", "", "transition", "on", "commands sent", "reason"],
-                timeline_rows,
-                numeric={0, 2},
-                id="timeline",
-                row_attributes=lambda i: {
-                    "class_": "event",
-                    "data_sequence": events[i]["sequence"],
-                    "data_from_state": events[i]["from_state"],
-                    "data_to_state": events[i]["to_state"],
-                },
-                empty="no events yet",
-            ),
-        ),
-        w.tag("p", w.link(w.path("sagas"), "all sagas"), class_="note"),
+    return PAGES.render(
+        "saga.html.j2",
+        service=f"{SERVICE} · {payload['worker']}",
+        saga=payload,
+        sections=[described(k, v) for k, v in payload.items() if k not in DETAIL_KEYS],
+        events=[(event, offset(event["at"])) for event in events],
     )
 
 
