@@ -21,6 +21,7 @@ worker that does not answer makes the view a 503, never a silently partial list.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import json
 import logging
@@ -201,7 +202,7 @@ class Pages:
 
     Autoescaping is on for every template and an undefined name is an error
     (StrictUndefined), not an empty string. Every template is read and compiled once,
-    when the Pages is made (a view module makes its own at import); rendering only runs
+    when the Pages is made (`pages`: once per package); rendering only runs
     the compiled code.
     """
 
@@ -229,7 +230,13 @@ class Pages:
         return self.templates[name].render(**context)
 
 
-PAGES = Pages(SHARED_PACKAGE)
+@functools.cache
+def pages(package: str) -> Pages:
+    """The templates of `package`, made once per process (modules of one package share them)."""
+    return Pages(package)
+
+
+PAGES = pages(SHARED_PACKAGE)
 
 
 def render_problem(service: str, status: int, detail: str, extra: Mapping[str, Any]) -> str:

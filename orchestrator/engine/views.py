@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import faust
@@ -29,7 +30,9 @@ from faust.web import Request, Response
 
 from messaging import client, topics
 from messaging import web as w
+from messaging.operator_guard import Guard
 from messaging.tables import RowTable
+from orchestrator.engine.operator_views import page_actions, register_operator_views
 from orchestrator.engine.saga import SagaType
 from schemas import codec
 from schemas import messages as m
@@ -159,6 +162,7 @@ def event_json(event: m.SagaEvent) -> dict[str, Any]:
         "attempt": event.attempt,
         "commands": list(event.commands),
         "reason": event.reason,
+        "operator": event.operator,  # whose action caused it, if an operator's
         "terminal": event.terminal,
     }
 
@@ -208,7 +212,7 @@ def _latest(summary: Mapping[str, Any]) -> tuple[datetime, str]:
 # ---- HTML ----
 
 
-PAGES = w.Pages("orchestrator.engine")
+PAGES = w.pages("orchestrator.engine")
 
 
 def render_list(payload: Mapping[str, Any]) -> str:
@@ -282,7 +286,8 @@ def _records(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, Mapping) for v in value)
 
 
-def render_saga(payload: Mapping[str, Any]) -> str:
+def render_saga(payload: Mapping[str, Any], actions: Mapping[str, Any] | None = None) -> str:
+    """The saga's page; `actions` (operator_views.page_actions) adds the operator's forms."""
     events = payload["timeline"]
     first_at = datetime.fromisoformat(events[0]["at"]) if events else None
 
@@ -297,6 +302,7 @@ def render_saga(payload: Mapping[str, Any]) -> str:
         saga=payload,
         sections=[described(k, v) for k, v in payload.items() if k not in DETAIL_KEYS],
         events=[(event, offset(event["at"])) for event in events],
+        actions=actions,
     )
 
 
@@ -304,7 +310,10 @@ def render_saga(payload: Mapping[str, Any]) -> str:
 
 
 def register_views(app: faust.App, sagas: RowTable, saga_types: Sequence[SagaType]) -> None:
-    """Add the saga views of `saga_types`, whose rows are in `sagas`, to `app`'s web server."""
+    """Add the saga views of `saga_types`, whose rows are in `sagas`, to `app`'s web server,
+    with the operator actions when the worker's SAGA_OPERATOR_TOKEN is set (a token too
+    short or a bad SAGA_OPERATOR_ORIGINS raises ValueError: the worker does not start)."""
+    guard = Guard.from_env(w.worker_url(app))
     states = states_of(saga_types)
     by_row = {saga.row: saga for saga in saga_types}
 
@@ -351,8 +360,10 @@ def register_views(app: faust.App, sagas: RowTable, saga_types: Sequence[SagaTyp
                 None, read_timeline, saga_id, row.created_at - TIMELINE_MARGIN
             )
             payload = saga_detail(by_row[type(row)], row, timeline, w.worker_url(app))
-            return self.respond(request, payload, render_saga)
+            actions = page_actions(guard, saga_id, time.time())
+            return self.respond(request, payload, partial(render_saga, actions=actions))
 
     w.add_page(app, "/sagas", SagaList)
     w.add_page(app, "/sagas/{saga_id}", SagaDetail)
+    register_operator_views(app, guard)
     w.add_readiness(app, SERVICE)

@@ -16,6 +16,8 @@ import jinja2
 import pytest
 
 from messaging import web as w
+from messaging.operator_guard import Guard
+from orchestrator.engine import operator_views
 from orchestrator.engine import views as saga_views
 from orchestrator.engine.views import Timeline
 from orchestrator.sagas.create_order import SAGA as CREATE
@@ -45,6 +47,7 @@ def event(sequence: int, to_state: str, reason: str | None) -> m.SagaEvent:
         reason=reason,
         commands=["CreateOrder"],
         terminal=False,
+        operator=EVIL,
     )
 
 
@@ -53,7 +56,9 @@ def saga_page() -> str:
         saga_in("CREATING_ORDER", reason=EVIL), saga_id=EVIL, order_id=EVIL, customer_id=EVIL
     )
     timeline = Timeline([event(1, "CREATING_ORDER", EVIL)], complete=False, error=EVIL)
-    return saga_views.render_saga(saga_views.saga_detail(CREATE, row, timeline, WORKER))
+    guard = Guard.from_env(WORKER, {"SAGA_OPERATOR_TOKEN": "a-token-of-twenty-chars"})
+    forms = operator_views.page_actions(guard, EVIL, T0.timestamp())  # with the forms
+    return saga_views.render_saga(saga_views.saga_detail(CREATE, row, timeline, WORKER), forms)
 
 
 def saga_list_page() -> str:
@@ -107,19 +112,58 @@ def stock_page() -> str:
     return product_views.render_list(payload)
 
 
+def confirm_page() -> str:
+    payload = {
+        "saga_id": EVIL,
+        "action": "abort",
+        "operator": EVIL,
+        "reason": EVIL,
+        "what_happens": operator_views.WHAT_HAPPENS["abort"],
+        "confirm": "1.n.mac",
+        "confirm_url": w.path("sagas", EVIL, "abort", "confirm"),
+        "saga_url": w.path("sagas", EVIL),
+        "expires_in": 300,
+        "worker": WORKER,
+    }
+    return operator_views.render_confirm(payload)
+
+
+def answer_page() -> str:
+    payload = {
+        "saga_id": EVIL,
+        "action": "retry",
+        "action_id": "web-n",
+        "operator": EVIL,
+        "reason": EVIL,
+        "answered": True,
+        "accepted": False,
+        "answer": EVIL,
+        "state": EVIL,
+        "saga_url": w.path("sagas", EVIL),
+        "answer_timeout": 10.0,
+        "worker": WORKER,
+    }
+    return operator_views.render_answer(payload)
+
+
 def problem_page() -> str:
     return w.render_problem("orchestrator", 404, f"no saga {EVIL!r}", {"saga_id": EVIL})
 
 
 PAGES: dict[str, tuple[Callable[[], str], int]] = {
     # page -> (its renderer, how many of its values carry the text at least)
-    "saga": (saga_page, 7),  # id (title, h1), reason, order id, customer, event reason, error
+    # id (title, h1), reason, order id, customer, event's operator and reason, error
+    "saga": (saga_page, 8),
     "saga list": (saga_list_page, 2),  # id, customer in `about`
     "order": (order_page, 6),  # id, customer, reason, cancel saga, item, cancel's reason
     "account": (account_page, 3),  # customer (title, h1), payment's saga, its reason
     "product": (product_page, 3),  # id (title, h1), hold's saga
     "stock": (stock_page, 1),  # product id
     "error": (problem_page, 3),  # detail (title, h1, text), the saga id
+    # id (title, h1, fields, button), operator and reason (fields, hidden fields)
+    "action confirmation": (confirm_page, 8),
+    # id (title, h1, fields), operator, reason, answer, state
+    "action answer": (answer_page, 7),
 }
 
 
