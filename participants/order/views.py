@@ -39,7 +39,7 @@ def order_json(
     }
 
 
-PAGES = w.Pages("participants.order")
+PAGES = w.pages("participants.order")
 
 
 def render_order(payload: Mapping[str, Any]) -> str:

@@ -41,7 +41,7 @@ def account_json(account: m.Account, payments: list[m.Payment], worker: str) -> 
     }
 
 
-PAGES = w.Pages("participants.payment")
+PAGES = w.pages("participants.payment")
 
 
 def render_account(payload: Mapping[str, Any]) -> str:

@@ -64,7 +64,7 @@ def merge_lists(parts: Sequence[Mapping[str, Any]], limit: int) -> dict[str, Any
     }
 
 
-PAGES = w.Pages("participants.product")
+PAGES = w.pages("participants.product")
 
 
 def render_list(payload: Mapping[str, Any]) -> str:
