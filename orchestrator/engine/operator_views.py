@@ -24,6 +24,7 @@ worker owning the saga: the action travels through Kafka to it, and so does the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import unicodedata
 from collections.abc import Mapping
@@ -42,6 +43,8 @@ from orchestrator.engine.runner import ANSWERS_TOPIC, OPERATIONS_TOPIC
 from schemas import codec
 from schemas.limits import MAX_REASON_LENGTH, id_problem
 from schemas.messages import AbortSaga, RetrySaga, SagaActionAnswered
+
+log = logging.getLogger(__name__)
 
 SERVICE = "orchestrator"
 ACTIONS: dict[str, type[AbortSaga] | type[RetrySaga]] = {
@@ -181,6 +184,23 @@ def render_answer(payload: Mapping[str, Any]) -> str:
 # ---- the views ----
 
 
+def remote(request: Request) -> str:
+    """The address the request came from (aiohttp's; a proxy's own, behind one)."""
+    return str(getattr(request, "remote", None) or "?")
+
+
+def refused(request: Request, why: str, **extra: Any) -> w.Problem:
+    """A 403 saying why, logged with where the request came from."""
+    log.warning(
+        "operator action refused: %s %s from %s: %s",
+        request.method,
+        request.rel_url.path,
+        remote(request),
+        why,
+    )
+    return w.Problem(403, why, **extra)
+
+
 async def form_of(request: Request) -> dict[str, str]:
     """The POSTed form's text fields."""
     try:
@@ -199,15 +219,14 @@ def register_operator_views(app: faust.App, guard: Guard | None) -> None:
         if action not in ACTIONS:
             raise w.not_found(f"no action {action!r}; one of: {', '.join(ACTIONS)}")
         if guard is None:
-            raise w.Problem(
-                403,
-                f"operator actions are off on this worker: its {TOKEN_ENV} is not set",
+            raise refused(
+                request, f"operator actions are off on this worker: its {TOKEN_ENV} is not set"
             )
         try:
             guard.check_origin(request.headers)
             guard.check_bearer(request.headers)
-        except Refused as refused:
-            raise w.Problem(403, str(refused)) from None
+        except Refused as why:
+            raise refused(request, str(why)) from None
         problem = id_problem("saga id", saga_id)
         if problem is not None:
             raise w.bad_request(problem, saga_id=saga_id)
@@ -227,8 +246,8 @@ def register_operator_views(app: faust.App, guard: Guard | None) -> None:
                 if bearer(request.headers) is None:  # a browser's form: the token and CSRF
                     checked.check_token(form.get("token", "").strip())
                     checked.verify(form.get("csrf"), "form", (saga_id, action), now)
-            except Refused as refused:
-                raise w.Problem(403, str(refused)) from None
+            except Refused as why:
+                raise refused(request, str(why)) from None
             operator, reason = operator_of(form), reason_of(action, form)
             payload = {
                 "saga_id": saga_id,
@@ -261,11 +280,11 @@ def register_operator_views(app: faust.App, guard: Guard | None) -> None:
                 signed = checked.verify(
                     form.get("confirm"), "confirm", (saga_id, action, operator, reason), now
                 )
-            except Refused as refused:
-                raise w.Problem(403, str(refused)) from None
+            except Refused as why:
+                raise refused(request, str(why)) from None
             if not used.take(signed, now):
-                raise w.Problem(
-                    403,
+                raise refused(
+                    request,
                     "this confirmation was used already: the action was asked once; see "
                     "the saga's timeline",
                     saga_url=w.path("sagas", saga_id),
@@ -273,6 +292,14 @@ def register_operator_views(app: faust.App, guard: Guard | None) -> None:
             operator, reason = operator_of(form), reason_of(action, form)  # as signed
             action_id = f"web-{signed.nonce}"  # one per confirmation
             message = action_message(action, saga_id, action_id, operator, reason)
+            log.info(
+                "operator action %s on saga %s by %s (%s), from %s",
+                type(message).__name__,
+                saga_id,
+                operator,
+                action_id,
+                remote(request),
+            )
             loop = asyncio.get_running_loop()
             try:
                 answer = await loop.run_in_executor(None, request_action, message)

@@ -330,3 +330,16 @@ def test_the_saga_page_says_when_actions_are_off_and_offers_none_for_an_ended_sa
     assert "<form" not in off and "its SAGA_OPERATOR_TOKEN is not set" in off
     ended = saga_page(make_guard(), "ORDER_APPROVED")
     assert "<form" not in ended and "operator-actions" not in ended
+
+
+async def test_refusals_and_actions_are_logged(
+    web: TestClient, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger=ov.__name__)
+    await ask(web, "abort", form(), {"Origin": "http://evil.example"})
+    (refusal,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert refusal.getMessage().startswith("operator action refused: POST /sagas/saga-1/abort")
+    assert "not from this worker" in refusal.getMessage()
+    await confirm(web, await confirmation(web))
+    (acted,) = [r for r in caplog.records if r.levelname == "INFO"]
+    assert acted.getMessage().startswith("operator action AbortSaga on saga saga-1 by ops-alice")
