@@ -11,7 +11,9 @@ Then every saga must have ended exactly once, the stock and money invariants hol
 from the changelog topics, as `saga chaos` checks them), nothing is dead-lettered, both
 nodes are back in every ISR, and no saga deadline fired: the kills may slow sagas down,
 never make the orchestrator time a step out (no StepTimedOut on saga.replies, no
-transition it triggered).
+transition it triggered). A machine too busy for the load fires deadlines for steps no
+kill came near; then the deadline check cannot tell anything about the kills, and is
+skipped with the reason, after every other check.
 
 Measured and reported, not asserted (the machine is shared): the longest time in which no
 saga event reached saga.events around each kill and restart. Printed (`pytest -s`) and
@@ -42,6 +44,7 @@ from messaging import client, local_broker, settings
 from messaging.dead_letters import DEAD_LETTER_TOPIC
 from messaging.faust_app import utc_now
 from orchestrator.engine import DEADLINE
+from orchestrator.sagas.create_order import DEFINITION as CREATE_ORDER
 from schemas import codec
 from schemas import messages as m
 from tests.integration.cluster_helpers import Cluster, saga, started_cluster
@@ -349,14 +352,14 @@ def test_a_broker_killed_under_load_stalls_sagas_briefly_and_loses_nothing(
     assert findings.dead_letters_unexpected == 0
 
     # No deadline fired: the kills slowed sagas down, never timed a step out. Unless the
-    # machine (shared, two cores) was too busy to carry the load even before the first
-    # kill: then a deadline says nothing about the kills, and the test cannot judge them.
-    first_kill = faults.moments["leader killed"] + time.time() - time.monotonic()
-    early = [t for t in timed_out if t.fired_at.timestamp() < first_kill]
-    if early:
+    # machine (shared, two cores) was too busy to carry the load: then deadlines fire for
+    # steps that no kill came near, and one that a kill did touch says nothing about it.
+    untouched = [t for t in timed_out if not touched_by_a_kill(t, faults)]
+    if untouched:
         pytest.skip(
-            f"the machine was too busy to judge deadlines: {len(early)} fired before the first "
-            "kill (the sagas' durations per phase are printed above)"
+            f"the machine was too busy to judge deadlines: {len(untouched)} of the "
+            f"{len(timed_out)} that fired were for steps sent and due while no node was "
+            "down or rejoining (the sagas' durations per phase are printed above)"
         )
     assert [f"{t.saga_id} {t.step} attempt {t.attempt}" for t in timed_out] == []
     by_deadline = [
@@ -367,6 +370,21 @@ def test_a_broker_killed_under_load_stalls_sagas_briefly_and_loses_nothing(
     ]
     assert by_deadline == []
     assert findings.deadline_rejections == 0
+
+
+def touched_by_a_kill(timeout: m.StepTimedOut, faults: Faults) -> bool:
+    """Whether the step timed out was waited for while a node was down or rejoining: from
+    a kill until 5 s after the node was back in every ISR."""
+    step = CREATE_ORDER.step(timeout.step)
+    assert step is not None, timeout.step
+    due = timeout.deadline.timestamp()
+    sent = due - step.deadline_after(timeout.attempt).total_seconds()
+    wall = time.time() - time.monotonic()
+    return any(
+        sent <= faults.moments[f"{role} in sync"] + wall + 5.0
+        and due >= faults.moments[f"{role} killed"] + wall
+        for role in faults.nodes
+    )
 
 
 def measured(
