@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from cli.processes import Workers
 from messaging import catalog, local_broker, settings, topics
 from messaging.catalog import Catalog
+from messaging.local_workers import Workers
 
 
 def docker_engine_answers() -> bool:

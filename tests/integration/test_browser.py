@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cli.processes import Workers
 from messaging.catalog import Catalog
+from messaging.local_workers import Workers
 from tests.integration.order_helpers import customer, place_orders, product, wait_terminal
 
 pytestmark = pytest.mark.integration

@@ -39,10 +39,10 @@ from confluent_kafka import TopicPartition
 from bench import chaos_io, invariants
 from bench.chaos import observe, seed_catalog
 from bench.chaos_plan import INPUT_TOPICS, Plan, make_plan
-from cli.processes import SERVICE_NAMES, Workers
 from messaging import client, local_broker, settings
 from messaging.dead_letters import DEAD_LETTER_TOPIC
 from messaging.faust_app import utc_now
+from messaging.local_workers import SERVICE_NAMES, Workers
 from orchestrator.engine import DEADLINE
 from orchestrator.sagas.create_order import DEFINITION as CREATE_ORDER
 from schemas import codec

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from cli.processes import SERVICE_NAMES, Workers
 from messaging import catalog, client, local_broker, settings, topics
+from messaging.local_workers import SERVICE_NAMES, Workers
 from tests.integration.cluster_helpers import Cluster, saga, started_cluster
 from tests.integration.order_helpers import place_orders, wait_terminal
 from tests.integration.test_local_broker import pid_alive

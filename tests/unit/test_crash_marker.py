@@ -1,4 +1,4 @@
-"""The crash marker (messaging.faust_app): a worker trusts its local stores at start only
+"""The crash marker (messaging.faust_workarounds): a worker trusts its local stores at start only
 after a stop that wrote every row back and had every output acknowledged; otherwise it
 discards them and restores the tables from the changelogs. No broker."""
 
@@ -14,16 +14,15 @@ from click.testing import CliRunner
 
 from cli import worker_cmd
 from messaging import exit_codes
-from messaging.faust_app import (
+from messaging.faust_app import create_app, typed_table
+from messaging.faust_workarounds import (
     CLEAN_SHUTDOWN_MARKER,
-    create_app,
     discard_tables_after_crash,
     mark_clean_shutdown,
     processing,
-    producer_of,
-    typed_table,
     unclean_stop,
 )
+from messaging.producer import producer_of
 from schemas import messages as m
 
 EUR = m.Money(amount=Decimal("1.00"), currency="EUR")
@@ -105,8 +104,8 @@ def test_the_worker_exits_non_zero_and_leaves_no_marker_after_an_unclean_stop(
     monkeypatch.setattr(
         worker_cmd, "build_service", lambda *_args, **_options: SimpleNamespace(app=app)
     )
-    monkeypatch.setattr(worker_cmd, "quiet_worker", lambda *_: Worker())
-    monkeypatch.setattr("messaging.faust_app.exit_if_stop_hangs", lambda _app: None)
+    monkeypatch.setattr("messaging.faust_workarounds.quiet_worker", lambda *_: Worker())
+    monkeypatch.setattr("messaging.faust_workarounds.exit_if_stop_hangs", lambda _app: None)
     if not clean:
         producer_of(app).failure = RuntimeError("broker away")
     result = CliRunner().invoke(worker_cmd.worker, ["product"])
@@ -122,9 +121,9 @@ def test_stores_are_discarded_after_a_clean_stop_longer_ago_than_tombstones_live
     import os
     import time
 
-    from messaging import faust_app
+    from messaging import faust_workarounds
 
-    assert faust_app.tombstones_kept_seconds() == 86_400  # topics.yaml's changelogs
+    assert faust_workarounds.tombstones_kept_seconds() == 86_400  # topics.yaml's changelogs
     tables = stored_tables(app)
     marker = Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER
     marker.touch()
