@@ -80,7 +80,7 @@ mutate: setup
 chaos: broker
 	$(SAGA) chaos --orders $(N)
 
-# Only the reduced chaos, SIGTERM and scale-out/in tests (they also run in `make test`).
+# Only the reduced chaos, SIGTERM, scale-out/in and broker-kill tests (also in `make test`).
 chaos-test: broker
 	$(BIN)/pytest -m chaos
 
