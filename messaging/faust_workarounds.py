@@ -356,15 +356,31 @@ def discard_tables_after_crash(app: faust.App) -> bool:
     """
     marker = Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER
     clean = marker.exists()
+    # Stores restored from another cluster's changelogs (one SAGA_HOME used against the
+    # single broker, then the local cluster) hold offsets and rows this one never had.
+    written_for = marker.read_text() if clean else ""
+    other_cluster = clean and written_for != brokers_of(app)
     # Stopped for longer than the changelogs keep a deleted row's tombstone (retention
     # deletes rows): compaction may have dropped one this store never saw, and the row
     # would come back. Restored from the changelog, it stays deleted.
-    stale = clean and time.time() - marker.stat().st_mtime > tombstones_kept_seconds()
+    stale = (
+        clean
+        and not other_cluster
+        and time.time() - marker.stat().st_mtime > tombstones_kept_seconds()
+    )
     marker.unlink(missing_ok=True)  # from now on, a crash is not a clean stop
     tables = Path(app.conf.tabledir)
-    if (clean and not stale) or not tables.exists():
+    if (clean and not stale and not other_cluster) or not tables.exists():
         return False
-    if stale:
+    if other_cluster:
+        log.warning(
+            "the stores were written against other brokers (%s, now %s): restoring tables"
+            " from changelogs (%s)",
+            written_for or "not recorded",
+            brokers_of(app),
+            tables,
+        )
+    elif stale:
         log.warning(
             "stopped for longer than the changelogs keep deletions (%.0f s): restoring"
             " tables from changelogs (%s)",
@@ -417,5 +433,10 @@ def mark_clean_shutdown(app: faust.App) -> bool:
     if problem is not None:
         log.warning("the stop was not clean (%s): the next start restores the tables", problem)
         return False
-    (Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER).touch()
+    (Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER).write_text(brokers_of(app))
     return True
+
+
+def brokers_of(app: faust.App) -> str:
+    """The brokers a worker's stores mirror, as its clean-shutdown marker records them."""
+    return ",".join(sorted(str(url) for url in app.conf.broker))

@@ -126,8 +126,30 @@ def test_stores_are_discarded_after_a_clean_stop_longer_ago_than_tombstones_live
     assert faust_workarounds.tombstones_kept_seconds() == 86_400  # topics.yaml's changelogs
     tables = stored_tables(app)
     marker = Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER
-    marker.touch()
+    assert mark_clean_shutdown(app) is True
     day_ago = time.time() - 86_400 - 60
     os.utime(marker, (day_ago, day_ago))
     assert discard_tables_after_crash(app) is True
     assert not tables.exists()
+
+
+def test_stores_are_discarded_when_the_worker_now_runs_against_other_brokers(
+    tmp_path: Path,
+) -> None:
+    """One SAGA_HOME used against the single broker, then the local cluster: the stores
+    mirror changelogs the cluster never had, however cleanly the worker stopped."""
+    single = create_app(
+        "saga-product", web_port=6990, store="memory://", datadir=str(tmp_path),
+        broker="kafka://127.0.0.1:9092",
+    )  # fmt: skip
+    tables = stored_tables(single)
+    assert mark_clean_shutdown(single) is True
+    cluster = create_app(
+        "saga-product", web_port=6990, store="memory://", datadir=str(tmp_path),
+        broker="kafka://127.0.0.1:19093;kafka://127.0.0.1:19094",
+    )  # fmt: skip
+    assert discard_tables_after_crash(cluster) is True
+    assert not tables.exists()
+    stored_tables(single)
+    assert mark_clean_shutdown(single) is True
+    assert discard_tables_after_crash(single) is False  # the same brokers: kept
