@@ -37,6 +37,8 @@ class ReceivedSpan:
     attributes: dict[str, Any]
     links: tuple[str, ...]  # trace ids of its links
     status_code: int  # 0 unset, 1 ok, 2 error
+    start_ns: int  # Unix time, nanoseconds
+    end_ns: int
 
 
 def _value(any_value: Any) -> Any:
@@ -58,6 +60,8 @@ def spans_of(request: ExportTraceServiceRequest) -> Iterator[ReceivedSpan]:
                     attributes={a.key: _value(a.value) for a in span.attributes},
                     links=tuple(link.trace_id.hex() for link in span.links),
                     status_code=span.status.code,
+                    start_ns=span.start_time_unix_nano,
+                    end_ns=span.end_time_unix_nano,
                 )
 
 

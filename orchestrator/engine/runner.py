@@ -343,8 +343,8 @@ class SagaRunner:
         attributes: dict[str, Any] = {}
         if after is not None:
             attributes["saga.state"] = after.state
-            if after.step is not None:
-                attributes["saga.step"] = after.step
+            if after.step is not None:  # the step the saga waits for now
+                attributes["saga.next_step"] = after.step
         return outcome, attributes
 
     def row_written(

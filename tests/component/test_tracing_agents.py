@@ -325,6 +325,10 @@ async def test_the_four_services_spans_chain_parent_to_child(traced: System) -> 
     assert attributes is not None
     assert (attributes["saga.id"], attributes["saga.outcome"]) == ("s-1", "started")
     assert attributes["messaging.destination.name"] == "orders.requested"
+    assert (attributes["saga.state"], attributes["saga.next_step"]) == (
+        "CREATING_ORDER",
+        "create_order",
+    )
 
 
 async def test_spans_say_each_record_outcome(traced: System) -> None:
