@@ -336,10 +336,14 @@ def install(app: Any, provider: Any = None, instance: str | None = None) -> Reco
 
 def tracer_of(app: Any) -> RecordTracer | None:
     """The app's RecordTracer, or None when tracing is off."""
-    return _TRACERS.get(app)
+    try:
+        return _TRACERS.get(app)
+    except TypeError:  # not an app (no weak reference to it): it has none
+        return None
 
 
 def shutdown(app: Any) -> None:
-    tracer = _TRACERS.get(app)
+    """Export the spans the app's tracer still holds, and stop it."""
+    tracer = tracer_of(app)
     if tracer is not None:
         tracer.shutdown()

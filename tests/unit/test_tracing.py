@@ -231,3 +231,33 @@ def test_an_unsampled_context_stays_unsampled(spans: Any) -> None:
     tracer.end(span, "x")
     assert exporter.get_finished_spans() == ()  # parent-based sampling: not recorded
     assert sent.startswith(f"00-{TRACE}-".encode()) and sent.endswith(b"-00")
+
+
+def test_a_worker_given_an_exporter_it_lacks_says_so_and_exits_78(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from click.testing import CliRunner
+
+    from cli.worker_cmd import worker
+
+    monkeypatch.setenv("SAGA_HOME", str(tmp_path))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    result = CliRunner().invoke(worker, ["order", "--web-port", "1"])
+    assert result.exit_code == 78
+    assert "order: refusing to start: OTEL_EXPORTER_OTLP_PROTOCOL='grpc'" in result.output
+
+
+def test_a_worker_without_an_endpoint_makes_no_tracer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from participants.order.app import OrderService
+
+    for name in tracing.ENDPOINT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    service = OrderService(7695, store="memory://")
+    assert service.tracer is None and tracing.tracer_of(service.app) is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    traced = OrderService(7696, store="memory://")
+    assert traced.tracer is not None
+    resource = traced.tracer.provider.resource.attributes
+    assert resource["service.name"] == "saga-order"
+    traced.tracer.shutdown()
