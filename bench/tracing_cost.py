@@ -4,8 +4,9 @@ Times, in CPU microseconds per record of this process (every thread, so the SDK'
 thread counts), the work messaging/tracing.py adds to the handling of one record:
 
 - off: reading the record's traceparent header and building the headers of what it sends
-  (a participant), plus checking the saga row's context (the orchestrator); and what the
-  header costs librdkafka per record sent (produce with the header against without);
+  (a participant), plus checking the saga row's context (the orchestrator); what the
+  header costs librdkafka per record sent (produce with the header against without) and
+  aiokafka per record fetched (reading a batch with headers against without);
 - on: a span per record (start as the child of the record's context, its context for the
   records sent, end with the outcome) exported by a BatchSpanProcessor to an exporter that
   drops it, then over OTLP/HTTP to `bench.otlp_sink` in another process.
@@ -87,6 +88,26 @@ def producing(with_header: bool) -> Callable[[int], None]:
     return produce
 
 
+def fetching(with_header: bool) -> Callable[[int], None]:
+    from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+
+    builder = DefaultRecordBatchBuilder(
+        magic=2, compression_type=0, is_transactional=0, producer_id=-1, producer_epoch=-1,
+        base_sequence=-1, batch_size=10**7,
+    )  # fmt: skip
+    headers = [(tracing.TRACEPARENT, CONTEXT)] if with_header else []
+    for offset in range(1000):
+        builder.append(offset, timestamp=None, key=b"key", value=VALUE, headers=headers)
+    batch = bytes(builder.build())
+
+    def fetch(records: int) -> None:
+        for _ in range(records // 1000):
+            for record in DefaultRecordBatch(batch):
+                record.headers  # noqa: B018 (what Faust's message takes)
+
+    return fetch
+
+
 class Dropped(SpanExporter):
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
         return SpanExportResult.SUCCESS
@@ -134,6 +155,11 @@ def main() -> None:
     show("librdkafka produce, no header", without)
     show("librdkafka produce, traceparent header", with_header)
     show("  the header's cost per record sent", with_header - without)
+    without = cpu_per_call(fetching(False), n, rounds)
+    with_header = cpu_per_call(fetching(True), n, rounds)
+    show("aiokafka reading a fetched record, no header", without)
+    show("aiokafka reading a fetched record, traceparent header", with_header)
+    show("  the header's cost per record fetched", with_header - without)
     dropped = cpu_per_call(spans(batch_provider(Dropped(), n)), n, rounds)
     show("on: span per record, exporter that drops it", dropped)
 
