@@ -22,7 +22,7 @@ import psutil
 from bench import system
 from bench.driver import Completion
 from bench.kafka_io import assign_at_end, poll_batch
-from messaging import catalog, client
+from messaging import catalog, client, tracing
 from messaging.local_workers import SERVICE_NAMES, Workers
 from schemas import codec
 from schemas import messages as m
@@ -131,7 +131,9 @@ class SagaPipeline:
             items=[m.OrderItem(product_id=p, quantity=q) for p, q in items],
             requested_at=datetime.now(UTC),
         )
-        client.send(self.producer, client.REQUEST_TOPIC, request.order_id, request)
+        # Like `saga order`: each request starts its saga's trace.
+        headers = tracing.new_trace_headers()
+        client.send(self.producer, client.REQUEST_TOPIC, request.order_id, request, headers)
         self.producer.poll(0)
         return request.order_id, kind
 

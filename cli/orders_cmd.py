@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from messaging import catalog, client, settings
+from messaging import catalog, client, settings, tracing
 from messaging.jsonable import to_jsonable
 from schemas import limits
 from schemas import messages as m
@@ -125,7 +125,14 @@ def order(
         if earlier and expired(earlier):
             earlier = []
         producer = client.producer()
-        client.send(producer, client.REQUEST_TOPIC, request.order_id, request)
+        # A new trace: the saga's records all carry it (messaging/tracing.py).
+        client.send(
+            producer,
+            client.REQUEST_TOPIC,
+            request.order_id,
+            request,
+            headers=tracing.new_trace_headers(),
+        )
         client.flush(producer)
         stopped = stopped_workers() if wait else []
     except client.ClientError as exc:
@@ -223,7 +230,13 @@ def cancel(
     try:
         client.require_broker()
         producer = client.producer()
-        client.send(producer, client.REQUEST_TOPIC, request.cancel_id, request)
+        client.send(
+            producer,
+            client.REQUEST_TOPIC,
+            request.cancel_id,
+            request,
+            headers=tracing.new_trace_headers(),  # the cancel saga's own trace
+        )
         client.flush(producer)
         stopped = stopped_workers() if wait else []
     except client.ClientError as exc:
@@ -265,12 +278,13 @@ def seed(file: Path) -> None:
 @click.argument("saga_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the events as JSON lines.")
 def status(saga_id: str, as_json: bool) -> None:
-    """Show one saga: its timeline from saga.events and its current state."""
+    """Show one saga: its timeline from saga.events, its current state and its trace."""
     from datetime import UTC
 
     try:
         client.require_broker()
-        events = client.saga_events(saga_id)
+        traced = client.traced_saga_events(saga_id)
+        events = [event for event, _trace in traced]
         stopped = stopped_workers(events[-1].step, events[-1].saga) if events else stopped_workers()
         if events and events[-1].terminal:
             stopped = []
@@ -280,13 +294,17 @@ def status(saga_id: str, as_json: bool) -> None:
         hint = f" ({not_running(stopped)}: {START_WORKERS})" if stopped else ""
         raise click.ClickException(f"no saga {saga_id!r} in saga.events{hint}")
     if as_json:
-        for event in events:
-            click.echo(json.dumps(to_jsonable(event)))
+        for event, trace in traced:
+            click.echo(json.dumps({**to_jsonable(event), "trace_id": trace}))
         return
     first = events[0]
     click.echo(f"saga {saga_id}: {events[-1].to_state}")
     for event in events:
         click.echo(describe(event, first.at.timestamp()))
+    # One trace per saga; an id used again after its saga expired is a saga, and a
+    # trace, of its own.
+    traces = list(dict.fromkeys(trace for _event, trace in traced if trace is not None))
+    click.echo(f"  trace {', '.join(traces)}" if traces else "  trace: none recorded")
     if not events[-1].terminal:
         age = datetime.now(UTC) - events[-1].at
         click.echo(

@@ -23,7 +23,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from messaging import client, topics
+from messaging import client, topics, tracing
 from messaging.jsonable import to_jsonable
 from schemas import codec
 
@@ -65,6 +65,8 @@ def record_as_json(record: Message) -> dict[str, Any]:
         "timestamp": _iso_timestamp(record),
         "key": _text(record.key()),
         "headers": {name: _text(value) for name, value in _headers(record)},
+        # Of a valid traceparent header (messaging/tracing.py): the saga's trace.
+        "trace_id": tracing.trace_id_in(_headers(record)),
         "value": None,
     }
     raw = record.value()

@@ -12,7 +12,7 @@ import click
 
 from cli import demo
 from cli.orders_cmd import describe
-from messaging import catalog, client, exit_codes, local_broker, settings, topics
+from messaging import catalog, client, exit_codes, local_broker, settings, topics, tracing
 from messaging.local_workers import SERVICE_NAMES, Workers, parse_worker_counts
 from schemas import messages as m
 
@@ -36,7 +36,13 @@ def place_sample_orders(samples: list[demo.Sample], timeout: float = 120.0) -> l
         (sample, client.order_requested(sample.customer, sample.items)) for sample in samples
     ]
     for sample, request in requests:
-        client.send(producer, client.REQUEST_TOPIC, request.order_id, request)
+        client.send(
+            producer,
+            client.REQUEST_TOPIC,
+            request.order_id,
+            request,
+            headers=tracing.new_trace_headers(),
+        )
         items = ", ".join(f"{p}:{q}" for p, q in sample.items)
         click.echo(
             f"placed {sample.label!r} sample order {request.order_id} ({sample.customer}: {items})"

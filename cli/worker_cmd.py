@@ -43,7 +43,7 @@ def worker(
     SIGTERM or Ctrl-C stop it gracefully: in-flight records finish and offsets commit.
     """
 
-    from messaging import exit_codes
+    from messaging import exit_codes, tracing
     from messaging.faust_app import web_address
     from messaging.faust_workarounds import (
         discard_tables_after_crash,
@@ -65,7 +65,10 @@ def worker(
     discard_tables_after_crash(service.app)
     exit_if_stop_hangs(service.app)
     try:
-        quiet_worker(service.app, loglevel).execute_from_commandline()
+        try:
+            quiet_worker(service.app, loglevel).execute_from_commandline()
+        finally:
+            tracing.shutdown(service.app)  # spans still buffered are exported
     except SystemExit as exit_:
         if isinstance(service.app.crash_reason, StateRefused):
             click.echo(f"{name}: refusing to run: {service.app.crash_reason}", err=True)

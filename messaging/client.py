@@ -12,7 +12,7 @@ from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from messaging import settings, topics
+from messaging import settings, topics, tracing
 from schemas import codec
 from schemas import messages as m
 
@@ -108,8 +108,17 @@ def wait_until_processed(group: str, topic: str, timeout: float = 60.0) -> bool:
         consumer_.close()
 
 
-def send(producer_: Producer, topic: str, key: str, message: object) -> None:
-    producer_.produce(topic, key=key.encode(), value=codec.encode(message))
+def send(
+    producer_: Producer,
+    topic: str,
+    key: str,
+    message: object,
+    headers: tracing.Headers | None = None,
+) -> None:
+    """Produce `message` (with `headers`: a request starts its saga's trace with
+    `tracing.new_trace_headers()`)."""
+    options: dict[str, Any] = {"headers": headers} if headers else {}
+    producer_.produce(topic, key=key.encode(), value=codec.encode(message), **options)
 
 
 def flush(producer_: Producer, timeout: float = 15.0) -> None:
@@ -204,6 +213,11 @@ def saga_events(saga_id: str, timeout: float = 30.0) -> list[m.SagaEvent]:
 
     Raises ClientError rather than answer from part of the partition.
     """
+    return [event for event, _trace in traced_saga_events(saga_id, timeout)]
+
+
+def traced_saga_events(saga_id: str, timeout: float = 30.0) -> list[tuple[m.SagaEvent, str | None]]:
+    """`saga_events`, each with the trace id of its record (None: it carries none)."""
     count = topics.partitions(EVENTS_TOPIC)
     partition = partition_for(saga_id.encode(), count)
     consumer_ = consumer()
@@ -224,7 +238,7 @@ def saga_events(saga_id: str, timeout: float = 30.0) -> list[m.SagaEvent]:
                 event = codec.decode_as(record.value() or b"", m.SagaEvent)
             except codec.MessageDecodeError:
                 continue
-            events.append(event)
+            events.append((event, tracing.trace_id_in(record.headers())))
         if position < high:
             raise ClientError(
                 f"read {EVENTS_TOPIC}[{partition}] up to offset {position} of {high} in "
@@ -232,7 +246,7 @@ def saga_events(saga_id: str, timeout: float = 30.0) -> list[m.SagaEvent]:
             )
     finally:
         consumer_.close()
-    return sorted(events, key=lambda e: e.sequence)
+    return sorted(events, key=lambda traced: traced[0].sequence)
 
 
 def table_rows(changelog_topic: str, timeout: float = 30.0) -> dict[bytes, object]:

@@ -10,6 +10,8 @@ them); Kafka headers say what went wrong and where the record came from:
     source.partition
     source.offset
     dead_lettered_at  ISO-8601 UTC time, e.g. 2024-05-17T12:30:45.123Z
+    traceparent       the original record's, as it was (when it had one): the dead letter
+                      stays in its saga's trace
 
 All header values are UTF-8 bytes. The dead-letter topic is keyed by the original key.
 """
@@ -78,10 +80,13 @@ def send_dead_letter(
     partition: int,
     offset: int,
     metrics: Any = None,
+    traceparent: Any = None,
 ) -> Any:
     """Send the raw record to the dead-letter topic with the worker's producer
     (`messaging.producer.KafkaProducer`), and count it by reason and source topic in
     `metrics` (the worker's `messaging.metrics.WorkerMetrics`; None: not counted).
+    `traceparent` is the original record's header value, kept as it was (None: it had
+    none).
 
     Returns the delivery future; the producer's flush before each offset commit makes
     sure the dead letter is in Kafka before the bad record's offset is committed. A record
@@ -91,6 +96,10 @@ def send_dead_letter(
     from messaging.producer import SendFailed
 
     headers = error_headers(error, source_topic, partition, offset)
+    if isinstance(traceparent, str):
+        traceparent = traceparent.encode("utf-8", "replace")
+    if isinstance(traceparent, bytes):
+        headers.append(("traceparent", traceparent))
     try:
         sent = producer.send(DEAD_LETTER_TOPIC, key, value, headers=headers)
     except SendFailed:

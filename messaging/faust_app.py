@@ -27,7 +27,7 @@ from typing import Any
 import faust
 from faust.types import EventT, StreamT
 
-from messaging import metrics, settings, topics
+from messaging import metrics, settings, topics, tracing
 from messaging.cpu import CpuScarcity
 from messaging.dead_letters import send_dead_letter
 from messaging.faust_workarounds import (
@@ -108,6 +108,7 @@ def create_app(
     web_bind: str | None = None,
     web_host: str | None = None,
     store: str = "rocksdb://",
+    tracer_provider: Any = None,
     **overrides: Any,
 ) -> faust.App:
     """A Faust app wired to the configured cluster with the project's conventions.
@@ -115,7 +116,9 @@ def create_app(
     Its web server listens on `web_bind` and is advertised as `web_host` (see
     `web_address` for the defaults). Its records are sent by one confluent-kafka producer
     (`producer_of(app)`), flushed before every offset commit with the changelogs of its
-    RowTables.
+    RowTables. It makes a span per record it handles when an OTLP endpoint is configured,
+    or on `tracer_provider` (an OpenTelemetry TracerProvider) if given
+    (`messaging.tracing`).
     """
     codec.register_faust_codec()
     address = web_address(web_bind, web_host)
@@ -170,6 +173,7 @@ def create_app(
     track_takeovers(app)
     without_sensors(app)
     metrics.install(app, producer)  # after flush_before_commit: it times that flush
+    tracing.install(app, tracer_provider, instance=f"{address.host}:{web_port}")
     return app
 
 
@@ -274,9 +278,19 @@ class Sender:
     def __init__(self, app: faust.App) -> None:
         self.producer = producer_of(app)
 
-    def send(self, topic: str, key: bytes, message: object, partition: int | None = None) -> int:
-        """Queue the message; returns its epoch (KafkaProducer.wait_delivered)."""
-        return self.producer.send(topic, key, codec.encode(message), partition=partition)
+    def send(
+        self,
+        topic: str,
+        key: bytes,
+        message: object,
+        partition: int | None = None,
+        headers: tracing.Headers | None = None,
+    ) -> int:
+        """Queue the message (with `headers`: its trace context); returns its epoch
+        (KafkaProducer.wait_delivered)."""
+        return self.producer.send(
+            topic, key, codec.encode(message), partition=partition, headers=headers
+        )
 
 
 Row = tuple[RowTable, bytes, Any]  # (table, key, row) to write
@@ -317,12 +331,13 @@ class WriteAfterSend:
         outputs: Iterable[tuple[str, bytes, object]] = (),
         rows: Iterable[Row] = (),
         on_written: Callable[[], None] | None = None,
+        headers: tracing.Headers | None = None,
     ) -> None:
-        """Send `outputs` now; once the broker has them, write `rows`, call `on_written`
-        and ack `event`. Raises what the producer raises (SendFailed): a transport
-        failure, for the caller to stop the worker on."""
+        """Send `outputs` now (each with `headers`); once the broker has them, write
+        `rows`, call `on_written` and ack `event`. Raises what the producer raises
+        (SendFailed): a transport failure, for the caller to stop the worker on."""
         for topic, key, message in outputs:
-            self.sender.send(topic, key, message)
+            self.sender.send(topic, key, message, headers=headers)
         rows = list(rows)
         for table, key, row in rows:
             self.staged[(id(table), key)] = row
@@ -380,6 +395,7 @@ async def decoded_events(
     and skipped: one bad record never stops the agent.
     """
     fetches = _FETCHES.get(app)
+    tracer = tracing.tracer_of(app)
     async for event in stream.events():
         message = event.message
         if fetches is not None:
@@ -416,7 +432,11 @@ async def decoded_events(
                 message.partition,
                 message.offset,
                 metrics=metrics.metrics_of(app),
+                traceparent=tracing.raw_traceparent(message.headers),
             )
+            if tracer is not None:
+                parent = tracing.traceparent_in(message.headers)
+                tracer.dead_lettered(message.topic, message.partition, message.offset, parent, exc)
             if not stream.enable_acks:  # Faust commits past it once the records before are
                 await stream.ack(event)
             continue
@@ -460,4 +480,5 @@ async def dead_letter_event(app: faust.App, event: EventT, error: Exception) -> 
         message.partition,
         message.offset,
         metrics=metrics.metrics_of(app),
+        traceparent=tracing.raw_traceparent(message.headers),
     )

@@ -609,6 +609,7 @@ class SagaState:
     created_at: datetime
     updated_at: datetime
     version: int = 1  # of the saga's definition: it started and finishes on it
+    traceparent: str | None = None  # W3C trace context the saga started with
 
 
 @dataclass(frozen=True)
@@ -629,6 +630,7 @@ class CancelSagaState:
     created_at: datetime
     updated_at: datetime
     version: int = 1
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,11 @@ _BEFORE_ROUTING_SLIP = "written by a release before the routing slip (small rows
 
 # Released row schemas read exactly as they were meant.
 READ_EXACTLY = {
-    "SagaState.v1": "version defaults to 1: every saga then started on definition version 1",
+    "SagaState.v1": (
+        "version defaults to 1: every saga then started on definition version 1;"
+        " traceparent defaults to null: no trace context was recorded then, and the"
+        " saga's next write records the context of the record that moved it"
+    ),
     "OrderRow.v1": (
         "cancel_saga defaults to null: no order was being cancelled then; applied_offset"
         " defaults to -1: no offset recorded, so its next command is decided from the"

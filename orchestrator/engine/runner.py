@@ -14,11 +14,19 @@ definition version it started on; a deploy that no longer has it is refused at s
 Retention: the same timer sends an ExpireSaga to saga.operations for each saga that ended
 more than the retention ago (ExpiryIndex), and the agent deletes its row there and tells
 its participants to forget it (orchestrator/engine/retention.py).
+
+Traces (messaging/tracing.py): everything sent for a saga carries the saga's trace
+context. The row remembers the context its saga started with (`traceparent`, when the
+row type has that field); a record of the same trace (a reply) is handled in its own
+context, one without context or of another trace (a timer's StepTimedOut, an operator's
+action) in the row's, linked to the other trace. A request that comes without context
+starts a trace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -28,7 +36,7 @@ from typing import Any, cast
 import faust
 from faust.types import TP, EventT, StreamT
 
-from messaging import metrics
+from messaging import metrics, tracing
 from messaging.faust_app import (
     WORKER_FAILURES,
     Row,
@@ -107,6 +115,13 @@ class SagaRunner:
         self.watch = DeadlineWatch()
         worker_metrics = metrics.metrics_of(self.app)  # None: SAGA_METRICS=0
         self.metrics = None if worker_metrics is None else SagaMetrics(worker_metrics.registry)
+        self.tracer = tracing.tracer_of(self.app)  # None: tracing off
+        # Row types that remember their saga's trace context.
+        self.traced_rows = frozenset(
+            saga.row
+            for saga in self.saga_types
+            if "traceparent" in {f.name for f in dataclasses.fields(saga.row)}
+        )
         self.expiry = ExpiryIndex(self.retention)
         self.early = self._early_replies()
         # The agent and the deadline timer both decide records (the timer: held replies
@@ -223,6 +238,51 @@ class SagaRunner:
             and self.early.should_hold(stream, event, message, row is not None)
         ):
             return  # decided by release_early_replies, once its request was processed
+        record = event.message
+        parent, link = self.trace_parent(tracing.traceparent_in(record.headers), row)
+        if self.tracer is None:  # tracing off: the saga's context goes on unchanged
+            await self.decide_and_send(stream, event, message, key, row, parent)
+            return
+        span = self.tracer.start(
+            message, record.topic, record.partition, record.offset, parent, link
+        )
+        try:
+            decision = await self.decide_and_send(
+                stream, event, message, key, row, self.tracer.traceparent(span)
+            )
+        except Exception as exc:
+            failed = tracing.FAILED if isinstance(exc, WORKER_FAILURES) else tracing.DEAD_LETTERED
+            self.tracer.end(span, failed, exc)
+            raise
+        outcome, attributes = self.outcome(row, decision)
+        self.tracer.end(span, outcome, attributes=attributes)
+
+    def trace_parent(self, incoming: bytes | None, row: Any) -> tuple[bytes | None, bytes | None]:
+        """(the context a record of the saga of `row` is handled in, another trace it
+        came with): its own if it is in the saga's trace (or the saga has none), else the
+        saga's, linked to the record's."""
+        saga_trace = getattr(row, "traceparent", None) if row is not None else None
+        if saga_trace is None:
+            return incoming, None
+        saga_trace = tracing.valid(saga_trace)
+        if incoming is None or saga_trace is None:
+            return incoming or saga_trace, None
+        if incoming[3:35] == saga_trace[3:35]:  # the same trace id
+            return incoming, None
+        return saga_trace, incoming
+
+    async def decide_and_send(
+        self,
+        stream: faust.StreamT,
+        event: EventT,
+        message: object,
+        key: bytes,
+        row: Any,
+        context: bytes | None,
+    ) -> Decision:
+        """Decide `message` for the saga of `row` and send what the decision says, in
+        the trace `context` (the row of a new saga remembers it; a saga that starts
+        without one starts a trace)."""
         saga = self.saga_of(message, row)
         if isinstance(message, ACTIONS):
             decision = act(saga, row, message, utc_now())
@@ -248,6 +308,13 @@ class SagaRunner:
         on_written = None
         new_row = decision.state
         if decision.deleted or (new_row is not None and new_row is not row):
+            if (
+                new_row is not None
+                and type(new_row) in self.traced_rows
+                and new_row.traceparent is None
+            ):  # a new saga (or one of an earlier release): it remembers its trace
+                context = context or tracing.new_traceparent()
+                new_row = dataclasses.replace(new_row, traceparent=context.decode("ascii"))
             # An expired row is deleted (None: a tombstone in the changelog) the same way,
             # once the broker has its forget commands.
             written = None if decision.deleted else new_row
@@ -256,7 +323,29 @@ class SagaRunner:
             # send that fails leaves the row, and so the deadline of its real state, as
             # they were.
             on_written = partial(self.row_written, key, written, row, decision, message)
-        await self.writer.submit(stream, event, outputs, rows, on_written)
+        await self.writer.submit(stream, event, outputs, rows, on_written, tracing.headers(context))
+        return decision
+
+    @staticmethod
+    def outcome(row: Any, decision: Decision) -> tuple[str, dict[str, Any]]:
+        """The outcome of a decided record, and the saga's state after it, for its span."""
+        after = decision.state
+        if decision.deleted:
+            outcome = "deleted"
+        elif after is None or after is row:
+            outcome = "unchanged"  # stale, duplicate, refused, or no saga
+        elif row is None:
+            outcome = "started"
+        else:
+            outcome = "moved" if after.state != row.state else "resent"
+        if decision.answer is not None:
+            outcome = "accepted" if decision.answer.accepted else "refused"
+        attributes: dict[str, Any] = {}
+        if after is not None:
+            attributes["saga.state"] = after.state
+            if after.step is not None:  # the step the saga waits for now
+                attributes["saga.next_step"] = after.step
+        return outcome, attributes
 
     def row_written(
         self, key: bytes, row: Any | None, before: Any, decision: Decision, message: object
@@ -299,13 +388,15 @@ class SagaRunner:
                     timeout.step,
                     timeout.attempt,
                 )
-                self.sender.send(REPLY_TOPIC, key, timeout)
+                row = self.watch.open.get(key)
+                self.sender.send(REPLY_TOPIC, key, timeout, headers=self.saga_trace(row))
                 if self.metrics is not None:
-                    saga = self.by_row.get(type(self.watch.open.get(key)))
+                    saga = self.by_row.get(type(row))
                     self.metrics.deadline_fired(saga.name if saga else "unknown", timeout.step)
             for key, expiry in self.expiry.due(now):
                 log.debug("retention passed: saga %s ended by %s", key, expiry.ended_by)
-                self.sender.send(OPERATIONS_TOPIC, key, expiry)
+                row = self.writer.read(self.sagas, key)
+                self.sender.send(OPERATIONS_TOPIC, key, expiry, headers=self.saga_trace(row))
         except DefinitionMissing as exc:
             await stop_worker(self.app, exc)
         except Exception:
@@ -313,6 +404,11 @@ class SagaRunner:
             # then would crash the app (exit 1). Unsent deadlines fire after the restart.
             if not self.app.should_stop:
                 raise
+
+    @staticmethod
+    def saga_trace(row: Any) -> tracing.Headers | None:
+        """The headers that put a record the timer sends into the trace of `row`'s saga."""
+        return tracing.headers(tracing.valid(getattr(row, "traceparent", None)))
 
     def _indexed(self, rows: Any) -> Iterator[tuple[bytes, Any]]:
         for key, row in rows:

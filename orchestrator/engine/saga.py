@@ -34,6 +34,9 @@ ROW_FIELDS = (
     "updated_at",
     "version",
 )
+# A row that also has `traceparent: str | None = None` remembers its saga's trace
+# context (the runner fills it in): what the timer sends later continues the trace.
+OPTIONAL_ROW_FIELDS = ("traceparent",)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import faust
 from confluent_kafka import KafkaException, TopicPartition
 from faust.web import Request, Response
 
-from messaging import client, topics
+from messaging import client, topics, tracing
 from messaging import web as w
 from messaging.operator_guard import Guard
 from messaging.tables import RowTable
@@ -182,6 +182,8 @@ def saga_detail(saga: SagaType, row: Any, timeline: Timeline, worker: str) -> di
         "sequence": row.sequence,
         "created_at": w.timestamp(row.created_at),
         "updated_at": w.timestamp(row.updated_at),
+        # The saga's trace (messaging/tracing.py), when its row remembers one.
+        "trace_id": tracing.trace_id(tracing.valid(getattr(row, "traceparent", None))),
         "timeline": [event_json(e) for e in timeline.events],
         "timeline_complete": timeline.complete,
         "timeline_error": timeline.error,
@@ -246,7 +248,7 @@ SUMMARY_KEYS = frozenset({
 })  # fmt: skip
 DETAIL_KEYS = SUMMARY_KEYS | {
     "version", "deadline", "sequence", "timeline", "timeline_complete", "timeline_error",
-    "worker",
+    "worker", "trace_id",
 }  # fmt: skip
 
 

@@ -56,7 +56,7 @@ class ProductService(ParticipantService):
             else:
                 self.stock[row_key] = row
         for forward in effect.forward:
-            self.sender.send(COMMAND_TOPIC, logic.product_of(forward).encode(), forward)
+            self.forward(COMMAND_TOPIC, logic.product_of(forward).encode(), forward)
         if effect.reply is not None:
             self.reply(effect.reply)
 

@@ -31,12 +31,14 @@ SAGA = "ord-1"
 class Recorder:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, Any]] = []
+        self.headers: list[Any] = []  # each sent record's headers
         self.dead: list[tuple[bytes | None, bytes | None, str]] = []
 
-    def send(self, topic: str, key: bytes, message: object) -> int:
+    def send(self, topic: str, key: bytes, message: object, headers: Any = None) -> int:
         """Instead of Sender.send: nothing reaches the producer, so its epochs are
         always delivered."""
         self.sent.append((topic, key, message))
+        self.headers.append(headers)
         return 0
 
     def dead_letter(
@@ -65,6 +67,7 @@ async def put(
     *,
     acked: bool = True,
     wait: bool = True,
+    headers: Any = None,
 ) -> Any:
     """Put a record on `topic` (by default the one its type belongs on) and wait until
     the agent acked it (its row is written only then); with acked=False until the agent
@@ -83,7 +86,7 @@ async def put(
     agent.to_message = on_topic
     try:
         event = await agent.put(
-            value, key=key if isinstance(key, bytes) else key.encode(), wait=wait
+            value, key=key if isinstance(key, bytes) else key.encode(), headers=headers, wait=wait
         )
     finally:
         del agent.to_message
@@ -245,7 +248,7 @@ async def test_a_send_that_fails_stops_the_worker_and_changes_nothing(
     async def stop(app: Any, error: BaseException) -> None:
         stopped.append(error)
 
-    def refuse(topic: str, key: bytes, message: object) -> int:
+    def refuse(topic: str, key: bytes, message: object, headers: Any = None) -> int:
         raise SendFailed(topic, "the broker refused the record")
 
     monkeypatch.setattr("orchestrator.engine.runner.stop_worker", stop)

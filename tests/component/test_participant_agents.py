@@ -38,12 +38,21 @@ def eur(amount: str) -> m.Money:
 class Recorder:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, Any]] = []
+        self.headers: list[Any] = []  # each sent record's headers
         self.dead: list[tuple[bytes | None, str]] = []
         self.dead_errors: list[str] = []  # each dead letter's `error` header: the reason
         self.stopped: list[BaseException] = []
 
-    def send(self, topic: str, key: bytes, message: object, partition: int | None = None) -> int:
+    def send(
+        self,
+        topic: str,
+        key: bytes,
+        message: object,
+        partition: int | None = None,
+        headers: Any = None,
+    ) -> int:
         self.sent.append((topic, key, message))
+        self.headers.append(headers)
         return 0
 
     def dead_letter(
@@ -158,7 +167,7 @@ async def test_a_reply_that_cannot_be_sent_stops_the_worker_not_dead_lettered(
 ) -> None:
     agent, service, recorder = order
 
-    def refuse(topic: str, key: bytes, message: object, partition: int | None = None) -> int:
+    def refuse(topic: str, key: bytes, message: object, **options: Any) -> int:
         raise SendFailed(topic, "the broker refused it")
 
     monkeypatch.setattr(service.sender, "send", refuse)

@@ -72,7 +72,7 @@ class Sender:
         self.producer = Producer()
         self.epochs: dict[str, int] = {}
 
-    def send(self, topic: str, key: bytes, message: object) -> int:
+    def send(self, topic: str, key: bytes, message: object, headers: Any = None) -> int:
         self.producer.current_epoch += 1
         self.epochs[str(message)] = self.producer.current_epoch
         return self.producer.current_epoch
