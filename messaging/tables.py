@@ -45,7 +45,7 @@ from faust.types import TP, EventT
 from messaging.producer import KafkaProducer
 from schemas import codec
 from schemas.limits import KEY_SEPARATOR
-from schemas.state import StateFromEarlierRelease, StateRefused, refused_schema
+from schemas.state import StateFromEarlierRelease, StateRefused, UnreadableState, refused_schema
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,8 @@ class RowTable(faust.Table):
 
     def check_rows(self, partitions: Iterable[int]) -> None:
         """Raise StateRefused for the first refused row of `partitions`: one of an earlier
-        release (StateFromEarlierRelease), or one `check_row` refuses."""
+        release (StateFromEarlierRelease), one no schema here reads (UnreadableState), or
+        one `check_row` refuses."""
         store = self.data
         if not isinstance(store, SerializedStore):
             return  # the memory store (tests) keeps decoded rows
@@ -245,6 +246,9 @@ class RowTable(faust.Table):
                     schema = refused_schema(raw)
                     if schema is not None:
                         raise StateFromEarlierRelease(self.name, key, schema)
+                    problem = codec.header_problem(raw)
+                    if problem is not None:
+                        raise UnreadableState(self.name, key, problem)
                     if self.check_row is not None:
                         self.check_row(key, codec.decode(raw))
 

@@ -565,6 +565,16 @@ def encode(message: object) -> bytes:
     return buffer.getvalue()
 
 
+def header_problem(data: bytes) -> MessageDecodeError | None:
+    """Why `data` cannot be decoded, judged from its header alone (marker, length, a
+    fingerprint of a known schema), or None. Cheap: the body is not read."""
+    try:
+        _writer_of(data)
+    except MessageDecodeError as exc:
+        return exc
+    return None
+
+
 def _writer_of(data: Any) -> tuple[bytes, _WriterSchema]:
     if isinstance(data, memoryview | bytearray):
         data = bytes(data)

@@ -98,6 +98,19 @@ class StateFromEarlierRelease(StateRefused):
         self.table, self.key, self.schema = table, key, schema
 
 
+class UnreadableState(StateRefused):
+    """A table holds a row this release cannot decode at all: written by a release it does
+    not know (a later one, or a build that was never released), or damaged."""
+
+    def __init__(self, table: str, key: bytes, problem: Exception) -> None:
+        super().__init__(
+            f"table {table} holds a row this release cannot read (key {key!r}: {problem}); "
+            "it was written by a release this one does not know (a later one, or an "
+            f"unreleased build). {WHAT_TO_DO}"
+        )
+        self.table, self.key = table, key
+
+
 def _refused_fingerprints() -> dict[bytes, str]:
     released = codec.released_fingerprints()
     unknown = set(REFUSED) - set(released)

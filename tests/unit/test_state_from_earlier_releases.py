@@ -29,6 +29,7 @@ from schemas.state import (
     REFUSED,
     ROW_TYPES,
     StateFromEarlierRelease,
+    UnreadableState,
     refused_schema,
 )
 
@@ -178,6 +179,21 @@ def test_a_store_with_a_refused_row_is_refused_once_recovered(stock: Any) -> Non
     with pytest.raises(StateFromEarlierRelease, match=REFUSED_WIDGET):
         stock.check_rows({0, 1, 2, 3})
     stock.check_rows({0, 1, 3})  # the partitions without one pass
+
+
+def test_a_store_with_a_row_no_schema_reads_is_refused_once_recovered(stock: Any) -> None:
+    """A row of a later release (or an unreleased build): a fingerprint of no schema here."""
+    db = stock.data._db_for_partition(1)
+    good = codec.encode(codec.decode(encode_released("StockRow.v2", STOCK_V2)))
+    db[b"later"] = good[:2] + bytes(8) + good[10:]
+    with pytest.raises(UnreadableState) as refused:
+        stock.check_rows({1})
+    message = str(refused.value)
+    assert message.startswith("table stock holds a row this release cannot read (key b'later'")
+    assert "fingerprint 0000000000000000" in message and "README, 'Upgrading'" in message
+    assert codec.header_problem(good) is None
+    del db[b"later"]
+    stock.check_rows({1})
 
 
 async def test_a_refused_row_stops_the_worker_instead_of_dead_lettering(stock: Any) -> None:
