@@ -609,6 +609,9 @@ class SagaState:
     created_at: datetime
     updated_at: datetime
     version: int = 1  # of the saga's definition: it started and finishes on it
+    # When it entered its current state (a re-send leaves it); None: written before it was
+    # recorded (then `updated_at` is the best known, a later time).
+    entered_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -629,6 +632,7 @@ class CancelSagaState:
     created_at: datetime
     updated_at: datetime
     version: int = 1
+    entered_at: datetime | None = None  # as SagaState's
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,10 @@ _BEFORE_ROUTING_SLIP = "written by a release before the routing slip (small rows
 
 # Released row schemas read exactly as they were meant.
 READ_EXACTLY = {
-    "SagaState.v1": "version defaults to 1: every saga then started on definition version 1",
+    "SagaState.v1": (
+        "version defaults to 1: every saga then started on definition version 1;"
+        " entered_at defaults to null: not recorded then (updated_at, a later time, stands in)"
+    ),
     "OrderRow.v1": (
         "cancel_saga defaults to null: no order was being cancelled then; applied_offset"
         " defaults to -1: no offset recorded, so its next command is decided from the"

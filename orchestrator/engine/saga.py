@@ -33,6 +33,7 @@ ROW_FIELDS = (
     "created_at",
     "updated_at",
     "version",
+    "entered_at",  # when it entered its state (a re-send leaves it): how long it waits
 )
 
 
