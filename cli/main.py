@@ -7,6 +7,7 @@ import click
 from cli.bench_cmd import bench
 from cli.chaos_cmd import chaos
 from cli.kafka_cmd import kafka
+from cli.ops_cmd import abort, list_, retry
 from cli.orders_cmd import cancel, order, seed, status
 from cli.tail_cmd import tail
 from cli.topics_cmd import topics
@@ -25,7 +26,7 @@ cli.add_command(worker)
 cli.add_command(tail)
 cli.add_command(bench)
 cli.add_command(chaos)
-for command in (up, order, cancel, seed, status):
+for command in (up, order, cancel, seed, status, list_, abort, retry):
     cli.add_command(command)
 
 

@@ -22,5 +22,6 @@ def parse_duration(text: object, what: str = "duration") -> timedelta:
     match = _DURATION.fullmatch(text) if isinstance(text, str) else None
     seconds = float(match.group(1)) * UNITS[match.group(2)] if match else 0.0
     if not match or seconds <= 0 or seconds > MAXIMUM.total_seconds():
-        raise DurationError(f"{what} {text!r} is not a duration: give {EXPECTED}")
+        named = f"{what} {text!r}" if what else repr(text)
+        raise DurationError(f"{named} is not a duration: give {EXPECTED}")
     return timedelta(seconds=seconds)
