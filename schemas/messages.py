@@ -517,6 +517,21 @@ class SagaActionAnswered:
 
 
 @dataclass(frozen=True)
+class DeadLetterReplayed:
+    """A dead letter put back on its source topic (or being put back: `replayed_offset`
+    None). Topic saga.dead-letters.replayed, compacted, key "source_topic/partition/offset"."""
+
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    dead_letter_partition: int
+    dead_letter_offset: int
+    replayed_offset: int | None  # None while the replay is under way
+    operator: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class ExpireSaga:
     """The saga ended more than the retention ago: its row leaves the table (sent by the
     orchestrator's expiry timer to saga.operations, handled by its agent)."""
