@@ -659,6 +659,7 @@ async def decoded_events(
                 message.partition,
                 message.offset,
                 metrics=metrics.metrics_of(app),
+                headers=message.headers,
             )
             if not stream.enable_acks:  # Faust commits past it once the records before are
                 await stream.ack(event)
@@ -703,4 +704,5 @@ async def dead_letter_event(app: faust.App, event: EventT, error: Exception) -> 
         message.partition,
         message.offset,
         metrics=metrics.metrics_of(app),
+        headers=message.headers,
     )
