@@ -17,7 +17,7 @@ from confluent_kafka import TopicPartition
 
 from cli.processes import Workers
 from cli.selection import default_operator
-from messaging import client, topics
+from messaging import client, settings, topics
 from messaging.catalog import Catalog
 from messaging.dead_letters import DEAD_LETTER_TOPIC, dead_letter_headers
 from messaging.replay import REPLAYED_FROM
@@ -31,6 +31,7 @@ from tests.integration.order_helpers import (
     poll,
     product,
     send_requests,
+    wait_consumed,
 )
 from tests.integration.test_cli import assert_clean_failure, saga
 
@@ -65,6 +66,15 @@ def final(saga_id: str, since: Any, timeout: float = 120.0) -> list[m.SagaEvent]
 def restart(workers: Workers, name: str) -> None:
     workers.start(name)
     workers.wait_ready(timeout=180, names=[name])
+
+
+def settle() -> None:
+    """Wait until every service has committed its input as it is now: a worker that was
+    stopped has worked off what queued meanwhile (its views answer 503 until then, for
+    rows they do not find, which the next tests would see)."""
+    for service, inputs in settings.INPUT_TOPICS.items():
+        for topic in inputs:
+            wait_consumed(settings.APP_IDS[service], topic, timeout=120)
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -119,6 +129,7 @@ def test_abort_before_the_pivot_releases_the_stock_and_rejects_the_order(
         "the saga's hold settled",
     ).json()["holds"]
     assert holds == [{"saga_id": order.order_id, "quantity": 3, "status": "RELEASED"}]
+    settle()
 
 
 def test_list_finds_a_stuck_saga_and_retry_re_sends_its_command(
@@ -166,6 +177,7 @@ def test_list_finds_a_stuck_saga_and_retry_re_sends_its_command(
     sent = create_orders(order.order_id)
     assert {command_id for command_id, _ in sent} == {f"{order.order_id}:create_order"}
     assert retried.attempt in {attempt for _, attempt in sent}
+    settle()
 
 
 def create_orders(order_id: str) -> list[tuple[str, int]]:
@@ -202,6 +214,7 @@ def test_abort_at_the_pivot_is_refused_and_changes_nothing(
     finally:
         restart(workers, "payment")
     assert final(order.order_id, order.requested_at)[-1].terminal
+    settle()
 
 
 def test_actions_on_unknown_or_ended_sagas_are_refused(
@@ -236,6 +249,7 @@ def test_without_an_orchestrator_actions_exit_5_at_once_and_send_nothing(workers
         assert time.monotonic() - started < 30
     finally:
         restart(workers, "orchestrator")
+        settle()
 
 
 # ---- dead letters ----
@@ -247,9 +261,11 @@ def dead_letters_json(*args: str) -> list[dict[str, Any]]:
     return json_lines(result.stdout)
 
 
-def balance(workers: Workers, customer_id: str) -> Decimal:
+def balance(workers: Workers, customer_id: str) -> Decimal | None:
+    """The customer's balance; None while the payment worker has no account for them."""
     reply = http_get(f"{url(workers, 'payment')}/accounts/{customer_id}")
-    assert reply.status == 200, reply.text
+    if reply.status != 200:
+        return None
     return Decimal(reply.json()["balance"]["amount"])
 
 
@@ -298,13 +314,12 @@ def test_dead_letters_list_and_replay_an_undecodable_record_is_refused(workers: 
     assert dead_letters_json("--offset", str(letter["offset"]))[0]["replayed_to"] is None
 
 
-def test_a_valid_record_dead_lettered_is_replayed_once(
-    workers: Workers, test_catalog: Catalog
-) -> None:
-    rich = customer(test_catalog, "rich")
-    partition = client.partition_for(rich.encode(), 4)
+def test_a_valid_record_dead_lettered_is_replayed_once(workers: Workers) -> None:
+    # A customer of its own: the replayed TopUp opens the account (no other test's sums move).
+    buyer = f"replayed-{uuid.uuid4()}"
+    partition = client.partition_for(buyer.encode(), topics.partitions("payment.commands"))
     source_offset = random.randrange(10**12, 10**13)  # unique: the record's identity
-    top_up = m.TopUp(f"replayed-{uuid.uuid4()}", rich, m.Money(Decimal("7.00"), "EUR"))
+    top_up = m.TopUp(f"replayed-{uuid.uuid4()}", buyer, m.Money(Decimal("7.00"), "EUR"))
     # A valid TopUp dead-lettered as if its handler had failed at the time.
     headers = dead_letter_headers(
         "RuntimeError: the store was away",
@@ -315,7 +330,7 @@ def test_a_valid_record_dead_lettered_is_replayed_once(
     )
     producer = client.producer()
     producer.produce(
-        DEAD_LETTER_TOPIC, key=rich.encode(), value=codec.encode(top_up),
+        DEAD_LETTER_TOPIC, key=buyer.encode(), value=codec.encode(top_up),
         headers=[("traceparent", TRACEPARENT.encode()), *headers],
     )  # fmt: skip
     client.flush(producer)
@@ -325,10 +340,7 @@ def test_a_valid_record_dead_lettered_is_replayed_once(
         if d["source_offset"] == source_offset
     ]
     offset = str(letter["offset"])
-    assert letter["headers"] == {
-        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    }
-    before = balance(workers, rich)
+    assert letter["headers"] == {"traceparent": TRACEPARENT}
     consumer = client.consumer()
     try:
         start = client.end_offset(consumer, TopicPartition("payment.commands", partition))
@@ -348,8 +360,8 @@ def test_a_valid_record_dead_lettered_is_replayed_once(
     identity = f"payment.commands/{partition}/{source_offset}".encode()
     (copy,) = copies("payment.commands", partition, start, identity)  # the dry run sent none
     poll(
-        lambda: balance(workers, rich),
-        lambda b: b == before + Decimal("7.00"),
+        lambda: balance(workers, buyer),
+        lambda b: b == Decimal("7.00"),
         "the top-up applied",
     )
     assert (
@@ -364,7 +376,7 @@ def test_a_valid_record_dead_lettered_is_replayed_once(
     )
     assert copies("payment.commands", partition, start, identity) == [copy]
     time.sleep(2)
-    assert balance(workers, rich) == before + Decimal("7.00")
+    assert balance(workers, buyer) == Decimal("7.00")
 
 
 # ---- a selection over two orchestrator workers ----
@@ -425,3 +437,4 @@ def test_a_selection_is_listed_and_aborted_across_two_orchestrator_workers(
         events = final(order.order_id, order.requested_at)
         assert events[-1].to_state == "ORDER_REJECTED"
         assert events[-1].reason == f"AbortSaga by {default_operator()}: bulk cleanup"
+    settle()
