@@ -22,7 +22,7 @@ import click
 
 from cli import selection as sel
 from cli.selection import Selection
-from messaging import client
+from messaging import client, settings
 from messaging.durations import DurationError, parse_duration
 from schemas import limits
 from schemas import messages as m
@@ -197,7 +197,7 @@ def act(
     try:
         client.require_broker()
         if saga_id is not None:
-            if client.group_members(client.settings.APP_IDS["orchestrator"]) == 0:
+            if client.group_members(settings.APP_IDS["orchestrator"]) == 0:
                 click.echo(f"no orchestrator is running: nothing sent ({START_WORKERS})", err=True)
                 sys.exit(sel.EXIT_NO_ORCHESTRATOR)
             targets = [saga_id]
