@@ -60,15 +60,17 @@ lint: setup
 
 # Mutation testing of the guarantee modules against tests/unit and tests/component
 # ([tool.mutmut] in pyproject.toml); no broker. Of messaging/faust_app.py only the
-# write-after-send, the commit hook, the clean-stop check and the crash marker: the rest
-# is Faust wiring that only a broker exercises. A fresh run each time, so no result is
-# left from older code.
+# write-after-send and the commit hook, and of messaging/faust_workarounds.py the flush
+# the commit hook runs in, the clean-stop check and the crash marker: the rest is Faust
+# wiring that only a broker exercises. A fresh run each time, so no result is left from
+# older code.
 MUTANTS := 'participants.*' 'orchestrator.engine.machine.*' 'messaging.tables.*' \
 	'messaging.producer.*' 'messaging.faust_app.xǁWriteAfterSendǁ*' \
 	'messaging.faust_app.x_flush_before_commit*' \
-	'messaging.faust_app.x_discard_tables_after_crash*' \
-	'messaging.faust_app.x_mark_clean_shutdown*' \
-	'messaging.faust_app.x_unclean_stop*'
+	'messaging.faust_workarounds.x_extend_producer_flush*' \
+	'messaging.faust_workarounds.x_discard_tables_after_crash*' \
+	'messaging.faust_workarounds.x_mark_clean_shutdown*' \
+	'messaging.faust_workarounds.x_unclean_stop*'
 mutate: setup
 	rm -rf mutants && mkdir mutants
 	@echo "mutmut run: about 10 minutes, log in mutants/run.log"
@@ -78,7 +80,7 @@ mutate: setup
 chaos: broker
 	$(SAGA) chaos --orders $(N)
 
-# Only the reduced chaos, SIGTERM and scale-out/in tests (they also run in `make test`).
+# Only the reduced chaos, SIGTERM, scale-out/in and broker-kill tests (also in `make test`).
 chaos-test: broker
 	$(BIN)/pytest -m chaos
 

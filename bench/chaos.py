@@ -34,10 +34,10 @@ from confluent_kafka import KafkaException
 from bench import chaos_io, invariants, view_watch
 from bench.chaos_plan import INPUT_TOPICS, BadRecord, Intent, Plan, make_plan
 from bench.chaos_workers import STOP_TIMEOUT, Scheduler, Supervisor, WorkerFaults
-from cli.processes import SERVICE_NAMES, Workers
 from messaging import catalog, client, local_broker, settings, topics
 from messaging.dead_letters import DEAD_LETTER_TOPIC
 from messaging.faust_app import utc_now
+from messaging.local_workers import SERVICE_NAMES, Workers
 from orchestrator.sagas.create_order import ORDER_APPROVED, ORDER_REJECTED
 from schemas import codec
 

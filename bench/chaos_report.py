@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from bench.chaos import Result
-from cli.processes import SERVICE_NAMES
+from messaging.local_workers import SERVICE_NAMES
 from orchestrator.sagas.create_order import ORDER_APPROVED, ORDER_REJECTED
 
 LISTED_PER_CHECK = 8  # violations printed one by one per check; the rest are counted

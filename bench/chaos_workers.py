@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from cli.processes import Workers
 from messaging import exit_codes, local_broker, settings
+from messaging.local_workers import Workers
 
 Log = Callable[[str], None]
 

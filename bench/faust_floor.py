@@ -39,8 +39,9 @@ def run_agent(source: str, target: str, records: int, send: bool) -> None:
     print the CPU they cost and exit."""
     import faust
 
-    from cli.worker_cmd import quiet_worker
-    from messaging.faust_app import create_app, producer_of
+    from messaging.faust_app import create_app
+    from messaging.faust_workarounds import quiet_worker
+    from messaging.producer import producer_of
 
     app_id = f"bench-floor-{uuid.uuid4().hex[:8]}"
     app = create_app(app_id, web_port=1, store="memory://", web_enabled=False)

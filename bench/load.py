@@ -22,8 +22,8 @@ import psutil
 from bench import system
 from bench.driver import Completion
 from bench.kafka_io import assign_at_end, poll_batch
-from cli.processes import SERVICE_NAMES, Workers
 from messaging import catalog, client
+from messaging.local_workers import SERVICE_NAMES, Workers
 from schemas import codec
 from schemas import messages as m
 

@@ -12,8 +12,8 @@ from typing import Any
 import confluent_kafka
 import psutil
 
-from cli.processes import SERVICE_NAMES, worker_name
 from messaging import local_broker, settings
+from messaging.local_workers import SERVICE_NAMES, worker_name
 
 
 def cpu_model() -> str:

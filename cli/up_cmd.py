@@ -12,8 +12,8 @@ import click
 
 from cli import demo
 from cli.orders_cmd import describe
-from cli.processes import SERVICE_NAMES, Workers, parse_worker_counts
 from messaging import catalog, client, exit_codes, local_broker, settings, topics
+from messaging.local_workers import SERVICE_NAMES, Workers, parse_worker_counts
 from schemas import messages as m
 
 MAX_PORT = 65535

@@ -21,20 +21,6 @@ def build_service(name: str, web_port: int | None = None, **app_options: Any) ->
     return module.build(web_port=web_port, **app_options)
 
 
-def quiet_worker(app: Any, loglevel: str) -> Any:
-    """A faust.Worker for `app` without the terminal spinner.
-
-    The spinner sets the root logger to DEBUG (to spin on every record) at log levels of
-    WARNING and above: every debug call of aiokafka and Faust then builds a LogRecord,
-    a large share of a loaded worker's CPU.
-    """
-    import faust
-
-    runner = faust.Worker(app, loglevel=loglevel, quiet=True)
-    runner.spinner = None
-    return runner
-
-
 @click.command()
 @click.argument("name", type=click.Choice(sorted(SERVICES)))
 @click.option("--web-port", type=int, default=None, help="Port of its web views.")
@@ -58,11 +44,12 @@ def worker(
     """
 
     from messaging import exit_codes
-    from messaging.faust_app import (
+    from messaging.faust_app import web_address
+    from messaging.faust_workarounds import (
         discard_tables_after_crash,
         exit_if_stop_hangs,
         mark_clean_shutdown,
-        web_address,
+        quiet_worker,
     )
     from schemas.state import StateRefused
 

@@ -5,6 +5,9 @@ views then agree on where a key lives) and raw `bytes` values: agents decode val
 themselves with the Avro codec so an undecodable record can be dead-lettered with its
 partition and offset instead of crashing the agent (Faust's own value decoding raises
 inside the stream). Table values use the registered `saga-avro` Faust codec.
+
+The app factory wires in the workarounds of Faust's own behaviour; they live, each with
+the upstream code it depends on, in `messaging.faust_workarounds`.
 """
 
 from __future__ import annotations
@@ -12,29 +15,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
-import sys
-import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faust
-import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
-from messaging import exit_codes, metrics, settings, topics
+from messaging import metrics, settings, topics
 from messaging.cpu import CpuScarcity
 from messaging.dead_letters import send_dead_letter
+from messaging.faust_workarounds import (
+    extend_producer_flush,
+    fence_stale_records,
+    processing,
+    set_value_serializer,
+    without_sensors,
+)
 from messaging.fetching import FetchBatching
-from messaging.producer import KafkaProducer, TransportError
-from messaging.tables import RowTable
+from messaging.producer import KafkaProducer, TransportError, producer_of, set_producer_of
+from messaging.tables import RowTable, row_tables
 from messaging.takeover import track_takeovers
 from schemas import codec
 from schemas.state import StateRefused
@@ -146,9 +151,10 @@ def create_app(
         max_linger_ms=float(os.environ.get("SAGA_PRODUCER_LINGER_MS", "20")),
         on_failure=lambda exc: asyncio.ensure_future(app.crash(exc)),
     )
-    _PRODUCERS[app] = producer
+    set_producer_of(app, producer)
 
-    # Faust creates its consumer with fetch_min_bytes=1 and no setting to change it.
+    # Faust creates its consumer with fetch_min_bytes=1 and no setting to change it
+    # (faust_workarounds.set_fetch_limits).
     fetches = FetchBatching(app, int(os.environ.get("SAGA_FETCH_MAX_WAIT_MS", "25")))
     _FETCHES[app] = fetches
     cpu = CpuScarcity()
@@ -167,27 +173,10 @@ def create_app(
     return app
 
 
-def without_sensors(app: faust.App) -> None:
-    """Drop Faust's Monitor sensor once the app starts: it keeps statistics nobody here
-    reads, at four calls per record (about a tenth of a bare agent's CPU per record)."""
-
-    async def drop() -> None:
-        sensors: Any = app.sensors
-        sensors._sensors.discard(app.monitor)
-
-    app.task(drop)
-
-
-_PRODUCERS: weakref.WeakKeyDictionary[faust.App, KafkaProducer] = weakref.WeakKeyDictionary()
 _FETCHES: weakref.WeakKeyDictionary[faust.App, FetchBatching] = weakref.WeakKeyDictionary()
 
 
-def producer_of(app: faust.App) -> KafkaProducer:
-    """The confluent-kafka producer every record of `app` is sent with."""
-    return _PRODUCERS[app]
-
-
-STOP_FLUSH_SECONDS = 15.0  # below the stop watchdog's grace (exit_if_stop_hangs)
+STOP_FLUSH_SECONDS = 15.0  # below the stop watchdog's grace (faust_workarounds.exit_if_stop_hangs)
 
 
 def flush_before_commit(app: faust.App, producer: KafkaProducer) -> None:
@@ -202,11 +191,9 @@ def flush_before_commit(app: faust.App, producer: KafkaProducer) -> None:
     producer also stops the worker): the inputs are processed again after the restart.
     One flush runs at a time (commits and rebalances both flush).
     """
-    faust_producer: Any = app.producer
-    faust_flush = faust_producer.flush
     one_at_a_time = asyncio.Lock()
 
-    async def flush() -> None:
+    async def flush() -> None:  # then Faust's own flush, then its commit
         async with one_at_a_time:
             # While the worker stops, the broker may be away: wait a bounded time, then
             # give up (nothing is written back or committed; the stop is not clean, so
@@ -220,9 +207,8 @@ def flush_before_commit(app: faust.App, producer: KafkaProducer) -> None:
             for table, rows in changes:
                 if rows:
                     table.write_back(rows)
-        await faust_flush()
 
-    faust_producer.flush = flush
+    extend_producer_flush(app, flush)
 
     async def forget_cached_rows(*_args: Any, **_kwargs: Any) -> None:
         for table in row_tables(app):
@@ -230,10 +216,6 @@ def flush_before_commit(app: faust.App, producer: KafkaProducer) -> None:
 
     app.on_partitions_revoked.connect(forget_cached_rows)
     app.on_partitions_assigned.connect(forget_cached_rows)
-
-
-def row_tables(app: faust.App) -> list[RowTable]:
-    return [table for table in app.tables.values() if isinstance(table, RowTable)]
 
 
 def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
@@ -282,9 +264,7 @@ def typed_table(app: faust.App, name: str) -> RowTable:
             help=spec.doc,
         )
     )
-    # Faust derives a table's own serializers from key/value types only (json unless
-    # bytes); its store and changelog writes read these attributes lazily.
-    table.value_serializer = "saga-avro"
+    set_value_serializer(table, "saga-avro")
     return table
 
 
@@ -383,229 +363,6 @@ def row_in_flight(app: faust.App, table: Any, key: bytes) -> bool:
     outputs (a saga's event) may already be read elsewhere while the row is not written."""
     writer = _WRITERS.get(app)
     return writer is not None and (id(table), key) in writer.staged
-
-
-@contextmanager
-def processing(event: EventT) -> Iterator[None]:
-    """Make `event` Faust's current event: table writes go to its partition's store and
-    changelog partition (Faust finds both through the current event)."""
-    token = faust_streams._current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        faust_streams._current_event.reset(token)
-
-
-# ---- crash recovery of local tables ----
-
-CLEAN_SHUTDOWN_MARKER = "clean-shutdown"
-
-
-def discard_tables_after_crash(app: faust.App) -> bool:
-    """Delete the local table stores unless the worker last stopped cleanly, and not
-    longer ago than the changelogs keep tombstones.
-
-    Faust writes a row to RocksDB at once and its changelog record later, so a killed
-    worker can leave rows the changelog never got (and outputs never sent). Restored from
-    the changelogs instead, the tables hold only what Kafka has; the inputs whose offsets
-    were not committed are then processed again from that state. Returns True if deleted.
-    """
-    marker = Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER
-    clean = marker.exists()
-    # Stopped for longer than the changelogs keep a deleted row's tombstone (retention
-    # deletes rows): compaction may have dropped one this store never saw, and the row
-    # would come back. Restored from the changelog, it stays deleted.
-    stale = clean and time.time() - marker.stat().st_mtime > tombstones_kept_seconds()
-    marker.unlink(missing_ok=True)  # from now on, a crash is not a clean stop
-    tables = Path(app.conf.tabledir)
-    if (clean and not stale) or not tables.exists():
-        return False
-    if stale:
-        log.warning(
-            "stopped for longer than the changelogs keep deletions (%.0f s): restoring"
-            " tables from changelogs (%s)",
-            tombstones_kept_seconds(),
-            tables,
-        )
-    else:
-        log.warning("last stop was not clean: restoring tables from changelogs (%s)", tables)
-    shutil.rmtree(tables)
-    return True
-
-
-KAFKA_DELETE_RETENTION_MS = 86_400_000  # Kafka's default delete.retention.ms: 1 day
-
-
-def tombstones_kept_seconds() -> float:
-    """How long a changelog keeps a deletion's tombstone once compacted: the least
-    `delete.retention.ms` of the changelogs in topics.yaml (Kafka's default: 1 day)."""
-    values = [
-        int(spec.configs.get("delete.retention.ms", KAFKA_DELETE_RETENTION_MS))
-        for name, spec in topics.project_topics().topics.items()
-        if name.endswith("-changelog")
-    ]
-    return min(values, default=KAFKA_DELETE_RETENTION_MS) / 1000
-
-
-def unclean_stop(app: faust.App) -> str | None:
-    """Why the stopped worker's stores cannot be trusted at the next start (None: they
-    can): a row changed and not written back, or an output not acknowledged (a row in the
-    store may stand for it). A stop is clean only if everything reached Kafka."""
-    producer = _PRODUCERS.get(app)
-    if producer is not None:
-        if producer.failure is not None:
-            return f"the producer failed: {producer.failure}"
-        if producer.outstanding:
-            return f"{producer.outstanding} record(s) sent were not acknowledged"
-    for table in row_tables(app):
-        if table.unwritten_rows:
-            return f"{table.unwritten_rows} row(s) of table {table.name} were not written back"
-    return None
-
-
-def mark_clean_shutdown(app: faust.App) -> bool:
-    """Record that the worker stopped cleanly (its stores match the changelogs), if it
-    did; returns whether it did."""
-    problem = unclean_stop(app)
-    if problem is not None:
-        log.warning("the stop was not clean (%s): the next start restores the tables", problem)
-        return False
-    (Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER).touch()
-    return True
-
-
-class SeekFence:
-    """Holds back stream records that were fetched before the consumer's latest seek.
-
-    After a rebalance Faust restores the tables, then seeks the stream partitions back to
-    their committed offsets (faust-streaming 0.15.3, Recovery). Records fetched before
-    that seek can still reach the agents: during recovery, against half-restored tables,
-    and after the seek, ahead of the records fetched again from the committed offset. A
-    chaos run showed both: records processed out of partition order (a repeated order id
-    started its saga with the second request), and records the consumer then dropped as
-    already read (never processed, their offsets holding the commit back for good).
-
-    So between an assignment and the seek that follows it, for a batch fetched while a
-    seek runs, and for the rest of any batch fetched before a seek, stream records are not
-    delivered. Nothing is lost: each partition that had records held back is sought back
-    to the first of them (or to where Faust's seek put it, if earlier) once the seek is
-    over, so they come again, in order; partitions without a committed offset, which
-    aiokafka's seek_to_committed skips, are rewound to their start. Changelog records
-    (recovery reads them) pass.
-    """
-
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-        self.epoch = 0  # odd while a seek runs: changes when one starts and when it ends
-        self.seek_pending = True  # an assignment happened; its seek has not
-        self.held_back: dict[Any, int] = {}  # partition -> first offset not delivered
-
-    def install(self) -> None:
-        """Wrap the consumer's fetch and seek: at the first assignment, before the
-        fetcher starts (it looks `getmany` up once)."""
-        consumer: Any = self.app.consumer
-        if getattr(consumer, "_seek_fence", None) is not None:
-            return
-        consumer._seek_fence = self
-        consumer.getmany = self._fenced_getmany(consumer.getmany)
-        consumer.perform_seek = self._fenced_seek(consumer.perform_seek)
-
-    def on_rebalance(self) -> None:
-        self.seek_pending = True
-
-    def _fenced_seek(self, seek: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-        async def perform_seek() -> None:
-            self.epoch += 1
-            try:
-                await seek()
-                await self._rewind_uncommitted()
-            finally:
-                self.epoch += 1
-                self.seek_pending = False
-            await self._fetch_held_back_again()
-
-        return perform_seek
-
-    async def _rewind_uncommitted(self) -> None:
-        """Seek stream partitions without a committed offset back to their start.
-
-        aiokafka's seek_to_committed leaves a partition whose committed offset is missing
-        or 0 where its fetcher was, past the records this fence held back: they would
-        never come again. Nothing of such a partition was committed, so all of it is
-        processed (again, for what was): handlers are idempotent.
-        """
-        consumer: Any = self.app.consumer
-        for tp in consumer.assignment():
-            if self.app.topics.acks_enabled_for(tp.topic) and not consumer._read_offset.get(tp):
-                await consumer.seek(tp, 0)
-
-    async def _fetch_held_back_again(self) -> None:
-        """Seek each partition with held-back records back to the first of them, or to
-        Faust's read offset if that is earlier (a duplicate at most: handlers absorb it)."""
-        if self.seek_pending or self.epoch % 2 or not self.held_back:
-            return  # the coming (or running) seek moves the fetcher; redo this after it
-        consumer: Any = self.app.consumer
-        held_back, self.held_back = self.held_back, {}
-        assigned = consumer.assignment()
-        for tp, offset in held_back.items():
-            if tp in assigned:
-                read = consumer._read_offset.get(tp)
-                await consumer.seek(tp, 0 if read is None else min(offset, read))
-
-    def _fenced_getmany(self, getmany: Callable[[float], AsyncIterator[Any]]) -> Any:
-        async def fenced(timeout: float) -> AsyncIterator[Any]:
-            fetched_in: int | None = None
-            async for tp, message in getmany(timeout):
-                if fetched_in is None:  # the batch has just arrived
-                    fetched_in = self.epoch
-                if not self.app.topics.acks_enabled_for(tp.topic):
-                    yield tp, message  # a changelog record: recovery needs it now
-                elif self.seek_pending or fetched_in % 2 or fetched_in != self.epoch:
-                    self.held_back[tp] = min(self.held_back.get(tp, message.offset), message.offset)
-                else:
-                    yield tp, message
-            await self._fetch_held_back_again()
-
-        return fenced
-
-
-def fence_stale_records(app: faust.App) -> None:
-    """Install a SeekFence on the app's consumer (see SeekFence)."""
-    fence = SeekFence(app)
-
-    async def on_revoked(*_args: Any, **_kwargs: Any) -> None:
-        fence.on_rebalance()
-
-    async def on_assigned(*_args: Any, **_kwargs: Any) -> None:
-        fence.on_rebalance()
-        fence.install()
-
-    app.on_partitions_revoked.connect(on_revoked)
-    app.on_partitions_assigned.connect(on_assigned)
-
-
-STOP_GRACE_SECONDS = 25.0
-
-
-def exit_if_stop_hangs(app: faust.App, grace: float = STOP_GRACE_SECONDS) -> None:
-    """Exit hard when stopping the worker takes longer than `grace` seconds.
-
-    Faust can hang for good when a stop races its start-up (the consumer thread joins the
-    group while the app is stopping). The watchdog is a thread, not a task: the event loop
-    may be what is stuck. The exit is not clean, so the next start restores the tables
-    from the changelogs and uncommitted inputs are processed again (at-least-once).
-    """
-
-    def watch() -> None:
-        while not app.should_stop:
-            time.sleep(0.5)
-        time.sleep(grace)
-        log.error("still stopping after %.0f s: exiting without a clean stop", grace)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(exit_codes.UNCLEAN_STOP)
-
-    threading.Thread(target=watch, name="stop-watchdog", daemon=True).start()
 
 
 async def decoded_events(

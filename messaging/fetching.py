@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import faust
+
+from messaging.faust_workarounds import set_fetch_limits
 
 BATCH_FROM_RATE = 200.0  # records/s below which fetches never wait for more
 BATCH_RECORDS = 8  # above it, wait for about this many records
@@ -48,7 +49,8 @@ def fetch_limits(records_per_s: float, bytes_per_s: float, max_wait_ms: int) -> 
 
 
 class FetchBatching:
-    """Counts what the agents take and sets the consumer's fetch limits from it."""
+    """Counts what the agents take and sets the consumer's fetch limits from it (Faust
+    has no setting for them: `messaging.faust_workarounds.set_fetch_limits`)."""
 
     def __init__(self, app: faust.App, max_wait_ms: int) -> None:
         self.app = app
@@ -76,17 +78,10 @@ class FetchBatching:
         self.records = self.bytes = 0
         max_wait_ms = self.max_wait_ms if batch else 0
         self.limits = fetch_limits(self.records_per_s, self.bytes_per_s, max_wait_ms)
-        fetcher = getattr(_aiokafka_consumer(self.app), "_fetcher", None)
-        if fetcher is not None:  # read by the fetcher each time it builds a request
-            fetcher._fetch_min_bytes = self.limits.min_bytes
-            fetcher._fetch_max_wait_ms = self.limits.max_wait_ms
+        # Read by the consumer's fetcher each time it builds a request (once it started).
+        set_fetch_limits(self.app, self.limits.min_bytes, self.limits.max_wait_ms)
         return self.limits
 
 
 def _smooth(old: float, new: float) -> float:
     return SMOOTHING * new + (1 - SMOOTHING) * old
-
-
-def _aiokafka_consumer(app: faust.App) -> Any:
-    thread = getattr(app.consumer, "_thread", None)  # Faust's consumer thread delegate
-    return getattr(thread, "_consumer", None)

@@ -15,7 +15,7 @@ worker's own Faust web server. What every worker exports:
   and the process's CPU, memory and garbage collection (prometheus_client's collectors).
 
 Faust's own Prometheus sensor (`faust.sensors.prometheus`) is not used: it is a Faust
-Monitor, called four times per record (`messaging.faust_app.without_sensors` drops the
+Monitor, called four times per record (`messaging.faust_workarounds.without_sensors` drops the
 Monitor for that cost). What it offers cheaply, offsets, rebalances and commits, is
 taken here from the consumer and the app's signals instead.
 

@@ -25,6 +25,7 @@ import asyncio
 import collections
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -344,3 +345,17 @@ def _reporting(epoch: _Epoch, on_delivery: Callable[[Delivered], None]) -> Any:
         epoch.report(error, message)
 
     return report
+
+
+# The producer of each worker's Faust app (messaging.faust_app.create_app gives it one).
+_OF_APP: weakref.WeakKeyDictionary[Any, KafkaProducer] = weakref.WeakKeyDictionary()
+
+
+def set_producer_of(app: Any, producer: KafkaProducer) -> None:
+    """Make `producer` the one every record of the Faust app `app` is sent with."""
+    _OF_APP[app] = producer
+
+
+def producer_of(app: Any) -> KafkaProducer:
+    """The confluent-kafka producer every record of `app` is sent with (KeyError: none)."""
+    return _OF_APP[app]

@@ -11,7 +11,7 @@ and acknowledged, and only then written to the store and the offsets committed. 
 
 - the store never holds a row the changelog lacks, nor one whose outputs may be lost;
 - a clean stop (every row written back, every output acknowledged: see
-  `messaging.faust_app.unclean_stop`) leaves a store that matches the changelog;
+  `messaging.faust_workarounds.unclean_stop`) leaves a store that matches the changelog;
 - a crash loses the changes not written back with the store (the worker discards its
   stores after a crash, `discard_tables_after_crash`): the tables are restored from the
   changelogs and the inputs after the committed offsets are processed again;
@@ -335,3 +335,8 @@ class RowTable(faust.Table):
                 if self._writing_rows.get(key, _MISSING) is rows[key]:
                     del self._writing_rows[key]
             self._writing.pop(partition, None)
+
+
+def row_tables(app: faust.App) -> list[RowTable]:
+    """The RowTables of `app`."""
+    return [table for table in app.tables.values() if isinstance(table, RowTable)]

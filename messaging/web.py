@@ -1,12 +1,14 @@
-"""What the workers' web views share: content negotiation, errors, a tiny HTML renderer.
+"""What the workers' web views share: content negotiation, errors, HTML from templates.
 
 Every view answers JSON (for programs) or a plain HTML page (for people) at the same URL:
 `?format=json|html` wins; otherwise an Accept header naming text/html gets HTML, and
 everything else gets JSON. Errors follow the same rule (404 unknown key, 400 bad query
 parameter, 503 while partitions move).
 
-HTML is built from strings with `html.escape` applied to every value; only `Safe` strings
-(built here, from escaped parts) pass through unchanged.
+HTML pages are Jinja2 templates (`Pages`): each view package keeps its own in its
+`templates/` folder, over the shared base layout and macros of messaging/templates.
+Autoescaping is on, so every value a page shows is escaped; a view hands its template
+the same payload it answers as JSON (or values computed from it), never HTML.
 
 Whole-table scans (`scan_table`) give the event loop back every few hundred rows and stop
 at a cap, so a request never stalls the worker's agents for long.
@@ -19,11 +21,11 @@ worker that does not answer makes the view a 503, never a silently partial list.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
-import html
 import json
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -31,6 +33,7 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 import faust
+import jinja2
 from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 from yarl import URL
@@ -164,37 +167,6 @@ def items(order_items: Iterable[m.OrderItem]) -> list[dict[str, Any]]:
 # ---- HTML ----
 
 
-class Safe(str):
-    """HTML that is already escaped (built by the helpers below)."""
-
-
-def esc(value: Any) -> Safe:
-    """Escape a value for HTML; None shows as a dash, Safe passes through."""
-    if isinstance(value, Safe):
-        return value
-    if value is None:
-        return Safe("&ndash;")
-    return Safe(html.escape(str(value), quote=True))
-
-
-def tag(name: str, *children: Any, **attributes: Any) -> Safe:
-    """<name attr="..">children</name>; attribute `class_` becomes `class`, None is left out."""
-    attrs = "".join(
-        f' {key.rstrip("_").replace("_", "-")}="{esc(value)}"'
-        for key, value in attributes.items()
-        if value is not None
-    )
-    return Safe(f"<{name}{attrs}>{''.join(esc(c) for c in children)}</{name}>")
-
-
-def join(*parts: Any) -> Safe:
-    return Safe("".join(esc(p) for p in parts))
-
-
-def link(href: str, text: Any) -> Safe:
-    return tag("a", text, href=href)
-
-
 def path(*segments: str, **query: Any) -> str:
     """A URL path from raw segments (each percent-encoded) and optional query parameters."""
     url = "/" + "/".join(quote(s, safe="") for s in segments)
@@ -202,118 +174,80 @@ def path(*segments: str, **query: Any) -> str:
     return f"{url}?{urlencode(params)}" if params else url
 
 
-def scope_note(payload: Mapping[str, Any], summary: str) -> Safe:
-    """What a list view covers: its scope, partitions and the workers that answered."""
-    workers = ", ".join(payload["workers"])
-    return tag(
-        "p",
-        f"Scope: {payload['scope']} (partitions {payload['partitions']}, from {workers}); "
-        f"{summary}.",
-        class_="note",
-    )
-
-
 def money_text(value: Mapping[str, str] | None) -> str | None:
     """A money JSON value (see `money`) as "12.50 EUR"."""
     return None if value is None else f"{value['amount']} {value['currency']}"
 
 
-def fields(pairs: Iterable[tuple[str, Any]], **attributes: Any) -> Safe:
-    """A definition list of label/value pairs."""
-    body = join(*(join(tag("dt", label), tag("dd", value)) for label, value in pairs))
-    return tag("dl", body, **attributes)
+def dash(value: Any) -> Any:
+    """None (and the empty string) shown as a dash."""
+    return "\u2013" if value is None or value == "" else value
 
 
-def table(
-    headers: Sequence[str],
-    rows: Iterable[Sequence[Any]],
-    *,
-    numeric: Collection[int] = (),
-    row_attributes: Callable[[int], Mapping[str, Any]] | None = None,
-    empty: str = "nothing here",
-    **attributes: Any,
-) -> Safe:
-    """A table; columns whose index is in `numeric` are right-aligned."""
-
-    def cell(name: str, index: int, value: Any) -> Safe:
-        return tag(name, value, class_="num" if index in numeric else None)
-
-    head = tag("thead", tag("tr", join(*(cell("th", i, h) for i, h in enumerate(headers)))))
-    attributes_of = row_attributes or _none
-    body_rows = [
-        tag("tr", join(*(cell("td", i, v) for i, v in enumerate(row))), **attributes_of(n))
-        for n, row in enumerate(rows)
-    ]
-    if not body_rows:
-        body_rows = [tag("tr", tag("td", empty, colspan=len(headers), class_="empty"))]
-    return tag("table", head, tag("tbody", join(*body_rows)), **attributes)
-
-
-def _none(_index: int) -> Mapping[str, Any]:
-    return {}
-
-
-def when(value: str | None) -> Safe:
-    """An ISO timestamp shown as `HH:MM:SS.mmm` (the full value on hover)."""
+def clock(value: str | None) -> str:
+    """An ISO timestamp as `HH:MM:SS.mmm`."""
     if value is None:
-        return esc(None)
+        return dash(None)
     moment = datetime.fromisoformat(value)
-    return tag(
-        "time", f"{moment:%H:%M:%S}.{moment.microsecond // 1000:03d}", datetime=value, title=value
+    return f"{moment:%H:%M:%S}.{moment.microsecond // 1000:03d}"
+
+
+TEMPLATES = "templates"  # the folder of a package's templates
+SHARED_PACKAGE = "messaging"  # whose templates every package's pages build on
+
+
+class Pages:
+    """The HTML templates of one package: its `templates/*.html.j2`, over the shared ones of
+    messaging/templates (the base layout `base.html.j2`, its macros and the error page).
+
+    Autoescaping is on for every template and an undefined name is an error
+    (StrictUndefined), not an empty string. Every template is read and compiled once,
+    when the Pages is made (`pages`: once per package); rendering only runs
+    the compiled code.
+    """
+
+    def __init__(self, package: str) -> None:
+        loaders: list[jinja2.BaseLoader] = [jinja2.PackageLoader(package, TEMPLATES)]
+        if package != SHARED_PACKAGE:
+            loaders.append(jinja2.PackageLoader(SHARED_PACKAGE, TEMPLATES))
+        self.environment = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            auto_reload=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+        self.environment.globals["path"] = path
+        self.environment.filters.update(dash=dash, clock=clock, money=money_text)
+        self.templates = {
+            name: self.environment.get_template(name)
+            for name in self.environment.list_templates(extensions=["j2"])
+        }
+
+    def render(self, name: str, **context: Any) -> str:
+        return self.templates[name].render(**context)
+
+
+@functools.cache
+def pages(package: str) -> Pages:
+    """The templates of `package`, made once per process (modules of one package share them)."""
+    return Pages(package)
+
+
+PAGES = pages(SHARED_PACKAGE)
+
+
+def render_problem(service: str, status: int, detail: str, extra: Mapping[str, Any]) -> str:
+    """The HTML page of an error: the status, what went wrong and its details."""
+    details = [
+        (key, ", ".join(map(str, value)) if isinstance(value, list) else value)
+        for key, value in extra.items()
+    ]
+    return PAGES.render(
+        "problem.html.j2", service=service, status=status, detail=detail, details=details
     )
-
-
-STYLE = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d232a;
-       margin: 0 auto; max-width: 72rem; padding: 1.2rem 1.5rem 3rem; background: #fbfbfa; }
-header { border-bottom: 1px solid #d9dde1; margin-bottom: 1rem; padding-bottom: .4rem; }
-header .service { color: #5b6570; font-size: .9rem; }
-h1 { font-size: 1.5rem; margin: .2rem 0; word-break: break-all; }
-h2 { font-size: 1.1rem; margin: 1.6rem 0 .5rem; }
-a { color: #0b5cad; text-decoration: none; } a:hover { text-decoration: underline; }
-table { border-collapse: collapse; width: 100%; background: #fff; }
-table.compact { width: auto; min-width: 24rem; }
-th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e4e7ea;
-         vertical-align: top; }
-th { background: #f0f2f4; font-weight: 600; font-size: .85rem; color: #3b444d; }
-.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.empty { color: #7a848e; font-style: italic; }
-time { white-space: nowrap; font-variant-numeric: tabular-nums; }
-dl { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1.2rem; margin: 0; }
-dt { color: #5b6570; } dd { margin: 0; word-break: break-word; }
-code, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; font-size: .9em; }
-.state, .status { display: inline-block; padding: .05rem .45rem; border-radius: .3rem;
-         background: #e8edf2; font-family: ui-monospace, Menlo, monospace; font-size: .85em; }
-.state.ORDER_APPROVED, .status.APPROVED, .status.AUTHORIZED, .status.SOLD {
-         background: #dcf2e0; color: #14532d; }
-.state.ORDER_REJECTED, .status.REJECTED, .status.FAILED { background: #fbe1e1; color: #7f1d1d; }
-.note { color: #5b6570; font-size: .85rem; }
-nav.filters { display: flex; flex-wrap: wrap; gap: .3rem 1rem; }
-nav.filters a { white-space: nowrap; }
-nav.filters a.current { font-weight: 700; }
-.error { border-left: 4px solid #b42318; padding: .4rem .8rem; background: #fff; }
-"""
-
-
-def state_badge(state: str | None, class_: str = "state") -> Safe:
-    return tag("span", state, class_=f"{class_} {state or ''}".strip())
-
-
-def document(title: str, service: str, *sections: Any) -> str:
-    """A complete HTML page: title, the service it comes from, then the sections."""
-    header = tag("header", tag("div", service, class_="service"), tag("h1", title))
-    head = join(
-        Safe('<meta charset="utf-8">'),
-        Safe('<meta name="viewport" content="width=device-width, initial-scale=1">'),
-        tag("title", f"{title} · {service}"),
-        tag("style", Safe(STYLE)),
-    )
-    body = join(header, Safe("<main>"), join(*sections), Safe("</main>"))
-    return f'<!DOCTYPE html>\n<html lang="en">{tag("head", head)}{tag("body", body)}</html>\n'
-
-
-def section(title: str, *content: Any, **attributes: Any) -> Safe:
-    return tag("section", tag("h2", title), *content, **attributes)
 
 
 # ---- views ----
@@ -344,17 +278,7 @@ class NegotiatedView(View):
             as_html = "text/html" in request.headers.get("Accept", "").lower()
         if not as_html:
             return self.json(payload, status=status)
-        details = [
-            (key, ", ".join(map(str, value)) if isinstance(value, list) else value)
-            for key, value in extra.items()
-        ]
-        page = document(
-            f"{status}: {detail}",
-            self.service_name,
-            tag("p", detail, class_="error"),
-            fields(details) if details else "",
-        )
-        return self.html(page, status=status)
+        return self.html(render_problem(self.service_name, status, detail, extra), status=status)
 
     async def on_request_error(self, request: Request, exc: WebError) -> Response:
         return self.problem(request, int(exc.code), exc.detail, **exc.extra_context)
@@ -404,8 +328,7 @@ def add_readiness(app: faust.App, service_name: str) -> None:
         }
 
     def render(payload: Mapping[str, Any]) -> str:
-        title = "ready" if payload["ready"] else "not ready"
-        return document(title, service_name, fields(payload.items(), id="readiness"))
+        return PAGES.render("ready.html.j2", service=service_name, readiness=payload)
 
     class Readiness(NegotiatedView):
         async def get(self, request: Request) -> Response:

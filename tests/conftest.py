@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from cli.processes import Workers
 from messaging import catalog, local_broker, settings, topics
 from messaging.catalog import Catalog
+from messaging.local_workers import Workers
 
 
 def docker_engine_answers() -> bool:
@@ -152,6 +152,9 @@ def kafka() -> Iterator[str]:
             container.stop()
 
 
+# The test orchestrator's operator token: the web page's Abort and Retry are on.
+TEST_OPERATOR_TOKEN = "test-operator-token-" + uuid.uuid4().hex
+
 _PORT_BASE = int(os.environ.get("SAGA_TEST_PORT_BASE", "6166"))
 TEST_WORKER_PORTS = {
     name: _PORT_BASE + i for i, name in enumerate(("orchestrator", "order", "product", "payment"))
@@ -163,13 +166,16 @@ def workers(kafka: str) -> Iterator[Workers]:
     """The four service workers running as processes against the test broker.
 
     Web views on ports 6166-6169 (SAGA_TEST_PORT_BASE moves them), so a `saga up` on the
-    default ports can run beside.
+    default ports can run beside. Operator actions are on (TEST_OPERATOR_TOKEN).
     """
     log_path = settings.local_home() / "test-workers.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("a", buffering=1)
     running = Workers(
-        ports=TEST_WORKER_PORTS, loglevel="info", echo=lambda line: log_file.write(line + "\n")
+        ports=TEST_WORKER_PORTS,
+        loglevel="info",
+        echo=lambda line: log_file.write(line + "\n"),
+        env={"SAGA_OPERATOR_TOKEN": TEST_OPERATOR_TOKEN},
     )
     running.start()
     try:

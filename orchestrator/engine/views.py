@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import faust
@@ -36,7 +37,9 @@ from messaging import client, topics
 from messaging import web as w
 from messaging.durations import DurationError, parse_duration
 from messaging.faust_app import utc_now
+from messaging.operator_guard import Guard
 from messaging.tables import RowTable
+from orchestrator.engine.operator_views import page_actions, register_operator_views
 from orchestrator.engine.saga import SagaType
 from schemas import codec
 from schemas import messages as m
@@ -274,6 +277,7 @@ def event_json(event: m.SagaEvent) -> dict[str, Any]:
         "attempt": event.attempt,
         "commands": list(event.commands),
         "reason": event.reason,
+        "operator": event.operator,  # whose action caused it, if an operator's
         "terminal": event.terminal,
     }
 
@@ -325,50 +329,30 @@ def _latest(summary: Mapping[str, Any]) -> tuple[datetime, str]:
 # ---- HTML ----
 
 
+PAGES = w.pages("orchestrator.engine")
+
+
 def render_list(payload: Mapping[str, Any]) -> str:
     chosen = payload["filter"]["state"]
-    counts: Mapping[str, int] = payload["counts"]
     # The filter links keep a local scope; the whole table is the default.
     scope = "local" if payload["scope"] == w.LOCAL_SCOPE else None
-    everything = w.path("sagas", limit=payload["limit"], scope=scope)
-    links = [
-        w.tag(
-            "a", f"all ({payload['total']})", href=everything, class_=None if chosen else "current"
-        )
-    ]
-    for state, count in counts.items():
-        href = w.path("sagas", state=state, limit=payload["limit"], scope=scope)
-        current = "current" if state == chosen else None
-        links.append(w.tag("a", f"{state} ({count})", href=href, class_=current))
-    rows = [
+    limit = payload["limit"]
+    filters = [(f"all ({payload['total']})", w.path("sagas", limit=limit, scope=scope), not chosen)]
+    filters += [
         (
-            w.link(s["url"], w.tag("span", s["saga_id"], class_="mono")),
-            s["saga"],
-            w.state_badge(s["state"]),
-            s["step"],
-            about(s),
-            w.tag("time", s["updated_at"], datetime=s["updated_at"]),
+            f"{state} ({count})",
+            w.path("sagas", state=state, limit=limit, scope=scope),
+            state == chosen,
         )
-        for s in payload["sagas"]
+        for state, count in payload["counts"].items()
     ]
-    scanned = f"{payload['total']} saga(s) read, {payload['matched']} kept by the filters" + (
-        "" if payload["complete"] else f" (a worker's scan stopped at the cap of {SCAN_CAP})"
-    )
-    title = f"Sagas in {chosen}" if chosen else "Sagas"
-    return w.document(
-        title,
-        f"{SERVICE} · {payload['worker']}",
-        w.scope_note(payload, scanned),
-        w.tag("nav", w.join(*links), class_="filters"),
-        w.section(
-            f"Latest {len(rows)} by last update",
-            w.table(
-                ["saga", "type", "state", "waiting for", "about", "updated"],
-                rows,
-                id="sagas",
-                empty="no saga here",
-            ),
-        ),
+    return PAGES.render(
+        "sagas.html.j2",
+        service=f"{SERVICE} · {payload['worker']}",
+        sagas=payload,
+        filters=filters,
+        rows=[(summary, about(summary)) for summary in payload["sagas"]],
+        scan_cap=SCAN_CAP,
     )
 
 
@@ -395,30 +379,32 @@ def about(summary: Mapping[str, Any]) -> str:
     return " · ".join(text(v) for k, v in summary.items() if k not in SUMMARY_KEYS and v)
 
 
-def described(title: str, value: Any) -> Any:
+def described(title: str, value: Any) -> dict[str, Any]:
     """A section of what a saga's type describes: its plain values as fields, its lists of
     records as tables."""
     if not isinstance(value, Mapping):
-        return w.section(title.capitalize(), w.fields([(title, text(value))]))
-    plain = [(k.replace("_", " "), text(v)) for k, v in value.items() if not _records(v)]
-    tables = [
-        w.table(
-            list(v[0]),
-            [[text(cell) for cell in record.values()] for record in v],
-            id=k,
-            class_="compact",
-        )
-        for k, v in value.items()
-        if _records(v) and v
-    ]
-    return w.section(title.capitalize(), w.fields(plain), *tables)
+        return {"title": title.capitalize(), "fields": [(title, text(value))], "tables": []}
+    return {
+        "title": title.capitalize(),
+        "fields": [(k.replace("_", " "), text(v)) for k, v in value.items() if not _records(v)],
+        "tables": [
+            {
+                "id": k,
+                "headers": list(v[0]),
+                "rows": [[text(cell) for cell in record.values()] for record in v],
+            }
+            for k, v in value.items()
+            if _records(v) and v
+        ],
+    }
 
 
 def _records(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, Mapping) for v in value)
 
 
-def render_saga(payload: Mapping[str, Any]) -> str:
+def render_saga(payload: Mapping[str, Any], actions: Mapping[str, Any] | None = None) -> str:
+    """The saga's page; `actions` (operator_views.page_actions) adds the operator's forms."""
     events = payload["timeline"]
     first_at = datetime.fromisoformat(events[0]["at"]) if events else None
 
@@ -427,65 +413,13 @@ def render_saga(payload: Mapping[str, Any]) -> str:
             return ""
         return f"+{(datetime.fromisoformat(at) - first_at).total_seconds():.3f}s"
 
-    timeline_rows = [
-        (
-            e["sequence"],
-            w.when(e["at"]),
-            offset(e["at"]),
-            w.join(
-                w.state_badge(e["from_state"] or "START"), " \u2192 ", w.state_badge(e["to_state"])
-            ),
-            e["trigger"],
-            ", ".join(e["commands"]) or None,
-            e["reason"],
-        )
-        for e in events
-    ]
-    timeline_note = (
-        ""
-        if payload["timeline_complete"]
-        else w.tag(
-            "p",
-            "The timeline may be incomplete: "
-            f"{payload['timeline_error'] or 'not read to the end'}.",
-            class_="note",
-        )
-    )
-    return w.document(
-        f"Saga {payload['saga_id']}",
-        f"{SERVICE} · {payload['worker']}",
-        w.fields(
-            [
-                ("type", f"{payload['saga']} v{payload['version']}"),
-                ("state", w.state_badge(payload["state"])),
-                ("waiting for step", payload["step"]),
-                ("attempt", payload["attempt"]),
-                ("deadline", payload["deadline"]),
-                ("reason", payload["reason"]),
-                ("created", payload["created_at"]),
-                ("last update", payload["updated_at"]),
-            ],
-            id="saga",
-        ),
-        *(described(k, v) for k, v in payload.items() if k not in DETAIL_KEYS),
-        w.section(
-            f"Timeline ({len(events)} transitions)",
-            timeline_note,
-            w.table(
-                ["#", "at", "", "transition", "on", "commands sent", "reason"],
-                timeline_rows,
-                numeric={0, 2},
-                id="timeline",
-                row_attributes=lambda i: {
-                    "class_": "event",
-                    "data_sequence": events[i]["sequence"],
-                    "data_from_state": events[i]["from_state"],
-                    "data_to_state": events[i]["to_state"],
-                },
-                empty="no events yet",
-            ),
-        ),
-        w.tag("p", w.link(w.path("sagas"), "all sagas"), class_="note"),
+    return PAGES.render(
+        "saga.html.j2",
+        service=f"{SERVICE} · {payload['worker']}",
+        saga=payload,
+        sections=[described(k, v) for k, v in payload.items() if k not in DETAIL_KEYS],
+        events=[(event, offset(event["at"])) for event in events],
+        actions=actions,
     )
 
 
@@ -493,7 +427,10 @@ def render_saga(payload: Mapping[str, Any]) -> str:
 
 
 def register_views(app: faust.App, sagas: RowTable, saga_types: Sequence[SagaType]) -> None:
-    """Add the saga views of `saga_types`, whose rows are in `sagas`, to `app`'s web server."""
+    """Add the saga views of `saga_types`, whose rows are in `sagas`, to `app`'s web server,
+    with the operator actions when the worker's SAGA_OPERATOR_TOKEN is set (a token too
+    short or a bad SAGA_OPERATOR_ORIGINS raises ValueError: the worker does not start)."""
+    guard = Guard.from_env(w.worker_url(app))
     states = states_of(saga_types)
     saga_names = [saga.name for saga in saga_types]
     by_row = {saga.row: saga for saga in saga_types}
@@ -541,8 +478,10 @@ def register_views(app: faust.App, sagas: RowTable, saga_types: Sequence[SagaTyp
                 None, read_timeline, saga_id, row.created_at - TIMELINE_MARGIN
             )
             payload = saga_detail(by_row[type(row)], row, timeline, w.worker_url(app))
-            return self.respond(request, payload, render_saga)
+            actions = page_actions(guard, saga_id, time.time())
+            return self.respond(request, payload, partial(render_saga, actions=actions))
 
     w.add_page(app, "/sagas", SagaList)
     w.add_page(app, "/sagas/{saga_id}", SagaDetail)
+    register_operator_views(app, guard)
     w.add_readiness(app, SERVICE)

@@ -39,48 +39,11 @@ def order_json(
     }
 
 
+PAGES = w.pages("participants.order")
+
+
 def render_order(payload: Mapping[str, Any]) -> str:
-    return w.document(
-        f"Order {payload['order_id']}",
-        f"{SERVICE} · {payload['worker']}",
-        w.fields(
-            [
-                ("status", w.state_badge(payload["status"], class_="status")),
-                ("customer", payload["customer_id"] or None),
-                ("reason", payload["reason"]),
-                ("cancel saga", payload["cancel_saga"]),
-                ("last update", payload["updated_at"]),
-            ],
-            id="order",
-        ),
-        w.section(
-            "Items",
-            w.table(
-                ["product", "quantity"],
-                [(i["product_id"], i["quantity"]) for i in payload["items"]],
-                numeric={1},
-                id="items",
-                class_="compact",
-            ),
-        ),
-        w.section(
-            f"Cancel sagas ({len(payload['cancels'])} shown)",
-            w.table(
-                ["saga", "status", "reason"],
-                [
-                    (
-                        w.tag("span", c["saga_id"], class_="mono"),
-                        w.state_badge(c["status"], class_="status"),
-                        c["reason"],
-                    )
-                    for c in payload["cancels"]
-                ],
-                id="cancels",
-                class_="compact",
-                empty="none",
-            ),
-        ),
-    )
+    return PAGES.render("order.html.j2", service=f"{SERVICE} · {payload['worker']}", order=payload)
 
 
 def register_views(app: faust.App, orders: RowTable) -> None:

@@ -41,37 +41,12 @@ def account_json(account: m.Account, payments: list[m.Payment], worker: str) -> 
     }
 
 
+PAGES = w.pages("participants.payment")
+
+
 def render_account(payload: Mapping[str, Any]) -> str:
-    payments = payload["payments"]
-    return w.document(
-        f"Account {payload['customer_id']}",
-        f"{SERVICE} · {payload['worker']}",
-        w.fields(
-            [
-                ("balance", w.money_text(payload["balance"])),
-                ("topped up", w.money_text(payload["topped_up"])),
-                ("captured", w.money_text(payload["captured"])),
-            ],
-            id="account",
-        ),
-        w.section(
-            f"Payments ({len(payments)} shown)",
-            w.table(
-                ["saga", "amount", "status", "reason"],
-                [
-                    (
-                        w.tag("span", p["saga_id"], class_="mono"),
-                        w.money_text(p["amount"]),
-                        w.state_badge(p["status"], class_="status"),
-                        p["reason"],
-                    )
-                    for p in payments
-                ],
-                numeric={1},
-                id="payments",
-                empty="no payment",
-            ),
-        ),
+    return PAGES.render(
+        "account.html.j2", service=f"{SERVICE} · {payload['worker']}", account=payload
     )
 
 

@@ -64,70 +64,21 @@ def merge_lists(parts: Sequence[Mapping[str, Any]], limit: int) -> dict[str, Any
     }
 
 
+PAGES = w.pages("participants.product")
+
+
 def render_list(payload: Mapping[str, Any]) -> str:
-    rows = [
-        (
-            w.link(p["url"], p["product_id"]),
-            p["available"],
-            p["reserved"],
-            p["sold"],
-            p.get("returned", 0),  # a part from a worker of the release before cancels
-            p["restocked"],
-            w.money_text(p["unit_price"]),
-        )
-        for p in payload["products"]
-    ]
-    shown = f"{len(rows)} of {payload['matching']} product(s)"
-    if not payload["complete"]:
-        shown += f" (a worker's scan stopped at {SCAN_CAP} rows)"
-    return w.document(
-        "Stock",
-        f"{SERVICE} · {payload['worker']}",
-        w.scope_note(payload, shown),
-        w.table(
-            ["product", "available", "reserved", "sold", "returned", "restocked", "unit price"],
-            rows,
-            numeric={1, 2, 3, 4, 5, 6},
-            id="stock",
-            empty="no product here",
-        ),
+    return PAGES.render(
+        "stock.html.j2",
+        service=f"{SERVICE} · {payload['worker']}",
+        stock=payload,
+        scan_cap=SCAN_CAP,
     )
 
 
 def render_product(payload: Mapping[str, Any]) -> str:
-    return w.document(
-        f"Product {payload['product_id']}",
-        f"{SERVICE} · {payload['worker']}",
-        w.fields(
-            [
-                ("available", payload["available"]),
-                ("reserved", payload["reserved"]),
-                ("sold", payload["sold"]),
-                ("returned", payload["returned"]),
-                ("restocked", payload["restocked"]),
-                ("unit price", w.money_text(payload["unit_price"])),
-            ],
-            id="product",
-        ),
-        w.section(
-            f"Sagas ({len(payload['holds'])} shown)",
-            w.table(
-                ["saga", "quantity", "status"],
-                [
-                    (
-                        w.tag("span", h["saga_id"], class_="mono"),
-                        h["quantity"],
-                        w.state_badge(h["status"], class_="status"),
-                    )
-                    for h in payload["holds"]
-                ],
-                numeric={1},
-                id="holds",
-                class_="compact",
-                empty="none",
-            ),
-        ),
-        w.tag("p", w.link(w.path("stock"), "all products"), class_="note"),
+    return PAGES.render(
+        "product.html.j2", service=f"{SERVICE} · {payload['worker']}", product=payload
     )
 
 

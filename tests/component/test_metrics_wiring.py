@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from messaging import metrics
-from messaging.faust_app import producer_of
+from messaging.producer import producer_of
 from orchestrator.app import OrchestratorService
 from participants.order.app import OrderService
 from schemas import codec

@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 from faust.types import TP
 
-from messaging.faust_app import processing
+from messaging.faust_workarounds import processing
 from participants.product.app import ProductService
 from participants.product.logic import hold_key
 from schemas import codec

@@ -1,4 +1,6 @@
-"""The HTML saga page in a real headless Chromium: the timeline is there, in order.
+"""The HTML saga page in a real headless Chromium: the timeline is there, in order; and an
+operator retries a waiting saga from it, through the confirmation step, and the timeline
+then shows the retry with the operator.
 
 Chromium is Debian's `chromium` package (installed by `.ci/run`). Missing, the test fails:
 the page is part of what the project delivers, so not checking it is not an option.
@@ -6,15 +8,20 @@ the page is part of what the project delivers, so not checking it is not an opti
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from cli.processes import Workers
 from messaging.catalog import Catalog
+from messaging.local_workers import Workers
+from tests.conftest import TEST_OPERATOR_TOKEN
+from tests.integration import cdp
+from tests.integration.operator_helpers import stopped, wait_state
 from tests.integration.order_helpers import customer, place_orders, product, wait_terminal
 
 pytestmark = pytest.mark.integration
@@ -156,3 +163,61 @@ def test_chromium_renders_a_screenshot(
     assert result.returncode == 0, diagnostics(result)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def timeline_rows(dom: str) -> list[dict[str, str | None]]:
+    parser = TimelineRows()
+    parser.feed(dom)
+    assert parser.found, f'no element with id="timeline" in the DOM:\n{dom[:2000]}'
+    return parser.rows
+
+
+async def test_chromium_retries_a_waiting_saga_through_the_confirmation(
+    workers: Workers, test_catalog: Catalog, tmp_path: Path
+) -> None:
+    if not Path(CHROMIUM).exists():
+        chromium(tmp_path / "profile", "http://127.0.0.1:1/")  # fails saying what to install
+    rich, widget = customer(test_catalog, "rich"), product(test_catalog, "widget")
+    port = workers.workers["orchestrator"].web_port
+    with stopped(workers, "order"):  # the saga waits in CREATING_ORDER, re-sending for ever
+        (held,) = place_orders((rich, [(widget, 1)]))
+        saga_id = held.order_id
+        wait_state(saga_id, "CREATING_ORDER")
+        async with cdp.chromium(tmp_path / "profile", port) as page:
+            await page.open(saga_page(workers, saga_id))
+            await page.type_into("#retry-reason", "the order service is back")
+            await page.type_into("#retry-operator", "ops-chromium")
+            await page.type_into("#retry-token", TEST_OPERATOR_TOKEN)
+            await page.click("#retry-button")
+
+            # The confirmation step: what will happen, and a button to confirm.
+            assert await page.evaluate("document.title") == (
+                f"Retry saga {saga_id}? · orchestrator · http://127.0.0.1:{port}"
+            )
+            assert "re-sends the command" in await page.evaluate(
+                "document.getElementById('what-happens').innerText"
+            )
+            await page.click("#confirm-button")
+
+            answer = await page.evaluate("document.getElementById('answer').innerText")
+            assert answer.startswith("re-sent CreateOrder of create_order (attempt "), answer
+
+            # The timeline shows the retry and who asked for it (its event may land a
+            # moment after the answer: another partition).
+            await page.click("#timeline-link")
+            deadline = time.monotonic() + 30
+            while True:
+                rows = timeline_rows(await page.html())
+                retried = [row for row in rows if "RetrySaga" in (row.get("text") or "")]
+                if retried or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+                await page.open(saga_page(workers, saga_id))
+            assert len(retried) == 1, rows
+            assert retried[0]["data-from-state"] == retried[0]["data-to-state"] == "CREATING_ORDER"
+            assert "ops-chromium" in (retried[0].get("text") or ""), retried
+            assert "RetrySaga by ops-chromium: the order service is back" in (
+                retried[0].get("text") or ""
+            )
+    finals = wait_terminal([held], timeout=180)  # the Order Service is back: it ends
+    assert finals[saga_id].to_state == "ORDER_APPROVED", finals

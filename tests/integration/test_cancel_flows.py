@@ -13,10 +13,10 @@ from decimal import Decimal
 import pytest
 
 from bench.invariants import split_rows
-from cli.processes import Workers
 from messaging import catalog, client
 from messaging.catalog import Catalog
 from messaging.faust_app import utc_now
+from messaging.local_workers import Workers
 from participants.order.logic import cancel_key, order_invariant_violations
 from participants.payment.logic import account_invariant_violations, payment_key
 from participants.product.logic import hold_key, stock_invariant_violations

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from cli.processes import SERVICE_NAMES
 from messaging import settings
+from messaging.local_workers import SERVICE_NAMES
 from tests.conftest import TEST_WORKER_PORTS
 from tests.ports import broker_port
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.processes import Workers
 from messaging import client
 from messaging.catalog import Catalog
+from messaging.local_workers import Workers
 from schemas import messages as m
 from tests.integration.order_helpers import customer, product, wait_consumed
 

@@ -1,52 +1,30 @@
 """`saga kafka start --brokers 3` on a cluster of its own: every topic replicated, the
 workers on it, a node killed and back in every ISR, and a stop that stops all three.
 
-One cluster serves the module (a start costs 10-20 s on two cores); it lives in a
-temporary SAGA_HOME on free ports below the ephemeral range, never on the shared broker,
-with the Kafka jars of the usual home hard-linked in. The tests run in file order: the
+One cluster serves the module (a start costs 10-20 s on two cores; see
+tests/integration/cluster_helpers.py for where it lives). The tests run in file order: the
 last one stops the cluster.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from cli.chaos_cmd import share_jars
-from cli.processes import SERVICE_NAMES, Workers
 from messaging import catalog, client, local_broker, settings, topics
+from messaging.local_workers import SERVICE_NAMES, Workers
+from tests.integration.cluster_helpers import Cluster, saga, started_cluster
 from tests.integration.order_helpers import place_orders, wait_terminal
 from tests.integration.test_local_broker import pid_alive
-from tests.ports import cluster_port, free_ports
+from tests.ports import free_ports
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True)
-class Cluster:
-    home: Path
-    bootstrap: str
-    env: dict[str, str]  # for the commands and workers run against it
-
-
-def saga(cluster: Cluster, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def report(line: str) -> None:
@@ -56,33 +34,9 @@ def report(line: str) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    home = tmp_path_factory.mktemp("cluster-home")
-    share_jars(home)
-    port = cluster_port(3)
-    # The commands find the cluster by its home alone, as a user's do: no bootstrap given.
-    env = {
-        **os.environ,
-        "SAGA_HOME": str(home),
-        "SAGA_KAFKA_PORT": str(port),
-        "KAFKA_BOOTSTRAP_SERVERS": "",
-        "SAGA_ENV": "",
-    }
-    with pytest.MonkeyPatch.context() as patch:  # and so does this process
-        patch.setenv("SAGA_HOME", str(home))
-        patch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
-        patch.delenv("SAGA_ENV", raising=False)
-        patch.setattr(settings, "LOCAL_BROKER_PORT", port)
-        bootstrap = ",".join(f"127.0.0.1:{port + 2 * n}" for n in range(3))
-        running = Cluster(home, bootstrap, env)
-        started = saga(running, "kafka", "start", "--brokers", "3")
-        try:
-            assert started.returncode == 0, started.stdout + started.stderr
-            assert f"local Kafka cluster of 3 brokers is up at {bootstrap}" in started.stdout
-            report(started.stdout.splitlines()[-1])
-            report_memory()
-            yield running
-        finally:
-            local_broker.stop(timeout=30, log=report)
+    with started_cluster(tmp_path_factory.mktemp("cluster-home"), report) as running:
+        report_memory()
+        yield running
 
 
 def report_memory() -> None:

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 
-from cli.processes import Workers
 from cli.selection import default_operator
 from messaging import client, settings, topics
 from messaging.catalog import Catalog
 from messaging.dead_letters import DEAD_LETTER_TOPIC, dead_letter_headers
+from messaging.local_workers import Workers
 from messaging.replay import REPLAYED_FROM
 from schemas import codec
 from schemas import messages as m

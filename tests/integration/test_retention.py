@@ -39,8 +39,8 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from cli.processes import Workers
 from messaging import catalog, client, settings, topics
+from messaging.local_workers import Workers
 from tests.integration.order_helpers import http_get, place_orders, poll, wait_terminal
 from tests.integration.test_versioned_deploy import free_ports
 from tests.ports import broker_port

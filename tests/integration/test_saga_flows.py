@@ -12,9 +12,9 @@ from decimal import Decimal
 import pytest
 
 from bench.invariants import split_rows
-from cli.processes import Workers
 from messaging import client
 from messaging.catalog import Catalog
+from messaging.local_workers import Workers
 from participants.payment.logic import account_invariant_violations, payment_key
 from participants.product.logic import hold_key, stock_invariant_violations
 from schemas import messages as m

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from cli.processes import Workers
 from messaging import client, topics
 from messaging.catalog import Catalog
+from messaging.local_workers import Workers
 from tests.conftest import TEST_WORKER_PORTS
 from tests.integration.order_helpers import (
     Reply,

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import pytest
 
-from cli.processes import Workers
+from messaging.local_workers import Workers
 from tests.ports import broker_port
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cli.processes import Workers
 from messaging import catalog, client, exit_codes
+from messaging.local_workers import Workers
 from schemas import messages as m
 from tests.integration.order_helpers import place_orders, poll, wait_terminal
 from tests.ports import bindable, broker_port

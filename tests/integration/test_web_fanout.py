@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from cli.processes import Workers
 from messaging import client, topics
+from messaging.local_workers import Workers
 from tests.conftest import TEST_WORKER_PORTS
 from tests.integration.order_helpers import Reply, http_get, poll, seed_products
 

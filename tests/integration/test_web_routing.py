@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from cli.processes import Workers
 from messaging import catalog
+from messaging.local_workers import Workers
 from tests.conftest import TEST_WORKER_PORTS
 from tests.integration.order_helpers import http_get, poll
 

@@ -14,9 +14,9 @@ from urllib.parse import quote
 
 import pytest
 
-from cli.processes import Workers
 from messaging import topics
 from messaging.catalog import Catalog
+from messaging.local_workers import Workers
 from tests.integration.order_helpers import (
     customer,
     http_get,

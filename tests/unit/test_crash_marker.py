@@ -1,4 +1,4 @@
-"""The crash marker (messaging.faust_app): a worker trusts its local stores at start only
+"""The crash marker (messaging.faust_workarounds): a worker trusts its local stores at start only
 after a stop that wrote every row back and had every output acknowledged; otherwise it
 discards them and restores the tables from the changelogs. No broker."""
 
@@ -14,16 +14,15 @@ from click.testing import CliRunner
 
 from cli import worker_cmd
 from messaging import exit_codes
-from messaging.faust_app import (
+from messaging.faust_app import create_app, typed_table
+from messaging.faust_workarounds import (
     CLEAN_SHUTDOWN_MARKER,
-    create_app,
     discard_tables_after_crash,
     mark_clean_shutdown,
     processing,
-    producer_of,
-    typed_table,
     unclean_stop,
 )
+from messaging.producer import producer_of
 from schemas import messages as m
 
 EUR = m.Money(amount=Decimal("1.00"), currency="EUR")
@@ -105,8 +104,8 @@ def test_the_worker_exits_non_zero_and_leaves_no_marker_after_an_unclean_stop(
     monkeypatch.setattr(
         worker_cmd, "build_service", lambda *_args, **_options: SimpleNamespace(app=app)
     )
-    monkeypatch.setattr(worker_cmd, "quiet_worker", lambda *_: Worker())
-    monkeypatch.setattr("messaging.faust_app.exit_if_stop_hangs", lambda _app: None)
+    monkeypatch.setattr("messaging.faust_workarounds.quiet_worker", lambda *_: Worker())
+    monkeypatch.setattr("messaging.faust_workarounds.exit_if_stop_hangs", lambda _app: None)
     if not clean:
         producer_of(app).failure = RuntimeError("broker away")
     result = CliRunner().invoke(worker_cmd.worker, ["product"])
@@ -122,13 +121,35 @@ def test_stores_are_discarded_after_a_clean_stop_longer_ago_than_tombstones_live
     import os
     import time
 
-    from messaging import faust_app
+    from messaging import faust_workarounds
 
-    assert faust_app.tombstones_kept_seconds() == 86_400  # topics.yaml's changelogs
+    assert faust_workarounds.tombstones_kept_seconds() == 86_400  # topics.yaml's changelogs
     tables = stored_tables(app)
     marker = Path(app.conf.datadir) / CLEAN_SHUTDOWN_MARKER
-    marker.touch()
+    assert mark_clean_shutdown(app) is True
     day_ago = time.time() - 86_400 - 60
     os.utime(marker, (day_ago, day_ago))
     assert discard_tables_after_crash(app) is True
     assert not tables.exists()
+
+
+def test_stores_are_discarded_when_the_worker_now_runs_against_other_brokers(
+    tmp_path: Path,
+) -> None:
+    """One SAGA_HOME used against the single broker, then the local cluster: the stores
+    mirror changelogs the cluster never had, however cleanly the worker stopped."""
+    single = create_app(
+        "saga-product", web_port=6990, store="memory://", datadir=str(tmp_path),
+        broker="kafka://127.0.0.1:9092",
+    )  # fmt: skip
+    tables = stored_tables(single)
+    assert mark_clean_shutdown(single) is True
+    cluster = create_app(
+        "saga-product", web_port=6990, store="memory://", datadir=str(tmp_path),
+        broker="kafka://127.0.0.1:19093;kafka://127.0.0.1:19094",
+    )  # fmt: skip
+    assert discard_tables_after_crash(cluster) is True
+    assert not tables.exists()
+    stored_tables(single)
+    assert mark_clean_shutdown(single) is True
+    assert discard_tables_after_crash(single) is False  # the same brokers: kept

@@ -81,7 +81,9 @@ def test_the_cluster_file_runs_three_replicating_brokers_for_every_client() -> N
             "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR": "3",
             "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "2",
             "KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE": "false",
-            "KAFKA_BROKER_SESSION_TIMEOUT_MS": "3000",
+            "KAFKA_BROKER_SESSION_TIMEOUT_MS": "2000",
+            "KAFKA_BROKER_HEARTBEAT_INTERVAL_MS": "500",
+            "KAFKA_CONTROLLER_QUORUM_FETCH_TIMEOUT_MS": "1000",
         }  # fmt: skip
         assert {k: env[k] for k in replicated} == replicated
     assert len({env["CLUSTER_ID"] for env in envs}) == 1

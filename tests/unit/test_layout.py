@@ -1,5 +1,7 @@
 """The layout a newcomer reads: no two modules of the project import each other, even
-only for type checking (a view that imports its service back, say)."""
+only for type checking (a view that imports its service back, say), and the tools under
+bench/ do not import the command line (cli/). That the engine imports no saga is checked
+in test_engine.py."""
 
 from __future__ import annotations
 
@@ -68,6 +70,19 @@ def test_no_modules_import_each_other() -> None:
     files = module_files()
     graph = {name: imported(path, name, set(files)) for name, path in files.items()}
     assert cycles(graph) == []
+
+
+def test_bench_imports_nothing_of_the_command_line() -> None:
+    files = module_files()
+    bench = {name: path for name, path in files.items() if name.split(".")[0] == "bench"}
+    assert bench
+    imports_of_cli = {
+        name: sorted(
+            other for other in imported(path, name, set(files)) if other.split(".")[0] == "cli"
+        )
+        for name, path in bench.items()
+    }
+    assert {name: cli for name, cli in imports_of_cli.items() if cli} == {}
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

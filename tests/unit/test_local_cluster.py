@@ -67,8 +67,9 @@ def test_a_cluster_node_gets_its_ports_and_the_replicated_settings() -> None:
         "transaction.state.log.min.isr": "2",
         "share.coordinator.state.topic.replication.factor": "3",
         "share.coordinator.state.topic.min.isr": "2",
-        "broker.session.timeout.ms": "3000",
-        "broker.heartbeat.interval.ms": "1000",
+        "broker.session.timeout.ms": "2000",
+        "broker.heartbeat.interval.ms": "500",
+        "controller.quorum.fetch.timeout.ms": "1000",
         "auto.create.topics.enable": "false",
     }
     assert {key: rendered.get(key) for key in replicated} == replicated
@@ -99,6 +100,7 @@ def test_both_templates_agree_beyond_the_quorum_and_replication() -> None:
         "share.coordinator.state.topic.min.isr", "default.replication.factor",
         "min.insync.replicas", "unclean.leader.election.enable",
         "broker.session.timeout.ms", "broker.heartbeat.interval.ms",
+        "controller.quorum.fetch.timeout.ms",
     }  # fmt: skip
     assert {k: v for k, v in one.items() if k not in differ} == {
         k: v for k, v in three.items() if k not in differ

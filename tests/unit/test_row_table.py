@@ -18,9 +18,9 @@ from messaging.faust_app import (
     STOP_FLUSH_SECONDS,
     create_app,
     flush_before_commit,
-    processing,
     typed_table,
 )
+from messaging.faust_workarounds import processing
 from messaging.tables import RowTable
 from participants.product.logic import hold_key
 from schemas import codec

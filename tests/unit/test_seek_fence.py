@@ -1,4 +1,4 @@
-"""SeekFence (messaging.faust_app): no stream record fetched before a seek reaches an agent.
+"""SeekFence (messaging.faust_workarounds): no stream record fetched before a seek reaches an agent.
 
 A fake consumer stands in for Faust's: `getmany` yields one batch per call, and
 `perform_seek` is what recovery calls once the tables are restored.
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
-from messaging.faust_app import SeekFence
+from messaging.faust_workarounds import SeekFence
 
 STREAM, CHANGELOG = "orders.requested", "saga-orchestrator-sagas-changelog"
 

@@ -203,9 +203,11 @@ def test_the_worker_exits_78_and_says_why(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(
         worker_cmd, "build_service", lambda *_args, **_options: SimpleNamespace(app=app)
     )
-    monkeypatch.setattr(worker_cmd, "quiet_worker", lambda *_: Worker())
-    monkeypatch.setattr("messaging.faust_app.discard_tables_after_crash", lambda _app: False)
-    monkeypatch.setattr("messaging.faust_app.exit_if_stop_hangs", lambda _app: None)
+    monkeypatch.setattr("messaging.faust_workarounds.quiet_worker", lambda *_: Worker())
+    monkeypatch.setattr(
+        "messaging.faust_workarounds.discard_tables_after_crash", lambda _app: False
+    )
+    monkeypatch.setattr("messaging.faust_workarounds.exit_if_stop_hangs", lambda _app: None)
     result = CliRunner().invoke(worker_cmd.worker, ["payment"])
     assert result.exit_code == exit_codes.STATE_REFUSED
     assert "payment: refusing to run: table accounts holds a Account.v1 row" in result.output

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import up_cmd
-from cli.processes import parse_worker_counts
 from messaging import topics
+from messaging.local_workers import parse_worker_counts
 
 
 def test_one_of_each_by_default() -> None:

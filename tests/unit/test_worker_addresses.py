@@ -1,5 +1,6 @@
 """Where a worker listens, what it advertises, and how several workers of a service are
-named, addressed and given data folders (messaging.faust_app, cli.processes). No broker."""
+named, addressed and given data folders (messaging.faust_app, messaging.local_workers).
+No broker."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import worker_cmd
-from cli.processes import Workers
 from messaging.faust_app import WebAddress, create_app, web_address, worker_datadir
+from messaging.local_workers import Workers
 
 
 @pytest.fixture(autouse=True)

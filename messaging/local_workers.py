@@ -1,4 +1,7 @@
-"""Run the service workers as child processes with prefixed logs (saga up, tests, chaos, bench)."""
+"""The service workers run as child processes on this machine, with prefixed logs: what
+`saga up`, the tests, the chaos run and the benchmark start and stop (each worker is a
+`saga worker SERVICE` process, cli/worker_cmd.py). The counterpart of local_broker.py,
+which runs the brokers."""
 
 from __future__ import annotations
 
