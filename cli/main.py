@@ -6,7 +6,9 @@ import click
 
 from cli.bench_cmd import bench
 from cli.chaos_cmd import chaos
+from cli.dead_letters_cmd import dead_letters
 from cli.kafka_cmd import kafka
+from cli.ops_cmd import abort, list_, retry
 from cli.orders_cmd import cancel, order, seed, status
 from cli.tail_cmd import tail
 from cli.topics_cmd import topics
@@ -25,7 +27,8 @@ cli.add_command(worker)
 cli.add_command(tail)
 cli.add_command(bench)
 cli.add_command(chaos)
-for command in (up, order, cancel, seed, status):
+cli.add_command(dead_letters)
+for command in (up, order, cancel, seed, status, list_, abort, retry):
     cli.add_command(command)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from datetime import datetime, timedelta
+from types import TracebackType
 from typing import Any
 
 from aiokafka.partitioner import murmur2
@@ -18,6 +21,8 @@ from schemas import messages as m
 
 EVENTS_TOPIC = "saga.events"
 REQUEST_TOPIC = "orders.requested"
+OPERATIONS_TOPIC = "saga.operations"
+ANSWERS_TOPIC = "saga.operations.answers"
 
 
 class ClientError(RuntimeError):
@@ -74,6 +79,55 @@ def group_members(group: str, timeout: float = 10.0) -> int:
                     f"cannot describe consumer group {group}: {error.name()} {error.str()}"
                 ) from exc
             time.sleep(0.2)
+
+
+def worker_urls(service: str, timeout: float = 10.0) -> list[str]:
+    """The URLs the running workers of `service` advertise (empty when none runs).
+
+    Each Faust worker puts its canonical URL (`--web-host`, `--web-port`) in the metadata
+    of its consumer group membership, where Faust's router finds the owner of a key; the
+    group's description carries it, which confluent-kafka's admin client does not expose.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    group = settings.APP_IDS[service]
+
+    async def describe() -> list[Any]:
+        admin = AIOKafkaAdminClient(
+            **settings.aiokafka_options(), request_timeout_ms=int(timeout * 1000)
+        )
+        await admin.start()
+        try:
+            return await admin.describe_consumer_groups([group])
+        finally:
+            await admin.close()
+
+    try:
+        responses = asyncio.run(asyncio.wait_for(describe(), timeout))
+    except Exception as exc:
+        raise ClientError(
+            f"cannot describe consumer group {group} at {settings.bootstrap_servers()}: "
+            f"{exc or type(exc).__name__}"
+        ) from exc
+    urls: set[str | None] = set()
+    for response in responses:
+        for error_code, _group, _state, _protocol_type, _protocol, members, *_ in response.groups:
+            if error_code:
+                raise ClientError(f"cannot describe consumer group {group}: error {error_code}")
+            urls.update(member_url(member[3]) for member in members)
+    return sorted(url for url in urls if url)
+
+
+def member_url(metadata: bytes) -> str | None:
+    """The URL in a Faust worker's group member metadata (None: not a Faust worker's)."""
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
+
+    try:
+        user_data = ConsumerProtocolMemberMetadata.decode(metadata).user_data
+        url = json.loads(user_data)["url"]
+    except Exception:
+        return None
+    return url if isinstance(url, str) and url else None
 
 
 def end_offset(consumer_: Consumer, partition: TopicPartition, timeout: float = 30.0) -> int:
@@ -146,6 +200,75 @@ def cancel_requested(order_id: str, cancel_id: str | None = None) -> m.CancelOrd
     return m.CancelOrderRequested(
         cancel_id=cancel_id or str(uuid.uuid4()), order_id=order_id, requested_at=utc_now()
     )
+
+
+def operator_action(
+    kind: type[m.AbortSaga] | type[m.RetrySaga], saga_id: str, operator: str, reason: str
+) -> m.AbortSaga | m.RetrySaga:
+    """An operator's action on a saga, with a new action id (its answer echoes it)."""
+    from messaging.faust_app import utc_now
+
+    return kind(
+        saga_id=saga_id,
+        action_id=str(uuid.uuid4()),
+        operator=operator,
+        reason=reason,
+        requested_at=utc_now(),
+    )
+
+
+class ActionAnswers:
+    """The orchestrator's answers to operator actions, read from saga.operations.answers
+    from its end as it was when this was made: make it before sending the actions, and
+    no answer is missed. Reads only the partitions of the given sagas."""
+
+    def __init__(self, saga_ids: Iterable[str]) -> None:
+        count = topics.partitions(ANSWERS_TOPIC)
+        wanted = sorted({partition_for(s.encode(), count) for s in saga_ids})
+        self.consumer = consumer()
+        try:
+            starts = [
+                TopicPartition(
+                    ANSWERS_TOPIC, p, end_offset(self.consumer, TopicPartition(ANSWERS_TOPIC, p))
+                )
+                for p in wanted
+            ]
+            if starts:
+                self.consumer.assign(starts)
+        except BaseException:
+            self.consumer.close()
+            raise
+
+    def wait(self, action_ids: Collection[str], timeout: float) -> Iterator[m.SagaActionAnswered]:
+        """Yield the answer to each of `action_ids` as it comes, until all came or
+        `timeout` seconds passed."""
+        waiting = set(action_ids)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            record = self.consumer.poll(0.2)
+            if record is None or record.error() is not None:
+                continue
+            try:
+                answer = codec.decode_as(record.value() or b"", m.SagaActionAnswered)
+            except codec.MessageDecodeError:
+                continue
+            if answer.action_id in waiting:
+                waiting.discard(answer.action_id)
+                yield answer
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def __enter__(self) -> ActionAnswers:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def consumer(group: str | None = None, **extra: Any) -> Consumer:

@@ -1,7 +1,8 @@
 """Dead letters: a record that cannot be processed goes, unchanged, to saga.dead-letters.
 
-The raw key and value are copied as they were (so an operator can inspect or replay
-them); Kafka headers say what went wrong and where the record came from:
+The raw key, value and headers are copied as they were (so an operator can inspect or
+replay them: `saga dead-letters`); headers added after the record's own say what went
+wrong and where the record came from:
 
     error             human-readable message
     error.reason      short machine-readable code (MessageDecodeError.reason, or the
@@ -80,31 +81,38 @@ def send_dead_letter(
     partition: int,
     offset: int,
     metrics: Any = None,
-    traceparent: Any = None,
+    headers: Any = None,
 ) -> Any:
     """Send the raw record to the dead-letter topic with the worker's producer
     (`messaging.producer.KafkaProducer`), and count it by reason and source topic in
     `metrics` (the worker's `messaging.metrics.WorkerMetrics`; None: not counted).
-    `traceparent` is the original record's header value, kept as it was (None: it had
-    none).
 
     Returns the delivery future; the producer's flush before each offset commit makes
     sure the dead letter is in Kafka before the bad record's offset is committed. A record
     that cannot be sent as it is (too large with the headers) goes without its value and
     a `value.dropped` header giving its size: the operator still learns where it is.
+    `headers` are the record's own (a list of pairs or a mapping; its `traceparent`
+    included), kept as they were, before those.
     """
     from messaging.producer import SendFailed
 
-    headers = error_headers(error, source_topic, partition, offset)
-    if isinstance(traceparent, str):
-        traceparent = traceparent.encode("utf-8", "replace")
-    if isinstance(traceparent, bytes):
-        headers.append(("traceparent", traceparent))
+    added = [*original_headers(headers), *error_headers(error, source_topic, partition, offset)]
     try:
-        sent = producer.send(DEAD_LETTER_TOPIC, key, value, headers=headers)
+        sent = producer.send(DEAD_LETTER_TOPIC, key, value, headers=added)
     except SendFailed:
         dropped = ("value.dropped", str(len(value or b"")).encode())
-        sent = producer.send(DEAD_LETTER_TOPIC, key, None, headers=[*headers, dropped])
+        sent = producer.send(DEAD_LETTER_TOPIC, key, None, headers=[*added, dropped])
     if metrics is not None:
         metrics.dead_letter(error_reason(error), source_topic)
     return sent
+
+
+def original_headers(headers: Any) -> Headers:
+    """A record's headers (pairs, a mapping or None) as (name, bytes) pairs."""
+    if not headers:
+        return []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return [
+        (str(name), value if isinstance(value, bytes) else str(value or "").encode())
+        for name, value in pairs
+    ]

@@ -432,7 +432,7 @@ async def decoded_events(
                 message.partition,
                 message.offset,
                 metrics=metrics.metrics_of(app),
-                traceparent=tracing.raw_traceparent(message.headers),
+                headers=message.headers,
             )
             if tracer is not None:
                 parent = tracing.traceparent_in(message.headers)
@@ -480,5 +480,5 @@ async def dead_letter_event(app: faust.App, event: EventT, error: Exception) -> 
         message.partition,
         message.offset,
         metrics=metrics.metrics_of(app),
-        traceparent=tracing.raw_traceparent(message.headers),
+        headers=message.headers,
     )

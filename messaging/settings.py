@@ -105,6 +105,26 @@ def confluent_config(**extra: ConfigValue) -> dict[str, ConfigValue]:
     return config
 
 
+def aiokafka_options() -> dict[str, object]:
+    """Connection options for a plain aiokafka client (the CLI's admin requests that
+    confluent-kafka does not expose), from the same environment."""
+    import ssl
+
+    security = _security_env()
+    protocol = security.get("protocol", "PLAINTEXT").upper()
+    options: dict[str, object] = {
+        "bootstrap_servers": bootstrap_servers(),
+        "security_protocol": protocol,
+    }
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(cafile=security.get("cafile"))
+    if protocol.startswith("SASL"):
+        options["sasl_mechanism"] = security.get("mechanism", "PLAIN")
+        options["sasl_plain_username"] = security.get("username")
+        options["sasl_plain_password"] = security.get("password")
+    return options
+
+
 def faust_broker_credentials() -> object | None:
     """Faust `broker_credentials` built from the same environment, or None for PLAINTEXT."""
     import ssl

@@ -502,10 +502,15 @@ async def gather_parts(
 
 
 async def fetch_part(
-    session: aiohttp.ClientSession, worker: str, request: Request, timeout: float
+    session: aiohttp.ClientSession,
+    worker: str,
+    request: Request,
+    timeout: float,
+    query: Mapping[str, str] | None = None,
 ) -> Part:
-    """A peer's part: the same view and filters with `scope=local&format=json`."""
-    query = {**request.query, "scope": "local", "format": "json"}
+    """A peer's part: the same view and filters (`query` replaces some) with
+    `scope=local&format=json`."""
+    query = {**request.query, **(query or {}), "scope": "local", "format": "json"}
     url = URL(worker).with_path(request.url.path).with_query(query)
     try:
         async with session.get(
@@ -535,11 +540,14 @@ async def whole_table(
     request: Request,
     local: Callable[[], Awaitable[Payload]],
     merge_rows: MergeRows,
+    query: Mapping[str, str] | None = None,
 ) -> Payload:
     """A list view's payload: over the whole table, or this worker's part (`?scope=local`).
 
     `local()` computes the view's rows over this worker's partitions (with `filter`,
-    `limit` and `complete`); the scope, worker and partitions fields are added here.
+    `limit` and `complete`); the scope, worker and partitions fields are added here. The
+    other workers are asked with the request's query, `query` replacing some of it (a
+    filter resolved here, e.g. a cut-off time from this worker's clock).
     """
     me = worker_url(app)
 
@@ -563,7 +571,7 @@ async def whole_table(
     check_coverage(owners, table.partitions)
     session = cast(aiohttp.ClientSession, app.http_client)
     parts = await gather_parts(
-        owners, me, own_part, lambda url: fetch_part(session, url, request, PEER_TIMEOUT)
+        owners, me, own_part, lambda url: fetch_part(session, url, request, PEER_TIMEOUT, query)
     )
     check_parts(owners, parts)
     return merge_parts(parts, me, merge_rows)

@@ -517,6 +517,21 @@ class SagaActionAnswered:
 
 
 @dataclass(frozen=True)
+class DeadLetterReplayed:
+    """A dead letter put back on its source topic (or being put back: `replayed_offset`
+    None). Topic saga.dead-letters.replayed, compacted, key "source_topic/partition/offset"."""
+
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    dead_letter_partition: int
+    dead_letter_offset: int
+    replayed_offset: int | None  # None while the replay is under way
+    operator: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class ExpireSaga:
     """The saga ended more than the retention ago: its row leaves the table (sent by the
     orchestrator's expiry timer to saga.operations, handled by its agent)."""
@@ -610,6 +625,9 @@ class SagaState:
     updated_at: datetime
     version: int = 1  # of the saga's definition: it started and finishes on it
     traceparent: str | None = None  # W3C trace context the saga started with
+    # When it entered its current state (a re-send leaves it); None: written before it was
+    # recorded (then `updated_at` is the best known, a later time).
+    entered_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -631,6 +649,7 @@ class CancelSagaState:
     updated_at: datetime
     version: int = 1
     traceparent: str | None = None
+    entered_at: datetime | None = None  # as SagaState's
 
 
 @dataclass(frozen=True)

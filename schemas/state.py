@@ -45,7 +45,8 @@ READ_EXACTLY = {
     "SagaState.v1": (
         "version defaults to 1: every saga then started on definition version 1;"
         " traceparent defaults to null: no trace context was recorded then, and the"
-        " saga's next write records the context of the record that moved it"
+        " saga's next write records the context of the record that moved it;"
+        " entered_at defaults to null: not recorded then (updated_at, a later time, stands in)"
     ),
     "OrderRow.v1": (
         "cancel_saga defaults to null: no order was being cancelled then; applied_offset"

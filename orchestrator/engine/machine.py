@@ -115,6 +115,7 @@ def start(saga: SagaType, request: object, now: datetime) -> Decision:
         "created_at": now,
         "updated_at": now,
         "version": definition.version,
+        "entered_at": now,
     }
     if begun.problems and definition.invalid_request is not None:
         why = reason("invalid request: " + "; ".join(begun.problems))
@@ -327,6 +328,7 @@ def take(
         reason=reason_after(saga, row, transition, trigger),
         sequence=row.sequence + 1,
         updated_at=now,
+        entered_at=now,
     )
     commands: tuple[Any, ...] = () if step is None else (build_command(saga, step, moved, now),)
     commands += tuple(notify(saga, n, moved, now) for n in definition.notifications_on(moved.state))

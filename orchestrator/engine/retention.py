@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import heapq
 import os
-import re
 from datetime import datetime, timedelta
 from typing import Any
 
+from messaging.durations import DurationError, parse_duration
 from schemas.messages import ExpireSaga
 
 ENVIRONMENT_VARIABLE = "SAGA_RETENTION"
@@ -35,9 +35,6 @@ DEFAULT_RETENTION = timedelta(days=7)
 # An ExpireSaga not followed by the row's deletion (lost, or the saga type's gate kept
 # the saga: see SagaType.forget) is sent again after this long, or the retention if less.
 RESEND_AFTER = timedelta(hours=1)
-
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 
 
 class RetentionError(ValueError):
@@ -47,14 +44,13 @@ class RetentionError(ValueError):
 def parse_retention(text: str, source: str = ENVIRONMENT_VARIABLE) -> timedelta:
     """A duration such as "7d", "12h", "30m", "2s" or "500ms" (a positive number and a
     unit); anything else raises RetentionError naming `source`."""
-    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
-    seconds = float(match.group(1)) * _UNITS[match.group(2)] if match else 0.0
-    if not match or seconds <= 0 or seconds > 100 * 365 * 86400:
+    try:
+        return parse_duration(text, source)
+    except DurationError:
         raise RetentionError(
             f"{source}={text!r} is not a retention: give a positive number and a unit,"
             " ms, s, m, h or d (e.g. 7d, 12h, 2s), at most 100 years"
-        )
-    return timedelta(seconds=seconds)
+        ) from None
 
 
 def configured_retention(value: timedelta | str | None = None) -> timedelta:

@@ -33,6 +33,7 @@ ROW_FIELDS = (
     "created_at",
     "updated_at",
     "version",
+    "entered_at",  # when it entered its state (a re-send leaves it): how long it waits
 )
 # A row that also has `traceparent: str | None = None` remembers its saga's trace
 # context (the runner fills it in): what the timer sends later continues the trace.

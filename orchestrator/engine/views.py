@@ -3,7 +3,12 @@ type a runner runs.
 
 - `/sagas?state=ORDER_REJECTED&limit=50`: counts by state and the latest sagas (by
   `updated_at`) over the whole table: each orchestrator worker owning partitions gives
-  its part, merged here (`?scope=local`: only this worker's partitions).
+  its part, merged here (`?scope=local`: only this worker's partitions). Filters (all
+  optional, combined): `state`, `saga` (its type's name), `waiting=true|false` (waiting
+  for a step, or ended), `stuck_for=10m` (waiting in its state at least that long) or
+  `entered_before=<ISO time>` (waiting in a state it entered before then). The worker
+  that answers turns `stuck_for` into `entered_before` from its clock and asks the others
+  with that, so every part uses one cut-off. `matched` counts the sagas the filters keep.
 - `/sagas/{saga_id}`: the saga's row (type, state, current step, attempt, deadline,
   reason, and what its saga type describes of it: e.g. the order) and its timeline read
   from the events topic. Routed by Faust to the worker that owns the key (`table_route`),
@@ -30,6 +35,8 @@ from faust.web import Request, Response
 
 from messaging import client, topics, tracing
 from messaging import web as w
+from messaging.durations import DurationError, parse_duration
+from messaging.faust_app import utc_now
 from messaging.operator_guard import Guard
 from messaging.tables import RowTable
 from orchestrator.engine.operator_views import page_actions, register_operator_views
@@ -105,6 +112,113 @@ def _ordered(found: Mapping[int, m.SagaEvent]) -> list[m.SagaEvent]:
     return [found[sequence] for sequence in sorted(found)]
 
 
+# ---- filters of /sagas ----
+
+
+@dataclass(frozen=True)
+class SagaFilter:
+    """What `/sagas` keeps of the table: every given condition holds."""
+
+    state: str | None = None
+    saga: str | None = None  # a saga type's name
+    waiting: bool | None = None  # True: waits for a step; False: ended
+    entered_before: datetime | None = None  # waits in a state it entered before then
+    stuck_for: str | None = None  # as asked (already turned into entered_before)
+
+    def keeps(self, saga_name: str, row: Any) -> bool:
+        if self.state is not None and row.state != self.state:
+            return False
+        if self.saga is not None and saga_name != self.saga:
+            return False
+        waits = row.step is not None
+        if self.waiting is not None and waits != self.waiting:
+            return False
+        if self.entered_before is not None:
+            return waits and entered(row) < self.entered_before
+        return True
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "saga": self.saga,
+            "waiting": self.waiting,
+            "stuck_for": self.stuck_for,
+            "entered_before": w.timestamp(self.entered_before),
+        }
+
+    def forwarded(self) -> dict[str, str]:
+        """The query the other workers get for their parts: the same filters, with the
+        cut-off fixed here (`stuck_for` resolved to `entered_before`)."""
+        query = {"state": self.state, "saga": self.saga}
+        if self.waiting is not None:
+            query["waiting"] = "true" if self.waiting else "false"
+        if self.entered_before is not None:
+            query["entered_before"] = w.timestamp(self.entered_before)
+        return {"stuck_for": "", **{k: v for k, v in query.items() if v is not None}}
+
+
+def entered(row: Any) -> datetime:
+    """When the saga entered its current state; rows written before that was recorded
+    give their last update (a later time: such a saga looks as stuck as it surely is)."""
+    return row.entered_at or row.updated_at
+
+
+WAITING = {"true": True, "false": False}
+
+
+def saga_filter(
+    query: Mapping[str, str], states: Sequence[str], saga_names: Sequence[str], now: datetime
+) -> SagaFilter:
+    """The filters of a `/sagas` query; a bad one is a 400 naming it."""
+    waiting = query.get("waiting") or None
+    if waiting is not None and waiting not in WAITING:
+        raise w.bad_request(f"waiting must be true or false, got {waiting!r}", parameter="waiting")
+    stuck_for = query.get("stuck_for") or None
+    before_text = query.get("entered_before") or None
+    if stuck_for is not None and before_text is not None:
+        raise w.bad_request("give stuck_for or entered_before, not both", parameter="stuck_for")
+    entered_before = None
+    if stuck_for is not None:
+        try:
+            entered_before = now - parse_duration(stuck_for, "stuck_for")
+        except DurationError as exc:
+            raise w.bad_request(str(exc), parameter="stuck_for") from None
+    elif before_text is not None:
+        entered_before = _instant(before_text)
+    return SagaFilter(
+        state=_choice(query, "state", states),
+        saga=_choice(query, "saga", saga_names),
+        waiting=None if waiting is None else WAITING[waiting],
+        entered_before=entered_before,
+        stuck_for=stuck_for,
+    )
+
+
+def _choice(query: Mapping[str, str], name: str, choices: Sequence[str]) -> str | None:
+    raw = query.get(name) or None
+    if raw is not None and raw not in choices:
+        raise w.bad_request(
+            f"unknown {name} {raw!r}; use one of: {', '.join(choices)}",
+            parameter=name,
+            allowed=list(choices),
+        )
+    return raw
+
+
+def _instant(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.utcoffset() is None:
+        raise w.bad_request(
+            f"entered_before {text!r} is not an ISO 8601 time with its offset "
+            "(e.g. 2026-12-03T10:00:00+00:00)",
+            parameter="entered_before",
+        )
+    return moment
+
+
 # ---- JSON ----
 
 
@@ -147,6 +261,7 @@ def saga_summary(saga: SagaType, row: Any) -> dict[str, Any]:
         "reason": row.reason,
         "created_at": w.timestamp(row.created_at),
         "updated_at": w.timestamp(row.updated_at),
+        "entered_at": w.timestamp(entered(row)),
         "url": w.path("sagas", row.saga_id),
     }
 
@@ -184,6 +299,7 @@ def saga_detail(saga: SagaType, row: Any, timeline: Timeline, worker: str) -> di
         "updated_at": w.timestamp(row.updated_at),
         # The saga's trace (messaging/tracing.py), when its row remembers one.
         "trace_id": tracing.trace_id(tracing.valid(getattr(row, "traceparent", None))),
+        "entered_at": w.timestamp(entered(row)),
         "timeline": [event_json(e) for e in timeline.events],
         "timeline_complete": timeline.complete,
         "timeline_error": timeline.error,
@@ -201,6 +317,7 @@ def merge_lists(parts: Sequence[Mapping[str, Any]], limit: int) -> dict[str, Any
         counts.update(part["counts"])
     return {
         "total": sum(part["total"] for part in parts),
+        "matched": sum(part["matched"] for part in parts),
         "counts": {state: counts[state] for state in parts[0]["counts"]} if parts else {},
         # The saga id breaks ties: the same order whichever worker merges.
         "sagas": w.top_rows(parts, "sagas", limit, key=_latest, largest=True),
@@ -244,7 +361,7 @@ def render_list(payload: Mapping[str, Any]) -> str:
 # The keys of a saga's JSON that every saga has; the others are what its type describes.
 SUMMARY_KEYS = frozenset({
     "saga_id", "saga", "state", "terminal", "step", "attempt", "reason", "created_at",
-    "updated_at", "url",
+    "updated_at", "entered_at", "url",
 })  # fmt: skip
 DETAIL_KEYS = SUMMARY_KEYS | {
     "version", "deadline", "sequence", "timeline", "timeline_complete", "timeline_error",
@@ -317,6 +434,7 @@ def register_views(app: faust.App, sagas: RowTable, saga_types: Sequence[SagaTyp
     short or a bad SAGA_OPERATOR_ORIGINS raises ValueError: the worker does not start)."""
     guard = Guard.from_env(w.worker_url(app))
     states = states_of(saga_types)
+    saga_names = [saga.name for saga in saga_types]
     by_row = {saga.row: saga for saga in saga_types}
 
     class SagaList(w.NegotiatedView):
@@ -324,28 +442,28 @@ def register_views(app: faust.App, sagas: RowTable, saga_types: Sequence[SagaTyp
 
         async def get(self, request: Request) -> Response:
             w.wants_html(request)  # a bad ?format= is a 400 before any work
-            state_filter = w.choice_param(request, "state", states)
+            chosen = saga_filter(request.query, states, saga_names, utc_now())
             limit = w.int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
 
             async def local() -> dict[str, Any]:
                 scan = await w.scan_table(sagas, SCAN_CAP)
                 counts = Counter(row.state for _key, row in scan.rows)
-                chosen = (
-                    row
-                    for _key, row in scan.rows
-                    if state_filter is None or row.state == state_filter
-                )
-                latest = heapq.nlargest(limit, chosen, key=lambda row: row.updated_at)
+                kept = [row for _key, row in scan.rows if chosen.keeps(by_row[type(row)].name, row)]
+                latest = heapq.nlargest(limit, kept, key=lambda row: row.updated_at)
                 return {
                     "total": len(scan.rows),
+                    "matched": len(kept),
                     "complete": scan.complete,
                     "counts": {state: counts.get(state, 0) for state in states},
-                    "filter": {"state": state_filter},
+                    "filter": chosen.as_json(),
                     "limit": limit,
                     "sagas": [saga_summary(by_row[type(row)], row) for row in latest],
                 }
 
-            payload = await w.whole_table(app, sagas, request, local, merge_lists)
+            payload = await w.whole_table(
+                app, sagas, request, local, merge_lists, query=chosen.forwarded()
+            )
+            payload["filter"] = chosen.as_json()  # as asked here (the parts got the cut-off)
             return self.respond(request, payload, render_list)
 
     class SagaDetail(w.NegotiatedView):

@@ -238,7 +238,14 @@ def test_saga_list_counts_and_filter(placed: Placed) -> None:
     assert updated == sorted(updated, reverse=True)
 
     approved = http_get(f"{placed.urls.orchestrator}/sagas?state=ORDER_APPROVED&limit=1000").json()
-    assert approved["filter"] == {"state": "ORDER_APPROVED"}
+    assert approved["filter"] == {
+        "state": "ORDER_APPROVED",
+        "saga": None,
+        "waiting": None,
+        "stuck_for": None,
+        "entered_before": None,
+    }
+    assert approved["matched"] == approved["counts"]["ORDER_APPROVED"]
     assert {s["state"] for s in approved["sagas"]} <= {"ORDER_APPROVED"}
     assert len(approved["sagas"]) == min(1000, approved["counts"]["ORDER_APPROVED"])
     mine = next(s for s in approved["sagas"] if s["saga_id"] == placed.approved)
@@ -326,6 +333,10 @@ def test_html_escapes_what_the_url_carries(placed: Placed) -> None:
         ("/sagas?limit=100000", "limit"),
         ("/sagas?format=xml", "format"),
         ("/sagas?scope=mine", "scope"),
+        ("/sagas?saga=Nope", "saga"),
+        ("/sagas?waiting=maybe", "waiting"),
+        ("/sagas?stuck_for=10", "stuck_for"),
+        ("/sagas?entered_before=noon", "entered_before"),
     ],
 )
 def test_bad_query_parameters_are_400(placed: Placed, path: str, parameter: str) -> None:

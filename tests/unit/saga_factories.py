@@ -148,4 +148,5 @@ def saga_in(state: str, attempt: int = 1, reason: str | None = None) -> SagaStat
         sequence=4,
         created_at=T0 - timedelta(minutes=1),
         updated_at=T0 - timedelta(seconds=1),
+        entered_at=T0 - timedelta(seconds=1),
     )

@@ -105,7 +105,13 @@ NAMESPACES = {
         "ItemResult",
     },
     "saga.admin": {"Restock", "TopUp"},
-    "saga.operations": {"AbortSaga", "RetrySaga", "SagaActionAnswered", "ExpireSaga"},
+    "saga.operations": {
+        "AbortSaga",
+        "RetrySaga",
+        "SagaActionAnswered",
+        "ExpireSaga",
+        "DeadLetterReplayed",
+    },
     "saga.state": {
         "SagaState",
         "CancelSagaState",

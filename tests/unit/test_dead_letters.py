@@ -87,6 +87,19 @@ def test_sends_the_raw_record_with_headers() -> None:
     )
 
 
+def test_the_records_own_headers_are_kept_before_the_dead_letters() -> None:
+    producer = RecordingProducer()
+    own = [("traceparent", b"00-ab-cd-01"), ("replayed-from", b"t/0/5")]
+    send_dead_letter(producer, b"k", b"v", KeyError("x"), "t", 0, 1, headers=own)
+    send_dead_letter(producer, b"k", b"v", KeyError("x"), "t", 0, 2, headers={"a": "text"})
+    first, second = (sent["headers"] for _, sent in producer.produced)
+    assert first[:2] == own and [name for name, _ in first[2:]] == [
+        "error", "error.reason", "source.topic", "source.partition", "source.offset",
+        "dead_lettered_at",
+    ]  # fmt: skip
+    assert second[0] == ("a", b"text")
+
+
 def test_reason_of_other_errors() -> None:
     producer = RecordingProducer()
     send_dead_letter(producer, None, None, KeyError("x"), "t", 0, 1)

@@ -46,6 +46,7 @@ def test_an_abort_before_the_pivot_compensates_now(state: str, target: str, comm
     row = saga_in(state)
     decision = act(CREATE, row, abort(), NOW)
     assert decision.state.state == target
+    assert decision.state.entered_at == NOW
     assert decision.state.reason == "AbortSaga by ops-alice: stuck since the outage"
     (sent,) = decision.commands
     assert type(sent) is command and getattr(sent, "attempt", None) == 1
@@ -107,6 +108,7 @@ def test_a_retry_re_sends_the_awaited_command_now_with_the_backoff_reset() -> No
     assert decision.state.attempt == 6
     assert decision.state.deadline == NOW + timedelta(seconds=5)  # the first wait again
     assert decision.state.state == "REJECTING_ORDER" and decision.state.reason == row.reason
+    assert decision.state.entered_at == row.entered_at  # it waits in the same state
     (event,) = decision.events
     assert (event.trigger, event.operator) == ("RetrySaga", "ops-bob")
     assert event.reason == "RetrySaga by ops-bob: the order service is back"

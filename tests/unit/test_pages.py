@@ -73,6 +73,7 @@ def saga_list_page() -> str:
         "filter": {"state": None},
         "limit": 50,
         "total": 1,
+        "matched": 1,
         "counts": {"ORDER_REJECTED": 1},
         "sagas": [summary],
     }
@@ -190,6 +191,7 @@ def test_free_text_in_attributes_is_escaped_too() -> None:
             "filter": {"state": None},
             "limit": 50,
             "total": 1,
+            "matched": 1,
             "counts": {},
             "sagas": [{**summary, "url": quoted}],
         }

@@ -252,6 +252,7 @@ def test_order_requested_starts_a_saga() -> None:
         sequence=1,
         created_at=NOW,
         updated_at=NOW,
+        entered_at=NOW,
     )
     assert decision.commands == (
         CreateOrder(SAGA, f"{SAGA}:create_order", 1, NOW, SAGA, CUSTOMER, ITEMS),
@@ -634,6 +635,16 @@ def test_retry_keeps_reason_and_total() -> None:
         "StepTimedOut",
         2,
     )
+
+
+def test_a_transition_stamps_when_the_state_was_entered_and_a_re_send_keeps_it() -> None:
+    saga = saga_in("VERIFYING_PRODUCTS")
+    resent = decide(CREATE_ORDER, saga, timed_out(saga), NOW).state
+    assert resent.attempt == 2 and resent.updated_at == NOW
+    assert resent.entered_at == saga.entered_at  # still waiting in the state it entered
+    later = NOW + timedelta(seconds=3)
+    moved = decide(CREATE_ORDER, resent, reply_for(resent), later).state
+    assert moved.state == "AUTHORIZING_PAYMENT" and moved.entered_at == later
 
 
 def test_participants_answering_every_command_drive_the_saga_to_the_end() -> None:

@@ -77,6 +77,7 @@ def saga_part(
         "workers": [worker],
         "partitions": partitions,
         "total": sum(counts.values()),
+        "matched": len(sagas) + 1,  # one more than the limit kept
         "complete": True,
         "counts": {state: counts.get(state, 0) for state in saga_views.states_of(SAGAS)},
         "filter": {"state": None},
@@ -171,6 +172,7 @@ def test_saga_parts_sum_counts_and_keep_the_latest() -> None:
     assert merged["counts"]["CREATING_ORDER"] == 1
     assert list(merged["counts"]) == list(saga_views.states_of(SAGAS))  # every state, in order
     assert sum(merged["counts"].values()) == merged["total"]
+    assert merged["matched"] == 3 + 3  # each part's count of the sagas its filters kept
     # Latest first, cut to the limit of 2; a tie on updated_at goes by saga id.
     assert [s["saga_id"] for s in merged["sagas"]] == ["b0", "a1"]
 
@@ -301,6 +303,21 @@ async def test_fetch_part_asks_for_the_local_scope_in_json(peer: Any) -> None:
         body = await w.fetch_part(session, url, asked_with(prefix="t-", format="html"), 5.0)
     assert body == {"worker": "x", "partitions": [1]}
     assert seen == {"prefix": "t-", "format": "json", "scope": "local"}
+
+
+async def test_fetch_part_asks_with_the_filters_resolved_by_the_asking_worker(peer: Any) -> None:
+    seen: dict[str, str] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.update(request.query)
+        return web.json_response({"worker": "x", "partitions": [1]})
+
+    url = await peer(handler)
+    asked = asked_with(stuck_for="10m", state="S")
+    resolved = {"stuck_for": "", "entered_before": "2026-01-01T12:00:00.000+00:00"}
+    async with aiohttp.ClientSession() as session:
+        await w.fetch_part(session, url, asked, 5.0, resolved)
+    assert seen == {"state": "S", **resolved, "format": "json", "scope": "local"}
 
 
 async def test_fetch_part_reports_an_error_answer(peer: Any) -> None:
