@@ -112,8 +112,8 @@ def chaos(
     Exits 1 on FAIL. Worker output goes to HOME/workers.log.
     """
     isolate(home.resolve(), port)
-    from bench import chaos_report
-    from bench.chaos import Options, run
+    from chaos import report as chaos_report
+    from chaos.run import Options, run
 
     options = Options(
         orders=orders,

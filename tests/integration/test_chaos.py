@@ -88,7 +88,7 @@ def test_scaling_out_and_in_under_load_moves_partitions_and_loses_nothing(
     saga ends once, every invariant holds, the new workers own keys (their partitions
     and tables moved to them), and every lookup of a key that exists, through any worker
     in service, gets its row (a 503 while partitions move is retried; see
-    bench/view_watch.py)."""
+    chaos/view_watch.py)."""
     isolated = [
         "--home", str(settings.local_home() / "scale-test"), "--port", str(broker_port()),
         "--web-port-base", str(TEST_WORKER_PORTS["orchestrator"] + 300),

@@ -1,4 +1,4 @@
-"""The chaos run's plan and invariant checks (bench.chaos_plan, bench.invariants), no broker.
+"""The chaos run's plan and invariant checks (chaos.plan, chaos.invariants), no broker.
 
 A consistent final state is built from a plan; the checks must pass on it and name each
 kind of damage done to it.
@@ -13,9 +13,9 @@ from decimal import Decimal
 
 import pytest
 
-from bench.chaos_plan import INPUT_TOPICS, BadKind, Intent, Plan, make_plan
-from bench.chaos_workers import Scheduler
-from bench.invariants import DeadLetter, Observed, check, distinct_events, split_rows
+from chaos.invariants import DeadLetter, Observed, check, distinct_events, split_rows
+from chaos.plan import INPUT_TOPICS, BadKind, Intent, Plan, make_plan
+from chaos.workers import Scheduler
 from orchestrator.app import INPUTS as ORCHESTRATOR_INPUTS
 from schemas import codec
 from schemas import messages as m

@@ -1,6 +1,6 @@
 """What a chaos run does, decided up front from a seed: catalog, orders, bad records, faults.
 
-Pure: no I/O, no clock. `bench.chaos` executes the plan; `bench.invariants` checks the
+Pure: no I/O, no clock. `chaos.run` executes the plan; `chaos.invariants` checks the
 outcome against it. Every id carries the run id, so a run's records can be told apart
 from anything else on the cluster.
 

@@ -1,5 +1,5 @@
 """Checks of a finished chaos run: the final tables, saga.events and saga.dead-letters
-against the plan. Pure: `bench.chaos` reads the topics into `Observed`.
+against the plan. Pure: `chaos.run` reads the topics into `Observed`.
 
 What must hold (DESIGN §2, §4, §5), each check named as it appears in the report:
   not-terminal       every saga ends in ORDER_APPROVED or ORDER_REJECTED ...
@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from bench.chaos_plan import MUST_REJECT, BadRecord, Intent, Plan, PlannedOrder
+from chaos.plan import MUST_REJECT, BadRecord, Intent, Plan, PlannedOrder
 from orchestrator.engine import DEADLINE
 from orchestrator.sagas.create_order import DEFINITION as CREATE_ORDER_SAGA
 from orchestrator.sagas.create_order import ORDER_APPROVED, ORDER_REJECTED

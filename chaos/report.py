@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from bench.chaos import Result
+from chaos.run import Result
 from cli.processes import SERVICE_NAMES
 from orchestrator.sagas.create_order import ORDER_APPROVED, ORDER_REJECTED
 

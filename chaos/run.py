@@ -9,10 +9,10 @@ ports of its own), never on the ones other people use. Phases:
            times, SIGTERM + restart once each, one broker stop + start, duplicates of
            real commands and replies, bad records on every input topic; with --scale-to,
            more workers of every service, then fewer (by SIGTERM, then SIGKILL); with
-           --watch-views, key lookups on the web views all along (bench.view_watch)
+           --watch-views, key lookups on the web views all along (chaos.view_watch)
   settle   wait until every saga is terminal and every worker has caught up
   stop     SIGTERM every worker: each must exit 0 in time
-  check    read the final tables, saga.events and saga.dead-letters; bench.invariants
+  check    read the final tables, saga.events and saga.dead-letters; chaos.invariants
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
-from bench import chaos_io, invariants, view_watch
-from bench.chaos_plan import INPUT_TOPICS, BadRecord, Intent, Plan, make_plan
-from bench.chaos_workers import STOP_TIMEOUT, Scheduler, Supervisor, WorkerFaults
+from chaos import invariants, kafka_io, view_watch
+from chaos.plan import INPUT_TOPICS, BadRecord, Intent, Plan, make_plan
+from chaos.workers import STOP_TIMEOUT, Scheduler, Supervisor, WorkerFaults
 from cli.processes import SERVICE_NAMES, Workers
 from messaging import catalog, client, local_broker, settings, topics
 from messaging.dead_letters import DEAD_LETTER_TOPIC
@@ -183,7 +183,7 @@ def fresh_cluster(log: Log) -> bool:
 
 
 def seed_catalog(plan: Plan) -> None:
-    producer = client.producer(**chaos_io.QUIET)
+    producer = client.producer(**kafka_io.QUIET)
     for restock in plan.catalog.restocks:
         client.send(producer, catalog.STOCK_TOPIC, restock.product_id, restock)
     for top_up in plan.catalog.top_ups:
@@ -226,7 +226,7 @@ class Chaos:
         self.scheduler = Scheduler()
         self.supervisor = Supervisor(workers, self.scheduler, self.rng, log)
         self.faults = Faults(workers=self.supervisor.faults)
-        self.producer = client.producer(**{"message.timeout.ms": 600_000, **chaos_io.QUIET})
+        self.producer = client.producer(**{"message.timeout.ms": 600_000, **kafka_io.QUIET})
         self.broker_thread: threading.Thread | None = None
         self.scaling_steps_done = 0
 
@@ -234,7 +234,7 @@ class Chaos:
     def seconds(self) -> float:
         return chaos_seconds(self.options)
 
-    def plan_faults(self, duplicator: chaos_io.Duplicator) -> None:
+    def plan_faults(self, duplicator: kafka_io.Duplicator) -> None:
         at, supervisor = self.scheduler.at, self.supervisor
         for name, times in self.plan.kill_times.items():
             for moment in times:
@@ -313,7 +313,7 @@ class Chaos:
         )
         self.faults.bad_sent += 1
 
-    def duplicate(self, duplicator: chaos_io.Duplicator) -> None:
+    def duplicate(self, duplicator: kafka_io.Duplicator) -> None:
         if duplicator.inject(self.producer):
             self.faults.duplicates = duplicator.sent
 
@@ -343,9 +343,9 @@ class Chaos:
             )
         return max(placed, due)
 
-    def run(self, watch: chaos_io.TerminalWatch) -> None:
-        duplicator = chaos_io.Duplicator(
-            chaos_io.end_offsets(chaos_io.DUPLICATED_TOPICS),
+    def run(self, watch: kafka_io.TerminalWatch) -> None:
+        duplicator = kafka_io.Duplicator(
+            kafka_io.end_offsets(kafka_io.DUPLICATED_TOPICS),
             f"chaos-{self.plan.run}-",
             {b.key for b in self.plan.bad_records},
             self.rng,
@@ -385,7 +385,7 @@ def chaos_seconds(options: Options) -> float:
 # ---- settle, stop, check ----
 
 
-def wait_terminal(watch: chaos_io.TerminalWatch, chaos: Chaos, timeout: float, log: Log) -> None:
+def wait_terminal(watch: kafka_io.TerminalWatch, chaos: Chaos, timeout: float, log: Log) -> None:
     deadline = time.monotonic() + timeout
     last = 0.0
     while watch.open_count and time.monotonic() < deadline:
@@ -409,7 +409,7 @@ def wait_caught_up(chaos: Chaos, timeout: float, log: Log) -> dict[str, int]:
     while zero_in_a_row < 2 and time.monotonic() < deadline:
         chaos.tick()
         try:
-            behind = chaos_io.lag()
+            behind = kafka_io.lag()
         except KafkaException:  # the broker is busy: ask again
             behind = {"?": 1}
         zero_in_a_row = zero_in_a_row + 1 if not behind else 0
@@ -419,17 +419,17 @@ def wait_caught_up(chaos: Chaos, timeout: float, log: Log) -> dict[str, int]:
     return behind
 
 
-def observe(plan: Plan, start: chaos_io.Offsets) -> invariants.Observed:
+def observe(plan: Plan, start: kafka_io.Offsets) -> invariants.Observed:
     prefix = f"chaos-{plan.run}-"
-    stock, holds = invariants.split_rows(chaos_io.table(CHANGELOGS["stock"], prefix))
-    accounts, payments = invariants.split_rows(chaos_io.table(CHANGELOGS["accounts"], prefix))
+    stock, holds = invariants.split_rows(kafka_io.table(CHANGELOGS["stock"], prefix))
+    accounts, payments = invariants.split_rows(kafka_io.table(CHANGELOGS["accounts"], prefix))
     return invariants.Observed(
-        sagas=chaos_io.table(CHANGELOGS["sagas"], prefix),
-        orders=chaos_io.table(CHANGELOGS["orders"], prefix),
+        sagas=kafka_io.table(CHANGELOGS["sagas"], prefix),
+        orders=kafka_io.table(CHANGELOGS["orders"], prefix),
         stock=stock,  # type: ignore[arg-type]
         accounts=accounts,  # type: ignore[arg-type]
-        events=chaos_io.saga_events(start["saga.events"], prefix),
-        dead_letters=chaos_io.dead_letters(start[DEAD_LETTER_TOPIC]),
+        events=kafka_io.saga_events(start["saga.events"], prefix),
+        dead_letters=kafka_io.dead_letters(start[DEAD_LETTER_TOPIC]),
         holds=holds.get("hold", {}),  # type: ignore[arg-type]
         payments=payments.get("payment", {}),  # type: ignore[arg-type]
     )
@@ -453,13 +453,13 @@ def run(options: Options, log: Log = print) -> Result:
         broker_restart=options.broker_restart,
         bad=options.bad,
     )
-    start = chaos_io.end_offsets(["saga.events", DEAD_LETTER_TOPIC, *INPUT_TOPICS])
+    start = kafka_io.end_offsets(["saga.events", DEAD_LETTER_TOPIC, *INPUT_TOPICS])
     seed_catalog(plan)
     log_file = settings.local_home() / "workers.log"
     workers = start_workers(log_file, options.web_port_base, options.loglevel)
     phases["setup"] = time.monotonic() - began
 
-    watch = chaos_io.TerminalWatch([o.request.order_id for o in plan.orders], start["saga.events"])
+    watch = kafka_io.TerminalWatch([o.request.order_id for o in plan.orders], start["saga.events"])
     watch.start()
     chaos = Chaos(plan, options, workers, log)
     views = None
@@ -511,7 +511,7 @@ def wait_seeded(log: Log) -> None:
             log(f"  the {service} workers are still behind on {topic}")
 
 
-def existing_keys(plan: Plan, watch: chaos_io.TerminalWatch) -> view_watch.Keys:
+def existing_keys(plan: Plan, watch: kafka_io.TerminalWatch) -> view_watch.Keys:
     """The keys a view must answer for, by service: every product and customer of the
     seed; a saga once its first event is seen (its request was processed), an order
     once its saga's OrderCreated transition is (the Order Service stored it)."""
