@@ -1,10 +1,10 @@
 """Reliability: the reduced chaos run, SIGTERM under load, scaling out and in under load.
 
 All drive `saga chaos` (what `make chaos` runs with 2000 orders), which gets a broker
-and workers of its own (home .local/chaos-test, port 19192, web ports 7166-7169; the
-scaling run a free port, web ports from SAGA_TEST_PORT_BASE + 300): it stops and wipes
-them, so it never touches the session's broker and workers. It needs Java for that
-broker, like `saga kafka start`.
+and workers of its own (a home under SAGA_HOME, a free broker port, web ports from
+SAGA_TEST_PORT_BASE + 100, the scaling run's from + 300): it stops and wipes them, so it
+never touches the session's broker and workers, nor another checkout's chaos tests
+running beside. It needs Java for that broker, like `saga kafka start`.
 """
 
 from __future__ import annotations
@@ -25,17 +25,22 @@ from tests.ports import broker_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
-ISOLATED = [
-    "--home", str(settings.PROJECT_ROOT / ".local" / "chaos-test"),
-    "--port", "19192", "--web-port-base", "7166", "--settle-timeout", "180",
-]  # fmt: skip
 STOP_WITHIN = 30.0
 
 
-def chaos(tmp_path: Path, *args: str, isolated: list[str] = ISOLATED) -> dict[str, Any]:
+def isolated(home: str, web_port_base: int, settle_timeout: int) -> list[str]:
+    """Options giving the run a home, a broker port and web ports of its own."""
+    return [
+        "--home", str(settings.local_home() / home), "--port", str(broker_port()),
+        "--web-port-base", str(web_port_base), "--settle-timeout", str(settle_timeout),
+    ]  # fmt: skip
+
+
+def chaos(tmp_path: Path, *args: str, own: list[str] | None = None) -> dict[str, Any]:
     """Run `saga chaos` with `args`; its JSON result (the printed table on failure)."""
     result_file = tmp_path / "chaos.json"
-    command = [sys.executable, "-m", "cli.main", "chaos", *isolated, *args]
+    own = own or isolated("chaos-test", TEST_WORKER_PORTS["orchestrator"] + 100, 180)
+    command = [sys.executable, "-m", "cli.main", "chaos", *own, *args]
     command += ["--json", str(result_file)]
     # Always its own local broker: workers on a shared cluster (the session's testcontainer
     # or KAFKA_BOOTSTRAP_SERVERS) would share its consumer groups and take its records.
@@ -89,16 +94,12 @@ def test_scaling_out_and_in_under_load_moves_partitions_and_loses_nothing(
     and tables moved to them), and every lookup of a key that exists, through any worker
     in service, gets its row (a 503 while partitions move is retried; see
     chaos/view_watch.py)."""
-    isolated = [
-        "--home", str(settings.local_home() / "scale-test"), "--port", str(broker_port()),
-        "--web-port-base", str(TEST_WORKER_PORTS["orchestrator"] + 300),
-        "--settle-timeout", "120",
-    ]  # fmt: skip
+    own = isolated("scale-test", TEST_WORKER_PORTS["orchestrator"] + 300, 120)
     result = chaos(
         tmp_path,
         "--orders", "600", "--rate", "10", "--kills", "0", "--terms", "0",
         "--no-broker-restart", "--bad", "0", "--scale-to", "3", "--watch-views",
-        isolated=isolated,
+        own=own,
     )  # fmt: skip
     report = result["report"]
     assert result["passed"], report
