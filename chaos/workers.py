@@ -26,6 +26,8 @@ Log = Callable[[str], None]
 
 STOP_TIMEOUT = 30.0  # a worker still running that long after SIGTERM hangs (watchdog: 25 s)
 BROKER_SETTLE = 15.0  # after the broker is back, a start-up may still trip on its leaders
+REBALANCE_GRACE = 5.0  # a worker counts as down this long after it is ready again
+RETIRED_DOWN = 30.0  # a worker stopped for good: its partitions move for about this long
 
 
 class Scheduler:
@@ -78,6 +80,9 @@ class WorkerFaults:
     forced_stops: int = 0  # stops that stuck (the watchdog ended them) or could not flush
     unplanned_exits: list[str] = field(default_factory=list)  # crashes of running workers
     startup_failures: int = 0  # exits at start-up: the broker went away meanwhile
+    # service -> (from, to) wall clock (time.time()) when one of its workers was down: from
+    # its kill, stop or exit until REBALANCE_GRACE after it was ready again
+    down: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -97,6 +102,7 @@ class Supervisor:
         self.broker_down = (float("inf"), float("inf"))  # (since, until) of its restart
         self.retiring: dict[str, str] = {}  # worker -> the signal stopping it for good
         self.in_service: dict[str, tuple[str, ...]] = {}  # service -> URLs (see endpoints)
+        self.down_since: dict[str, float] = {}  # worker -> when it went down (wall clock)
         self._update_service()
 
     # -- the processes --
@@ -144,6 +150,7 @@ class Supervisor:
             return
         self.stopped.add(name)
         self._update_service()  # out of service before the signal
+        self._went_down(name)
         self.workers.kill(name)
         self.faults.kills[name] += 1
         self.log(f"  SIGKILL {name}")
@@ -157,6 +164,7 @@ class Supervisor:
             return
         self.stopped.add(name)
         self._update_service()  # out of service before the signal
+        self._went_down(name)
         os.killpg(process.pid, signal.SIGTERM)
         self.terminating[name] = time.monotonic()
 
@@ -169,6 +177,7 @@ class Supervisor:
         self.log(f"  scale out: {worker.name}")
         self.readied.discard(worker.name)
         self.stopped.add(worker.name)  # until start() runs it
+        self._went_down(worker.name)  # its service rebalances until it is ready
         self.start(worker.name)
         return worker.name
 
@@ -194,6 +203,9 @@ class Supervisor:
         return running[-1] if running else None
 
     def _forget(self, name: str, stop: Stop) -> None:
+        since = self.down_since.pop(name, time.time())
+        service = self.workers.workers[name].service
+        self.faults.down.setdefault(service, []).append((since, since + RETIRED_DOWN))
         self.faults.retired.append(stop)
         del self.retiring[name]
         self.stopped.discard(name)
@@ -221,11 +233,17 @@ class Supervisor:
         self.broker_down = (self.broker_down[0], time.monotonic())
 
     def broker_up(self) -> bool:
+        """Is the local Kafka there for a worker to start: not being restarted, and one
+        of its nodes listening (a cluster with a node down is up)?"""
         if settings.external_bootstrap():
             return True
         restarting = self.broker_down[1] == float("inf") and self.broker_down[0] != float("inf")
-        port_open = local_broker.port_open("127.0.0.1", settings.LOCAL_BROKER_PORT)
-        return port_open and not restarting
+        nodes = settings.bootstrap_servers().split(",")
+        listening = any(
+            local_broker.port_open(host, int(port))
+            for host, _, port in (node.strip().rpartition(":") for node in nodes)
+        )
+        return listening and not restarting
 
     # -- watching --
 
@@ -266,12 +284,30 @@ class Supervisor:
         for name in self.workers.workers:
             if name not in self.readied and self.alive(name) and self.ready(name):
                 self.readied.add(name)
+                self._back_up(name)
+
+    # -- downtime, for what the broker faults cost (chaos.brokers) --
+
+    def _went_down(self, name: str) -> None:
+        self.down_since.setdefault(name, time.time())
+
+    def _back_up(self, name: str) -> None:
+        since = self.down_since.pop(name, None)
+        if since is not None:
+            service = self.workers.workers[name].service
+            self.faults.down.setdefault(service, []).append((since, time.time() + REBALANCE_GRACE))
+
+    def close_downtime(self) -> None:
+        """Workers still down at the end were down until the end."""
+        for name in list(self.down_since):
+            self._back_up(name)
 
     def _supervise(self) -> None:
         """Restart a worker that died on its own (a supervisor's job); note why."""
         for worker in self.workers.dead():
             if worker.name in self.stopped:
                 continue
+            self._went_down(worker.name)
             code = worker.process.returncode if worker.process else None
             if self._died_starting_without_broker(worker.name):
                 self.faults.startup_failures += 1
