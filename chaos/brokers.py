@@ -12,10 +12,15 @@ orchestrator decided each transition (pure functions, tested without a broker):
 - the longest stall: the longest time, from the kill until the node is back in every
   ISR (plus `AFTERMATH` seconds), in which sagas of the run were open (placed, not
   ended) and none made a transition;
-- the deadlines it caused: transitions on `StepTimedOut` whose wait overlapped the
+- the deadlines in its window: transitions on `StepTimedOut` whose wait overlapped the
   kill's window while no worker of the services the step waits on (the orchestrator and
   the step's participant) was down. Deadlines whose wait overlapped a worker's downtime
   are counted apart: the worker faults go on during broker kills.
+
+Both are upper bounds of what the kill cost: a stall or deadline in the window may also
+come from anything else slowing the run then (a backlog left by worker faults, a
+machine too busy to keep up). `saga chaos --brokers 3 --kills 0 --terms 0` measures
+the kills alone.
 """
 
 from __future__ import annotations
@@ -55,8 +60,8 @@ class KillRecord:
     error: str = ""  # what went wrong (the node not found, not back in sync, ...)
     longest_stall: float = 0.0
     stall_from: float | None = None  # wall clock
-    deadlines: int = 0  # deadlines this kill caused (no worker of the step was down)
-    deadlines_during_worker_faults: int = 0
+    deadlines: int = 0  # deadlines in its window, no worker of the step down meanwhile
+    deadlines_during_worker_faults: int = 0  # ... with one down
 
     def window(self) -> tuple[float, float] | None:
         """(from, to) wall clock of the kill's effect: the kill until back in every ISR
@@ -248,7 +253,7 @@ def charge(
     worker_down: Mapping[str, Sequence[Interval]],
     participants: Mapping[tuple[str, str], str] | None = None,
 ) -> None:
-    """Fill in each kill's longest stall and the deadlines it caused (see the module).
+    """Fill in each kill's longest stall and the deadlines in its window (see the module).
     `placed`: saga id -> when its request was placed; `worker_down`: service -> when one
     of its workers was down (wall clock, like both)."""
     times = sorted(event.at.timestamp() for saga in events.values() for event in saga)

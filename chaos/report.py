@@ -91,9 +91,9 @@ def _kill_line(kill: KillRecord) -> str:
     if kill.in_sync_after is not None:
         back += f" in every ISR {kill.in_sync_after:.1f}s later;"
     return (
-        f"node {kill.node} ({kill.led}):{down}{back} longest stall {kill.longest_stall:.1f}s;"
-        f" deadlines it caused {kill.deadlines}"
-        f" ({kill.deadlines_during_worker_faults} more while a worker was down)"
+        f"node {kill.node} ({kill.led}):{down}{back} in its window: longest stall"
+        f" {kill.longest_stall:.1f}s, deadlines {kill.deadlines} with no worker down"
+        f" ({kill.deadlines_during_worker_faults} while one was down)"
         + (f"; FAILED: {kill.error}" if kill.error else "")
     )
 

@@ -56,10 +56,17 @@ def chaos(tmp_path: Path, *args: str, own: list[str] | None = None) -> dict[str,
 @pytest.mark.timeout(290)
 def test_reduced_chaos_run_passes(tmp_path: Path) -> None:
     """A SIGKILL and a SIGTERM for every worker, a broker restart, duplicates and bad
-    records while 150 orders run: every invariant holds."""
+    records while 150 orders and 28 cancels of some of them run: every invariant holds,
+    the cancels' included (a cancelled order refunded and its stock returned, a refused
+    cancel changing nothing)."""
     result = chaos(tmp_path, "--orders", "150", "--kills", "1", "--terms", "1", "--rate", "20")
     assert result["passed"], result["report"]
     assert result["approved"] and result["rejected"], result["report"]
+    cancels = result["cancels"]
+    assert cancels["requested"] == round(0.2 * result["sagas"]) > 0
+    assert cancels["cancelled"] and cancels["rejected"], result["report"]
+    assert cancels["cancelled"] + cancels["rejected"] == cancels["requested"]
+    assert "unknown order" in cancels["rejected_because"], result["report"]
     assert 0 < result["approvable"] < 150
     share = 100 * result["deadline_rejections"] / result["approvable"]
     assert result["deadline_rejected_percent"] == pytest.approx(share)
