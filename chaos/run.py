@@ -255,8 +255,12 @@ def start_workers(log_file: Path, port_base: int, loglevel: str) -> Workers:
         "SAGA_KAFKA_PORT": str(settings.LOCAL_BROKER_PORT),
     }
     workers = Workers(ports=ports, echo=echo, loglevel=loglevel, env=env)
-    workers.start()
-    workers.wait_ready(timeout=180)
+    try:
+        workers.start()
+        workers.wait_ready(timeout=180)
+    except BaseException:  # one did not start: none is left running behind the run
+        workers.stop(timeout=STOP_TIMEOUT)
+        raise
     return workers
 
 
@@ -539,6 +543,26 @@ def run(options: Options, log: Log = print) -> Result:
         + ("1 broker" if options.brokers == 1 else f"{options.brokers} brokers")
     )
     external = fresh_cluster(log, options.brokers)
+    try:
+        result = _run(options, run_id, external, phases, began, log)
+    finally:  # whatever happened, the run's own Kafka is not left running
+        if not options.keep_broker and not external:
+            local_broker.stop(log=lambda _line: None)
+    phases["total"] = time.monotonic() - began
+    return result
+
+
+def _run(
+    options: Options,
+    run_id: str,
+    external: bool,
+    phases: dict[str, float],
+    began: float,
+    log: Log,
+) -> Result:
+    """The run on its fresh Kafka: plan, workers, chaos, settle, stop, check."""
+    seed = options.seed
+    assert seed is not None
     plan = make_plan(
         run_id,
         options.orders,
@@ -592,9 +616,6 @@ def run(options: Options, log: Log = print) -> Result:
         chaos.faults.node_kills, observed.events, chaos.placed_at, chaos.faults.workers.down
     )
     phases["check"] = time.monotonic() - mark
-    if not options.keep_broker and not external:
-        local_broker.stop(log=lambda _line: None)
-    phases["total"] = time.monotonic() - began
     return Result(
         plan,
         options,

@@ -1,10 +1,12 @@
 """Reliability: the reduced chaos run, SIGTERM under load, scaling out and in under load.
+The reduced run mixes cancels into its orders; the other two place orders only (what
+they test does not depend on the saga, and so they keep their duration).
 
 All drive `saga chaos` (what `make chaos` runs with 2000 orders), which gets a broker
-and workers of its own (a home under SAGA_HOME, a free broker port, web ports from
-SAGA_TEST_PORT_BASE + 100, the scaling run's from + 300): it stops and wipes them, so it
-never touches the session's broker and workers, nor another checkout's chaos tests
-running beside. It needs Java for that broker, like `saga kafka start`.
+and workers of its own (a home under SAGA_HOME, free ports for the broker and the
+workers' web views): it stops and wipes them, so it never touches the session's broker
+and workers, nor another checkout's tests running beside. It needs Java for that
+broker, like `saga kafka start`.
 """
 
 from __future__ import annotations
@@ -20,26 +22,30 @@ import pytest
 
 from cli.processes import SERVICE_NAMES
 from messaging import settings
-from tests.conftest import TEST_WORKER_PORTS
-from tests.ports import broker_port
+from tests.ports import broker_port, free_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 STOP_WITHIN = 30.0
 
 
-def isolated(home: str, web_port_base: int, settle_timeout: int) -> list[str]:
-    """Options giving the run a home, a broker port and web ports of its own."""
+def isolated(home: str, workers: int, settle_timeout: int) -> list[str]:
+    """Options giving the run a home, a broker port and web ports of its own, free for
+    `workers` workers per service (the n-th of a service on the base + 4 (n - 1))."""
+    broker = broker_port()
+    web_ports = free_ports(len(SERVICE_NAMES) * workers)
+    while broker - len(SERVICE_NAMES) * workers < web_ports <= broker + 1:  # not yet bound
+        web_ports = free_ports(len(SERVICE_NAMES) * workers)
     return [
-        "--home", str(settings.local_home() / home), "--port", str(broker_port()),
-        "--web-port-base", str(web_port_base), "--settle-timeout", str(settle_timeout),
+        "--home", str(settings.local_home() / home), "--port", str(broker),
+        "--web-port-base", str(web_ports), "--settle-timeout", str(settle_timeout),
     ]  # fmt: skip
 
 
 def chaos(tmp_path: Path, *args: str, own: list[str] | None = None) -> dict[str, Any]:
     """Run `saga chaos` with `args`; its JSON result (the printed table on failure)."""
     result_file = tmp_path / "chaos.json"
-    own = own or isolated("chaos-test", TEST_WORKER_PORTS["orchestrator"] + 100, 180)
+    own = own or isolated("chaos-test", 1, 180)
     command = [sys.executable, "-m", "cli.main", "chaos", *own, *args]
     command += ["--json", str(result_file)]
     # Always its own local broker: workers on a shared cluster (the session's testcontainer
@@ -82,7 +88,7 @@ def test_sigterm_under_load_lets_each_worker_finish_and_nothing_is_lost(tmp_path
     result = chaos(
         tmp_path,
         "--orders", "300", "--rate", "20", "--kills", "0", "--terms", "2",
-        "--no-broker-restart", "--bad", "0",
+        "--no-broker-restart", "--bad", "0", "--cancel-share", "0",
     )  # fmt: skip
     stops = [(s["worker"], s["code"], round(s["seconds"], 1)) for s in result["stops"]]
     assert len(stops) == 8, result["report"]
@@ -101,11 +107,12 @@ def test_scaling_out_and_in_under_load_moves_partitions_and_loses_nothing(
     and tables moved to them), and every lookup of a key that exists, through any worker
     in service, gets its row (a 503 while partitions move is retried; see
     chaos/view_watch.py)."""
-    own = isolated("scale-test", TEST_WORKER_PORTS["orchestrator"] + 300, 120)
+    own = isolated("scale-test", 3, 120)
     result = chaos(
         tmp_path,
         "--orders", "600", "--rate", "10", "--kills", "0", "--terms", "0",
         "--no-broker-restart", "--bad", "0", "--scale-to", "3", "--watch-views",
+        "--cancel-share", "0",
         own=own,
     )  # fmt: skip
     report = result["report"]
