@@ -49,7 +49,10 @@ DEFAULT_CANCEL_SHARE = 0.2  # cancel requests per unique order
 CANCEL_DELAY = (5.0, 25.0)  # seconds from an order to its planned cancel (APPROVED, REJECTED)
 IN_FLIGHT_DELAY = 0.5  # at most, from an order to an IN_FLIGHT cancel
 AGAIN_DELAY = (1.0, 10.0)  # from a cancel to the second cancel of its order
-WAIT_FOR_END = 90.0  # at most, past its moment, for the saga a request waits for
+# At most, past its moment, for the saga a request waits for: a run falling behind (a
+# busy machine, a broker node down) may take minutes to end an order; one whose order
+# never ends fails anyway (not terminal).
+WAIT_FOR_END = 300.0
 FIXED_TIME = datetime(2024, 1, 1, tzinfo=UTC)  # times inside bad records do not matter
 
 

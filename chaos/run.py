@@ -282,6 +282,7 @@ class Chaos:
         self.plan = plan
         self.watch = watch  # which sagas ended: requests may wait for one (Send.after)
         self.waiting: list[Send] = []  # due, but the saga they wait for has not ended
+        self.placed = 0  # of the plan's sends, how many are due (sent or waiting)
         self.sent = 0
         self.placed_at: dict[str, float] = {}  # saga id -> first request sent (wall clock)
         self.options = options
@@ -398,18 +399,20 @@ class Chaos:
     # -- the loop --
 
     def tick(self) -> None:
-        """Everything due now: scheduled actions, then the supervisor's round."""
+        """Everything due now: requests, scheduled actions, then the supervisor's round.
+        (Also while the run settles: a request may still wait for its saga's end.)"""
+        self.place_due()
         self.scheduler.run_due()
         self.supervisor.tick()
         self.producer.poll(0)
 
-    def place_due(self, placed: int) -> int:
+    def place_due(self) -> None:
         """Send the requests due by now (the plan's moments) whose awaited saga ended,
-        or that waited for it long enough; how many of the plan's are past."""
+        or that waited for it long enough."""
         sends, now = self.plan.sends, self.scheduler.now()
-        while placed < len(sends) and sends[placed].at <= now:
-            self.waiting.append(sends[placed])
-            placed += 1
+        while self.placed < len(sends) and sends[self.placed].at <= now:
+            self.waiting.append(sends[self.placed])
+            self.placed += 1
         waiting, self.waiting = self.waiting, []
         for send in waiting:
             ended = send.after is None or send.after.encode() in self.watch.terminal
@@ -417,7 +420,6 @@ class Chaos:
                 self.send(send)
             else:
                 self.waiting.append(send)
-        return placed
 
     def send(self, send: Send) -> None:
         stamped = replace(send.request, requested_at=utc_now())
@@ -439,10 +441,10 @@ class Chaos:
         )
         self.scheduler.begin()
         self.plan_faults(duplicator)
-        placed, last_report = 0, 0.0
+        last_report = 0.0
         try:
             while (
-                placed < len(self.plan.sends)
+                self.placed < len(self.plan.sends)
                 or self.waiting
                 or self.scheduler
                 or self.supervisor.busy
@@ -450,9 +452,12 @@ class Chaos:
             ):
                 now = self.scheduler.now()
                 if now > self.seconds + OVERTIME:
-                    self.log(f"  giving up on {len(self.scheduler)} scheduled action(s)")
+                    self.log(
+                        f"  giving up on {len(self.scheduler)} scheduled action(s); "
+                        f"{len(self.waiting)} request(s) waiting for their saga's end are "
+                        "placed while the run settles"
+                    )
                     break
-                placed = self.place_due(placed)
                 duplicator.poll()
                 self.tick()
                 if now - last_report >= 5:
@@ -600,6 +605,7 @@ def _run(
         phases["chaos"] = time.monotonic() - mark
         mark = time.monotonic()
         wait_terminal(watch, chaos, options.settle_timeout, log)
+        chaos.faults.undelivered += chaos.producer.flush(30)  # requests placed meanwhile
         chaos.faults.behind = wait_caught_up(chaos, CATCH_UP_TIMEOUT, log)
         phases["settle"] = time.monotonic() - mark
     finally:
