@@ -17,6 +17,12 @@ orchestrator decided each transition (pure functions, tested without a broker):
   the step's participant) was down. Deadlines whose wait overlapped a worker's downtime
   are counted apart: the worker faults go on during broker kills.
 
+A worker (re)started while a node is down may exit at start-up: Faust declares its
+tables' changelog topics, and aiokafka sends that CreateTopics request to the node the
+cached metadata names as controller, the dead one (NodeNotReadyError). Its supervisor
+restarts it, as after any start-up failure; the run counts these apart
+(`WorkerFaults.startup_failures_node_down`) rather than as crashes.
+
 Both are upper bounds of what the kill cost: a stall or deadline in the window may also
 come from anything else slowing the run then (a backlog left by worker faults, a
 machine too busy to keep up). `saga chaos --brokers 3 --kills 0 --terms 0` measures
@@ -95,10 +101,14 @@ def _round(later: float | None, earlier: float | None) -> float | None:
 
 
 class NodeKiller:
-    """Executes planned node kills, one thread each, never two at once."""
+    """Executes planned node kills, one thread each, never two at once; tells
+    `going_down` before a kill and `back` once the node is in every ISR again (or the
+    kill failed)."""
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, going_down: Callable[[], None], back: Callable[[], None]) -> None:
         self.log = log
+        self.going_down = going_down
+        self.back = back
         self.records: list[KillRecord] = []
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()  # one kill at a time: the cluster survives one loss
@@ -125,6 +135,8 @@ class NodeKiller:
             except Exception as exc:  # reported, and it fails the run
                 record.error = f"{type(exc).__name__}: {exc}"
                 self.log(f"  broker kill ({kill.target}) failed: {record.error}")
+            finally:
+                self.back()
 
     def _kill(self, kill: NodeKill, record: KillRecord) -> None:
         if kill.target is BrokerTarget.BUSIEST_LEADER:
@@ -138,6 +150,7 @@ class NodeKiller:
             node = found
             record.led = "the active controller"
         record.node = node
+        self.going_down()
         local_broker.kill_node(node)
         record.killed_at = time.time()
         self.log(f"  SIGKILL broker node {node} ({record.led})")

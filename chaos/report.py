@@ -143,6 +143,7 @@ def found(result: Result) -> list[str]:
             "; ".join(workers.unplanned_exits)[:300],
         ),
         _row("worker start-up failures", workers.startup_failures, "broker unreachable; restarted"),
+        *_node_down_startups(workers.startup_failures_node_down),
         _row("workers hung / failed stop", len(workers.hangs), "; ".join(workers.hangs)),
         _row("stops not clean", workers.forced_stops, "stuck, or could not flush: exit 75"),
         _row("final SIGTERM stop", f"{graceful}/{len(codes)}", stop_note),
@@ -150,6 +151,13 @@ def found(result: Result) -> list[str]:
         _row("uncommitted at the end", sum(faults.behind.values()), _behind(faults.behind)),
         *views(result),
     ]
+
+
+def _node_down_startups(exits: list[str]) -> list[str]:
+    """Workers that exited at start-up while a node of the cluster was down."""
+    if not exits:
+        return []
+    return [_row("  while a broker node was down", len(exits), "; ".join(exits)[:300])]
 
 
 def views(result: Result) -> list[str]:

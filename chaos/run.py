@@ -155,6 +155,7 @@ class Result:
             "scaled_in": [asdict(stop) for stop in self.faults.workers.retired],
             "views": None if self.views is None else self.views.summary(),
             "unplanned_exits": self.faults.workers.unplanned_exits,
+            "startup_failures_node_down": self.faults.workers.startup_failures_node_down,
             "behind": self.faults.behind,
             "phases": self.phases,
         }
@@ -293,7 +294,9 @@ class Chaos:
         self.faults = Faults(workers=self.supervisor.faults)
         self.producer = client.producer(**{"message.timeout.ms": 600_000, **kafka_io.QUIET})
         self.broker_thread: threading.Thread | None = None
-        self.node_killer = brokers.NodeKiller(log)
+        self.node_killer = brokers.NodeKiller(
+            log, self.supervisor.node_going_down, self.supervisor.node_back
+        )
         self.faults.node_kills = self.node_killer.records
         self.scaling_steps_done = 0
 

@@ -80,6 +80,8 @@ class WorkerFaults:
     forced_stops: int = 0  # stops that stuck (the watchdog ended them) or could not flush
     unplanned_exits: list[str] = field(default_factory=list)  # crashes of running workers
     startup_failures: int = 0  # exits at start-up: the broker went away meanwhile
+    # exits at start-up while a broker node of the cluster was down (their last line)
+    startup_failures_node_down: list[str] = field(default_factory=list)
     # service -> (from, to) wall clock (time.time()) when one of its workers was down: from
     # its kill, stop or exit until REBALANCE_GRACE after it was ready again
     down: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
@@ -100,6 +102,7 @@ class Supervisor:
         self.readied: set[str] = set(workers.workers)  # ready since their last start
         self.last_ready_poll = 0.0
         self.broker_down = (float("inf"), float("inf"))  # (since, until) of its restart
+        self.node_down = (float("inf"), float("inf"))  # (since, until) of a node kill
         self.retiring: dict[str, str] = {}  # worker -> the signal stopping it for good
         self.in_service: dict[str, tuple[str, ...]] = {}  # service -> URLs (see endpoints)
         self.down_since: dict[str, float] = {}  # worker -> when it went down (wall clock)
@@ -232,6 +235,13 @@ class Supervisor:
     def broker_back(self) -> None:
         self.broker_down = (self.broker_down[0], time.monotonic())
 
+    def node_going_down(self) -> None:
+        """A node of the cluster is about to be killed (the cluster stays up)."""
+        self.node_down = (time.monotonic(), float("inf"))
+
+    def node_back(self) -> None:
+        self.node_down = (self.node_down[0], time.monotonic())
+
     def broker_up(self) -> bool:
         """Is the local Kafka there for a worker to start: not being restarted, and one
         of its nodes listening (a cluster with a node down is up)?"""
@@ -309,20 +319,24 @@ class Supervisor:
                 continue
             self._went_down(worker.name)
             code = worker.process.returncode if worker.process else None
-            if self._died_starting_without_broker(worker.name):
+            last = worker.lines[-1] if worker.lines else ""
+            if self._died_starting_in(worker.name, self.broker_down):
                 self.faults.startup_failures += 1
+            elif self._died_starting_in(worker.name, self.node_down):
+                self.faults.startup_failures_node_down.append(f"{worker.name} exit {code}: {last}")
             else:
-                last = worker.lines[-1] if worker.lines else ""
                 self.faults.unplanned_exits.append(f"{worker.name} exit {code}: {last}")
             self.log(f"  {worker.name} exited by itself (code {code}); restarting")
             self.stopped.add(worker.name)
             self.scheduler.later(1.0, partial(self.start, worker.name))
 
-    def _died_starting_without_broker(self, name: str) -> bool:
-        """Did it exit before ever being ready, while the broker was away? (A worker
-        exits when it cannot reach the cluster at start-up; that is no crash.)"""
+    def _died_starting_in(self, name: str, down: tuple[float, float]) -> bool:
+        """Did it exit before ever being ready, while the broker was away (or a node of
+        the cluster, `down`)? A worker exits when it cannot reach the cluster at start-up,
+        and a Faust worker started while a node is down can too (see chaos.brokers): its
+        supervisor restarts it; that is no crash of a running worker."""
         if name in self.readied:
             return False
-        down_from, down_until = self.broker_down
+        down_from, down_until = down
         launched = self.launched.get(name, 0.0)
         return launched <= down_until + BROKER_SETTLE and time.monotonic() >= down_from

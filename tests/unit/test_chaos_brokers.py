@@ -3,6 +3,8 @@ option's bad values, without a broker."""
 
 from __future__ import annotations
 
+import random
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -16,7 +18,9 @@ from chaos.brokers import (
     open_intervals,
     participants_by_state,
 )
+from chaos.workers import Scheduler, Supervisor
 from cli.main import cli
+from cli.processes import SERVICE_NAMES, Workers
 from schemas import messages as m
 
 T0 = 1_700_000_000.0
@@ -110,3 +114,18 @@ def test_a_broker_count_other_than_one_or_three_is_refused_before_anything_runs(
     assert f"--brokers {brokers}:" in result.output
     expected = "at least one broker" if int(brokers) < 1 else "1 broker or a cluster of 3"
     assert expected in result.output
+
+
+def test_a_worker_exiting_at_start_up_while_a_node_is_down_is_told_apart() -> None:
+    """From a crash of a running worker: its supervisor restarts it (chaos.workers)."""
+    workers = Workers(ports={name: 7000 + n for n, name in enumerate(SERVICE_NAMES)})
+    supervisor = Supervisor(workers, Scheduler(), random.Random(1), lambda _line: None)
+    supervisor.readied.discard("orchestrator")  # restarted, not ready yet
+    supervisor.launched["orchestrator"] = time.monotonic()
+    assert not supervisor._died_starting_in("orchestrator", supervisor.node_down)
+    supervisor.node_going_down()
+    assert supervisor._died_starting_in("orchestrator", supervisor.node_down)
+    assert not supervisor._died_starting_in("order", supervisor.node_down)  # it was running
+    assert not supervisor._died_starting_in("orchestrator", supervisor.broker_down)
+    supervisor.node_back()
+    assert supervisor._died_starting_in("orchestrator", supervisor.node_down)  # settling
