@@ -14,6 +14,7 @@ COPY orchestrator orchestrator
 COPY participants participants
 COPY cli cli
 COPY bench bench
+COPY chaos chaos
 RUN pip install --no-cache-dir -e .
 ENV SAGA_HOME=/data SAGA_WEB_BIND=0.0.0.0
 VOLUME /data

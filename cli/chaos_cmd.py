@@ -1,9 +1,10 @@
-"""`saga chaos`: orders under crashes, a broker restart and bad input; invariants checked.
+"""`saga chaos`: orders and cancels under crashes, broker restarts or kills and bad
+input; invariants checked.
 
-The run gets a broker and workers of its own (SAGA_HOME=--home, SAGA_KAFKA_PORT=--port,
-web ports from --web-port-base): it wipes and restarts them, so it must never touch the
-ones used for development or tests. Settings read those variables when imported, so the
-command re-executes itself once with them set.
+The run gets a broker (or with --brokers 3 a cluster) and workers of its own
+(SAGA_HOME=--home, SAGA_KAFKA_PORT=--port, web ports from --web-port-base): it wipes and
+restarts them, so it must never touch the ones used for development or tests. Settings
+read those variables when imported, so the command re-executes itself once with them set.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import click
 
+from chaos.plan import DEFAULT_CANCEL_SHARE
 from messaging import local_broker, settings
 
 DEFAULT_HOME = settings.PROJECT_ROOT / ".local" / "chaos"
-DEFAULT_PORT = 19092  # its controller listens on 19093
+DEFAULT_PORT = 19092  # its controller listens on 19093; a cluster's nodes take 19092-19097
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -70,7 +72,10 @@ def isolate(home: Path, port: int) -> None:
     "--home", type=click.Path(path_type=Path), default=DEFAULT_HOME, show_default=True,
     help="SAGA_HOME of the run: its broker data, worker state and logs (wiped).",
 )  # fmt: skip
-@click.option("--port", default=DEFAULT_PORT, show_default=True, help="Its broker's port.")
+@click.option(
+    "--port", default=DEFAULT_PORT, show_default=True,
+    help="Its broker's port (a cluster's nodes take this one and the next five).",
+)  # fmt: skip
 @click.option("--web-port-base", default=7066, show_default=True, help="Workers' web ports.")
 @click.option("--keep-broker", is_flag=True, help="Leave the run's broker running.")
 @click.option("--loglevel", default="warning", show_default=True, help="Workers' log level.")
@@ -83,6 +88,18 @@ def isolate(home: Path, port: int) -> None:
     "--watch-views", is_flag=True,
     help="Look up keys that exist on the workers' web views all along; a lookup without "
     "its row (after retrying 503s for 60 s) fails the run.",
+)  # fmt: skip
+@click.option(
+    "--cancel-share", type=click.FloatRange(0.0, 1.0), default=DEFAULT_CANCEL_SHARE,
+    show_default=True,
+    help="Cancel requests per order: of approved orders, of orders still in flight, of "
+    "rejected orders, of ids nobody ordered, second cancels of one order.",
+)  # fmt: skip
+@click.option(
+    "--brokers", type=int, default=1, show_default=True,
+    help="1: one broker, stopped and started once; 3: a local three-broker cluster "
+    "(replication 3, min ISR 2) whose busiest saga.replies leader and later active "
+    "controller are killed and restarted.",
 )  # fmt: skip
 @click.option(
     "--json", "json_path", type=click.Path(path_type=Path), default=None,
@@ -104,16 +121,23 @@ def chaos(
     loglevel: str,
     scale_to: int,
     watch_views: bool,
+    cancel_share: float,
+    brokers: int,
     json_path: Path | None,
 ) -> None:
-    """Place ORDERS mixed orders while workers crash, the broker restarts and duplicate
-    and bad records arrive; check every invariant and print what was injected and found.
+    """Place ORDERS mixed orders and cancels of some of them while workers crash, the
+    broker restarts (or, on three brokers, nodes are killed) and duplicate and bad
+    records arrive; check every invariant and print what was injected and found.
 
     Exits 1 on FAIL. Worker output goes to HOME/workers.log.
     """
+    try:
+        local_broker.check_broker_count(brokers)
+    except local_broker.BrokerError as exc:
+        raise click.UsageError(str(exc)) from exc
     isolate(home.resolve(), port)
-    from bench import chaos_report
-    from bench.chaos import Options, run
+    from chaos import report as chaos_report
+    from chaos.run import Options, run
 
     options = Options(
         orders=orders,
@@ -129,6 +153,8 @@ def chaos(
         loglevel=loglevel,
         scale_to=scale_to,
         watch_views=watch_views,
+        cancel_share=cancel_share,
+        brokers=brokers,
     )
     try:
         result = run(options, log=click.echo)

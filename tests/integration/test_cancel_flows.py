@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from bench.invariants import split_rows
+from chaos.invariants import split_rows
 from messaging import catalog, client
 from messaging.catalog import Catalog
 from messaging.faust_app import utc_now

@@ -1,9 +1,11 @@
 """Reliability: the reduced chaos run, SIGTERM under load, scaling out and in under load.
+The reduced run mixes cancels into its orders; the other two place orders only (what
+they test does not depend on the saga, and so they keep their duration).
 
 All drive `saga chaos` (what `make chaos` runs with 2000 orders), which gets a broker
-and workers of its own (home .local/chaos-test, port 19192, web ports 7166-7169; the
-scaling run a free port, web ports from SAGA_TEST_PORT_BASE + 300): it stops and wipes
-them, so it never touches the session's broker and workers. It needs Java for that
+and workers of its own (a home under SAGA_HOME, free ports for the broker and the
+workers' web views): it stops and wipes them, so it never touches the session's broker
+and workers, nor another checkout's tests running beside. It needs Java for that
 broker, like `saga kafka start`.
 """
 
@@ -20,22 +22,31 @@ import pytest
 
 from messaging import settings
 from messaging.local_workers import SERVICE_NAMES
-from tests.conftest import TEST_WORKER_PORTS
-from tests.ports import broker_port
+from tests.ports import broker_port, free_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
-ISOLATED = [
-    "--home", str(settings.PROJECT_ROOT / ".local" / "chaos-test"),
-    "--port", "19192", "--web-port-base", "7166", "--settle-timeout", "180",
-]  # fmt: skip
 STOP_WITHIN = 30.0
 
 
-def chaos(tmp_path: Path, *args: str, isolated: list[str] = ISOLATED) -> dict[str, Any]:
+def isolated(home: str, workers: int, settle_timeout: int) -> list[str]:
+    """Options giving the run a home, a broker port and web ports of its own, free for
+    `workers` workers per service (the n-th of a service on the base + 4 (n - 1))."""
+    broker = broker_port()
+    web_ports = free_ports(len(SERVICE_NAMES) * workers)
+    while broker - len(SERVICE_NAMES) * workers < web_ports <= broker + 1:  # not yet bound
+        web_ports = free_ports(len(SERVICE_NAMES) * workers)
+    return [
+        "--home", str(settings.local_home() / home), "--port", str(broker),
+        "--web-port-base", str(web_ports), "--settle-timeout", str(settle_timeout),
+    ]  # fmt: skip
+
+
+def chaos(tmp_path: Path, *args: str, own: list[str] | None = None) -> dict[str, Any]:
     """Run `saga chaos` with `args`; its JSON result (the printed table on failure)."""
     result_file = tmp_path / "chaos.json"
-    command = [sys.executable, "-m", "cli.main", "chaos", *isolated, *args]
+    own = own or isolated("chaos-test", 1, 180)
+    command = [sys.executable, "-m", "cli.main", "chaos", *own, *args]
     command += ["--json", str(result_file)]
     # Always its own local broker: workers on a shared cluster (the session's testcontainer
     # or KAFKA_BOOTSTRAP_SERVERS) would share its consumer groups and take its records.
@@ -51,10 +62,17 @@ def chaos(tmp_path: Path, *args: str, isolated: list[str] = ISOLATED) -> dict[st
 @pytest.mark.timeout(290)
 def test_reduced_chaos_run_passes(tmp_path: Path) -> None:
     """A SIGKILL and a SIGTERM for every worker, a broker restart, duplicates and bad
-    records while 150 orders run: every invariant holds."""
+    records while 150 orders and 28 cancels of some of them run: every invariant holds,
+    the cancels' included (a cancelled order refunded and its stock returned, a refused
+    cancel changing nothing)."""
     result = chaos(tmp_path, "--orders", "150", "--kills", "1", "--terms", "1", "--rate", "20")
     assert result["passed"], result["report"]
     assert result["approved"] and result["rejected"], result["report"]
+    cancels = result["cancels"]
+    assert cancels["requested"] == round(0.2 * result["sagas"]) > 0
+    assert cancels["cancelled"] and cancels["rejected"], result["report"]
+    assert cancels["cancelled"] + cancels["rejected"] == cancels["requested"]
+    assert "unknown order" in cancels["rejected_because"], result["report"]
     assert 0 < result["approvable"] < 150
     share = 100 * result["deadline_rejections"] / result["approvable"]
     assert result["deadline_rejected_percent"] == pytest.approx(share)
@@ -70,7 +88,7 @@ def test_sigterm_under_load_lets_each_worker_finish_and_nothing_is_lost(tmp_path
     result = chaos(
         tmp_path,
         "--orders", "300", "--rate", "20", "--kills", "0", "--terms", "2",
-        "--no-broker-restart", "--bad", "0",
+        "--no-broker-restart", "--bad", "0", "--cancel-share", "0",
     )  # fmt: skip
     stops = [(s["worker"], s["code"], round(s["seconds"], 1)) for s in result["stops"]]
     assert len(stops) == 8, result["report"]
@@ -88,17 +106,14 @@ def test_scaling_out_and_in_under_load_moves_partitions_and_loses_nothing(
     saga ends once, every invariant holds, the new workers own keys (their partitions
     and tables moved to them), and every lookup of a key that exists, through any worker
     in service, gets its row (a 503 while partitions move is retried; see
-    bench/view_watch.py)."""
-    isolated = [
-        "--home", str(settings.local_home() / "scale-test"), "--port", str(broker_port()),
-        "--web-port-base", str(TEST_WORKER_PORTS["orchestrator"] + 300),
-        "--settle-timeout", "120",
-    ]  # fmt: skip
+    chaos/view_watch.py)."""
+    own = isolated("scale-test", 3, 120)
     result = chaos(
         tmp_path,
         "--orders", "600", "--rate", "10", "--kills", "0", "--terms", "0",
         "--no-broker-restart", "--bad", "0", "--scale-to", "3", "--watch-views",
-        isolated=isolated,
+        "--cancel-share", "0",
+        own=own,
     )  # fmt: skip
     report = result["report"]
     assert result["passed"], report

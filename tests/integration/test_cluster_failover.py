@@ -34,11 +34,12 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from bench.chaos_plan import INPUT_TOPICS, Plan, make_plan
 from confluent_kafka import KafkaException, TopicPartition
 
-from bench import chaos_io, invariants
-from bench.chaos import observe, seed_catalog
-from bench.chaos_plan import INPUT_TOPICS, Plan, make_plan
+from chaos import invariants
+from chaos import kafka_io as chaos_io
+from chaos.run import observe, seed_catalog
 from messaging import client, local_broker, settings
 from messaging.dead_letters import DEAD_LETTER_TOPIC
 from messaging.faust_app import utc_now

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from bench.invariants import split_rows
+from chaos.invariants import split_rows
 from messaging import client
 from messaging.catalog import Catalog
 from messaging.local_workers import Workers

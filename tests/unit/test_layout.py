@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("messaging", "orchestrator", "participants", "schemas", "cli", "bench")
+PACKAGES = ("messaging", "orchestrator", "participants", "schemas", "cli", "bench", "chaos")
 
 
 def module_files() -> dict[str, Path]:

@@ -1,4 +1,4 @@
-"""How the view watch of `saga chaos --watch-views` judges lookups (bench.view_watch):
+"""How the view watch of `saga chaos --watch-views` judges lookups (chaos.view_watch):
 what is retried, what fails. Answers are scripted; no broker, no workers."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from bench import view_watch
-from bench.view_watch import Answer, ViewWatch
+from chaos import view_watch
+from chaos.view_watch import Answer, ViewWatch
 
 A, B = "http://127.0.0.1:7001", "http://127.0.0.1:7002"
 

@@ -5,18 +5,24 @@ It runs on its own broker and workers (SAGA_HOME / SAGA_KAFKA_PORT set by the CL
 ports of its own), never on the ones other people use. Phases:
 
   setup    fresh broker data and worker state, topics, a catalog unique to the run, workers
-  chaos    orders at a steady rate; meanwhile SIGKILL + restart of every worker several
-           times, SIGTERM + restart once each, one broker stop + start, duplicates of
-           real commands and replies, bad records on every input topic; with --scale-to,
-           more workers of every service, then fewer (by SIGTERM, then SIGKILL); with
-           --watch-views, key lookups on the web views all along (bench.view_watch)
+           (with --brokers 3: a three-broker cluster, topics of topics.yaml's `cluster`)
+  chaos    orders at a steady rate, cancels of some of them; meanwhile SIGKILL + restart
+           of every worker several times, SIGTERM + restart once each, one broker stop +
+           start (with --brokers 3 instead: SIGKILL + restart of the node leading most
+           saga.replies partitions, later of the active controller; chaos.brokers),
+           duplicates of real commands and replies, bad records on every input topic;
+           with --scale-to, more workers of every service, then fewer (by SIGTERM, then
+           SIGKILL); with --watch-views, key lookups on the web views all along
+           (chaos.view_watch)
   settle   wait until every saga is terminal and every worker has caught up
   stop     SIGTERM every worker: each must exit 0 in time
-  check    read the final tables, saga.events and saga.dead-letters; bench.invariants
+  check    read the final tables, saga.events and saga.dead-letters; chaos.invariants;
+           what each broker kill cost the sagas (chaos.brokers)
 """
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -31,13 +37,25 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
-from bench import chaos_io, invariants, view_watch
-from bench.chaos_plan import INPUT_TOPICS, BadRecord, Intent, Plan, make_plan
-from bench.chaos_workers import STOP_TIMEOUT, Scheduler, Supervisor, WorkerFaults
+from chaos import brokers, invariants, kafka_io, view_watch
+from chaos.plan import (
+    DEFAULT_CANCEL_SHARE,
+    INPUT_TOPICS,
+    WAIT_FOR_END,
+    BadRecord,
+    CancelIntent,
+    Intent,
+    NodeKill,
+    Plan,
+    Send,
+    make_plan,
+)
+from chaos.workers import STOP_TIMEOUT, Scheduler, Supervisor, WorkerFaults
 from messaging import catalog, client, local_broker, settings, topics
 from messaging.dead_letters import DEAD_LETTER_TOPIC
 from messaging.faust_app import utc_now
 from messaging.local_workers import SERVICE_NAMES, Workers
+from orchestrator.sagas.cancel_order import CANCEL_REJECTED, ORDER_CANCELLED
 from orchestrator.sagas.create_order import ORDER_APPROVED, ORDER_REJECTED
 from schemas import codec
 
@@ -70,6 +88,8 @@ class Options:
     loglevel: str = "warning"  # of the workers, whose output goes to HOME/workers.log
     scale_to: int = 1  # workers per service at the peak (see Chaos.plan_scaling)
     watch_views: bool = False  # look up keys that exist on the web views all along
+    cancel_share: float = DEFAULT_CANCEL_SHARE  # cancel requests per unique order
+    brokers: int = 1  # the local Kafka: one broker, or a cluster of three
 
 
 @dataclass
@@ -83,6 +103,7 @@ class Faults:
     bad_sent: int = 0
     undelivered: int = 0  # records our producer could not deliver
     behind: dict[str, int] = field(default_factory=dict)  # uncommitted records at the end
+    node_kills: list[brokers.KillRecord] = field(default_factory=list)  # --brokers 3
 
 
 @dataclass
@@ -109,6 +130,15 @@ class Result:
             "approvable": self.approvable,
             "deadline_rejections": f.deadline_rejections,
             "deadline_rejected_percent": self.deadline_rejected_percent,
+            "cancels": {
+                "requested": len(self.plan.cancels),
+                "by_intent": dict(Counter(str(c.intent) for c in self.plan.cancels)),
+                "cancelled": f.count(ORDER_CANCELLED),
+                "rejected": f.count(CANCEL_REJECTED),
+                "rejected_because": dict(f.cancel_reasons),
+            },
+            "brokers": self.options.brokers,
+            "broker_kills": [kill.summary() for kill in self.faults.node_kills],
             "violations": [str(v) for v in f.violations],
             "dead_letters": {
                 "injected": len(self.plan.bad_records),
@@ -125,6 +155,7 @@ class Result:
             "scaled_in": [asdict(stop) for stop in self.faults.workers.retired],
             "views": None if self.views is None else self.views.summary(),
             "unplanned_exits": self.faults.workers.unplanned_exits,
+            "startup_failures_node_down": self.faults.workers.startup_failures_node_down,
             "behind": self.faults.behind,
             "phases": self.phases,
         }
@@ -133,6 +164,14 @@ class Result:
     def approvable(self) -> int:
         """Orders the catalog lets through when nothing goes wrong."""
         return sum(1 for order in self.plan.orders if order.intent is Intent.APPROVE)
+
+    def cancels_by_intent(self) -> dict[CancelIntent, Counter[str]]:
+        """Per cancel intent, how many cancels ended in each terminal state."""
+        outcomes: dict[CancelIntent, Counter[str]] = {}
+        for cancel in self.plan.cancels:
+            outcome = self.findings.outcomes.get(cancel.request.cancel_id, "not terminal")
+            outcomes.setdefault(cancel.intent, Counter())[outcome] += 1
+        return outcomes
 
     @property
     def deadline_rejected_percent(self) -> float:
@@ -149,6 +188,7 @@ class Result:
             and not self.faults.workers.unplanned_exits
             and not self.faults.behind
             and not self.faults.undelivered
+            and not any(kill.error for kill in self.faults.node_kills)
             and (self.views is None or not self.views.failures)
         )
 
@@ -165,17 +205,27 @@ def check_isolated() -> None:
         )
 
 
-def fresh_cluster(log: Log) -> bool:
-    """Wipe and start the run's local broker, or use KAFKA_BOOTSTRAP_SERVERS (returns True
-    then); worker state is wiped either way. Topics come from topics.yaml."""
+def fresh_cluster(log: Log, brokers: int = 1) -> bool:
+    """Wipe and start the run's local Kafka (one broker, or a cluster of `brokers`), or
+    use KAFKA_BOOTSTRAP_SERVERS (returns True then); worker state is wiped either way.
+    Topics come from topics.yaml, with the replication of the environment that fits the
+    local Kafka (`single`, `cluster`), which the workers are given too."""
     check_isolated()
     home = settings.local_home()
     external = settings.external_bootstrap() is not None
+    if external and brokers != 1:
+        raise local_broker.BrokerError(
+            f"--brokers {brokers} is for the run's own local Kafka; "
+            "KAFKA_BOOTSTRAP_SERVERS names an external cluster"
+        )
     if not external:
+        local_broker.check_broker_count(brokers)
         local_broker.stop(log=log)
         shutil.rmtree(local_broker.paths().single.data, ignore_errors=True)
+        shutil.rmtree(local_broker.paths().cluster, ignore_errors=True)
+        os.environ[topics.ENVIRONMENT_VARIABLE] = topics.CLUSTER if brokers > 1 else topics.SINGLE
     shutil.rmtree(home / "workers", ignore_errors=True)
-    local_broker.start(log=log)
+    local_broker.start(brokers=None if external else brokers, log=log)
     report = topics.apply(topics.load())
     if not report.ok:
         raise RuntimeError("topic drift: " + "; ".join(report.drift))
@@ -183,7 +233,7 @@ def fresh_cluster(log: Log) -> bool:
 
 
 def seed_catalog(plan: Plan) -> None:
-    producer = client.producer(**chaos_io.QUIET)
+    producer = client.producer(**kafka_io.QUIET)
     for restock in plan.catalog.restocks:
         client.send(producer, catalog.STOCK_TOPIC, restock.product_id, restock)
     for top_up in plan.catalog.top_ups:
@@ -206,8 +256,12 @@ def start_workers(log_file: Path, port_base: int, loglevel: str) -> Workers:
         "SAGA_KAFKA_PORT": str(settings.LOCAL_BROKER_PORT),
     }
     workers = Workers(ports=ports, echo=echo, loglevel=loglevel, env=env)
-    workers.start()
-    workers.wait_ready(timeout=180)
+    try:
+        workers.start()
+        workers.wait_ready(timeout=180)
+    except BaseException:  # one did not start: none is left running behind the run
+        workers.stop(timeout=STOP_TIMEOUT)
+        raise
     return workers
 
 
@@ -218,23 +272,39 @@ class Chaos:
     """Places the orders and injects the faults on a schedule while the supervisor
     looks after the workers."""
 
-    def __init__(self, plan: Plan, options: Options, workers: Workers, log: Log) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        options: Options,
+        workers: Workers,
+        watch: kafka_io.TerminalWatch,
+        log: Log,
+    ) -> None:
         self.plan = plan
+        self.watch = watch  # which sagas ended: requests may wait for one (Send.after)
+        self.waiting: list[Send] = []  # due, but the saga they wait for has not ended
+        self.placed = 0  # of the plan's sends, how many are due (sent or waiting)
+        self.sent = 0
+        self.placed_at: dict[str, float] = {}  # saga id -> first request sent (wall clock)
         self.options = options
         self.log = log
         self.rng = random.Random(f"{options.seed}-chaos")
         self.scheduler = Scheduler()
         self.supervisor = Supervisor(workers, self.scheduler, self.rng, log)
         self.faults = Faults(workers=self.supervisor.faults)
-        self.producer = client.producer(**{"message.timeout.ms": 600_000, **chaos_io.QUIET})
+        self.producer = client.producer(**{"message.timeout.ms": 600_000, **kafka_io.QUIET})
         self.broker_thread: threading.Thread | None = None
+        self.node_killer = brokers.NodeKiller(
+            log, self.supervisor.node_going_down, self.supervisor.node_back
+        )
+        self.faults.node_kills = self.node_killer.records
         self.scaling_steps_done = 0
 
     @property
     def seconds(self) -> float:
         return chaos_seconds(self.options)
 
-    def plan_faults(self, duplicator: chaos_io.Duplicator) -> None:
+    def plan_faults(self, duplicator: kafka_io.Duplicator) -> None:
         at, supervisor = self.scheduler.at, self.supervisor
         for name, times in self.plan.kill_times.items():
             for moment in times:
@@ -243,6 +313,8 @@ class Chaos:
                 at(self.rng.uniform(0.15, 0.85) * self.seconds, partial(supervisor.terminate, name))
         if self.plan.broker_restart_at is not None:
             at(self.plan.broker_restart_at, self.restart_broker)
+        for kill in self.plan.node_kills:
+            at(kill.at, partial(self.kill_node, kill))
         bad = self.plan.bad_records
         for i, record in enumerate(bad):
             at(self.seconds * (i + self.rng.random()) / len(bad), partial(self.inject_bad, record))
@@ -307,13 +379,19 @@ class Chaos:
         self.broker_thread = threading.Thread(target=bounce, name="broker-restart")
         self.broker_thread.start()
 
+    def kill_node(self, kill: NodeKill) -> None:
+        if settings.external_bootstrap():
+            self.faults.broker_note = "skipped: external cluster (KAFKA_BOOTSTRAP_SERVERS)"
+            return
+        self.node_killer.start(kill)
+
     def inject_bad(self, record: BadRecord) -> None:
         self.producer.produce(
             record.topic, key=record.key, value=record.value, on_delivery=self._delivered
         )
         self.faults.bad_sent += 1
 
-    def duplicate(self, duplicator: chaos_io.Duplicator) -> None:
+    def duplicate(self, duplicator: kafka_io.Duplicator) -> None:
         if duplicator.inject(self.producer):
             self.faults.duplicates = duplicator.sent
 
@@ -324,56 +402,80 @@ class Chaos:
     # -- the loop --
 
     def tick(self) -> None:
-        """Everything due now: scheduled actions, then the supervisor's round."""
+        """Everything due now: requests, scheduled actions, then the supervisor's round.
+        (Also while the run settles: a request may still wait for its saga's end.)"""
+        self.place_due()
         self.scheduler.run_due()
         self.supervisor.tick()
         self.producer.poll(0)
 
-    def place_due(self, placed: int) -> int:
-        """Send the requests due by now at the run's rate; how many are placed."""
-        sends = self.plan.sends
-        due = min(len(sends), int(self.scheduler.now() * self.options.rate) + 1)
-        for request in sends[placed:due]:
-            stamped = replace(request, requested_at=utc_now())
-            self.producer.produce(
-                client.REQUEST_TOPIC,
-                key=request.order_id.encode(),
-                value=codec.encode(stamped),
-                on_delivery=self._delivered,
-            )
-        return max(placed, due)
+    def place_due(self) -> None:
+        """Send the requests due by now (the plan's moments) whose awaited saga ended,
+        or that waited for it long enough."""
+        sends, now = self.plan.sends, self.scheduler.now()
+        while self.placed < len(sends) and sends[self.placed].at <= now:
+            self.waiting.append(sends[self.placed])
+            self.placed += 1
+        waiting, self.waiting = self.waiting, []
+        for send in waiting:
+            ended = send.after is None or send.after.encode() in self.watch.terminal
+            if ended or now > send.at + WAIT_FOR_END:
+                self.send(send)
+            else:
+                self.waiting.append(send)
 
-    def run(self, watch: chaos_io.TerminalWatch) -> None:
-        duplicator = chaos_io.Duplicator(
-            chaos_io.end_offsets(chaos_io.DUPLICATED_TOPICS),
+    def send(self, send: Send) -> None:
+        stamped = replace(send.request, requested_at=utc_now())
+        self.producer.produce(
+            client.REQUEST_TOPIC,
+            key=send.saga_id.encode(),
+            value=codec.encode(stamped),
+            on_delivery=self._delivered,
+        )
+        self.sent += 1
+        self.placed_at.setdefault(send.saga_id, time.time())
+
+    def run(self) -> None:
+        duplicator = kafka_io.Duplicator(
+            kafka_io.end_offsets(kafka_io.DUPLICATED_TOPICS),
             f"chaos-{self.plan.run}-",
             {b.key for b in self.plan.bad_records},
             self.rng,
         )
         self.scheduler.begin()
         self.plan_faults(duplicator)
-        placed, last_report = 0, 0.0
+        last_report = 0.0
         try:
-            while placed < len(self.plan.sends) or self.scheduler or self.supervisor.busy:
+            while (
+                self.placed < len(self.plan.sends)
+                or self.waiting
+                or self.scheduler
+                or self.supervisor.busy
+                or self.node_killer.busy
+            ):
                 now = self.scheduler.now()
                 if now > self.seconds + OVERTIME:
-                    self.log(f"  giving up on {len(self.scheduler)} scheduled action(s)")
+                    self.log(
+                        f"  giving up on {len(self.scheduler)} scheduled action(s); "
+                        f"{len(self.waiting)} request(s) waiting for their saga's end are "
+                        "placed while the run settles"
+                    )
                     break
-                placed = self.place_due(placed)
                 duplicator.poll()
                 self.tick()
                 if now - last_report >= 5:
                     last_report = now
                     kills = sum(self.faults.workers.kills.values())
                     self.log(
-                        f"  {now:5.0f}s placed {placed}/{len(self.plan.sends)}, "
-                        f"open sagas {watch.open_count}, kills {kills}"
+                        f"  {now:5.0f}s placed {self.sent}/{len(self.plan.sends)}, "
+                        f"open sagas {self.watch.open_count}, kills {kills}"
                     )
                 time.sleep(TICK)
         finally:
             duplicator.close()
             if self.broker_thread is not None:
                 self.broker_thread.join()
+            self.node_killer.join()
         self.faults.undelivered += self.producer.flush(120)
 
 
@@ -385,7 +487,7 @@ def chaos_seconds(options: Options) -> float:
 # ---- settle, stop, check ----
 
 
-def wait_terminal(watch: chaos_io.TerminalWatch, chaos: Chaos, timeout: float, log: Log) -> None:
+def wait_terminal(watch: kafka_io.TerminalWatch, chaos: Chaos, timeout: float, log: Log) -> None:
     deadline = time.monotonic() + timeout
     last = 0.0
     while watch.open_count and time.monotonic() < deadline:
@@ -409,7 +511,7 @@ def wait_caught_up(chaos: Chaos, timeout: float, log: Log) -> dict[str, int]:
     while zero_in_a_row < 2 and time.monotonic() < deadline:
         chaos.tick()
         try:
-            behind = chaos_io.lag()
+            behind = kafka_io.lag()
         except KafkaException:  # the broker is busy: ask again
             behind = {"?": 1}
         zero_in_a_row = zero_in_a_row + 1 if not behind else 0
@@ -419,17 +521,19 @@ def wait_caught_up(chaos: Chaos, timeout: float, log: Log) -> dict[str, int]:
     return behind
 
 
-def observe(plan: Plan, start: chaos_io.Offsets) -> invariants.Observed:
+def observe(plan: Plan, start: kafka_io.Offsets) -> invariants.Observed:
     prefix = f"chaos-{plan.run}-"
-    stock, holds = invariants.split_rows(chaos_io.table(CHANGELOGS["stock"], prefix))
-    accounts, payments = invariants.split_rows(chaos_io.table(CHANGELOGS["accounts"], prefix))
+    stock, holds = invariants.split_rows(kafka_io.table(CHANGELOGS["stock"], prefix))
+    accounts, payments = invariants.split_rows(kafka_io.table(CHANGELOGS["accounts"], prefix))
+    orders, cancels = invariants.split_rows(kafka_io.table(CHANGELOGS["orders"], prefix))
     return invariants.Observed(
-        sagas=chaos_io.table(CHANGELOGS["sagas"], prefix),
-        orders=chaos_io.table(CHANGELOGS["orders"], prefix),
+        sagas=kafka_io.table(CHANGELOGS["sagas"], prefix),
+        orders=orders,  # type: ignore[arg-type]
+        cancels=cancels.get("cancel", {}),  # type: ignore[arg-type]
         stock=stock,  # type: ignore[arg-type]
         accounts=accounts,  # type: ignore[arg-type]
-        events=chaos_io.saga_events(start["saga.events"], prefix),
-        dead_letters=chaos_io.dead_letters(start[DEAD_LETTER_TOPIC]),
+        events=kafka_io.saga_events(start["saga.events"], prefix),
+        dead_letters=kafka_io.dead_letters(start[DEAD_LETTER_TOPIC]),
         holds=holds.get("hold", {}),  # type: ignore[arg-type]
         payments=payments.get("payment", {}),  # type: ignore[arg-type]
     )
@@ -441,8 +545,32 @@ def run(options: Options, log: Log = print) -> Result:
     phases: dict[str, float] = {}
     began = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
-    log(f"chaos run {run_id}: seed {seed}, {options.orders} orders at {options.rate:.0f}/s")
-    external = fresh_cluster(log)
+    log(
+        f"chaos run {run_id}: seed {seed}, {options.orders} orders at {options.rate:.0f}/s, "
+        f"cancels for {options.cancel_share:.0%} of them, "
+        + ("1 broker" if options.brokers == 1 else f"{options.brokers} brokers")
+    )
+    external = fresh_cluster(log, options.brokers)
+    try:
+        result = _run(options, run_id, external, phases, began, log)
+    finally:  # whatever happened, the run's own Kafka is not left running
+        if not options.keep_broker and not external:
+            local_broker.stop(log=lambda _line: None)
+    phases["total"] = time.monotonic() - began
+    return result
+
+
+def _run(
+    options: Options,
+    run_id: str,
+    external: bool,
+    phases: dict[str, float],
+    began: float,
+    log: Log,
+) -> Result:
+    """The run on its fresh Kafka: plan, workers, chaos, settle, stop, check."""
+    seed = options.seed
+    assert seed is not None
     plan = make_plan(
         run_id,
         options.orders,
@@ -452,16 +580,19 @@ def run(options: Options, log: Log = print) -> Result:
         chaos_seconds=chaos_seconds(options),
         broker_restart=options.broker_restart,
         bad=options.bad,
+        rate=options.rate,
+        cancel_share=options.cancel_share,
+        brokers=options.brokers,
     )
-    start = chaos_io.end_offsets(["saga.events", DEAD_LETTER_TOPIC, *INPUT_TOPICS])
+    start = kafka_io.end_offsets(["saga.events", DEAD_LETTER_TOPIC, *INPUT_TOPICS])
     seed_catalog(plan)
     log_file = settings.local_home() / "workers.log"
     workers = start_workers(log_file, options.web_port_base, options.loglevel)
     phases["setup"] = time.monotonic() - began
 
-    watch = chaos_io.TerminalWatch([o.request.order_id for o in plan.orders], start["saga.events"])
+    watch = kafka_io.TerminalWatch(plan.saga_ids(), start["saga.events"])
     watch.start()
-    chaos = Chaos(plan, options, workers, log)
+    chaos = Chaos(plan, options, workers, watch, log)
     views = None
     if options.watch_views:
         wait_seeded(log)
@@ -473,10 +604,11 @@ def run(options: Options, log: Log = print) -> Result:
     stop_seconds = 0.0
     try:
         mark = time.monotonic()
-        chaos.run(watch)
+        chaos.run()
         phases["chaos"] = time.monotonic() - mark
         mark = time.monotonic()
         wait_terminal(watch, chaos, options.settle_timeout, log)
+        chaos.faults.undelivered += chaos.producer.flush(30)  # requests placed meanwhile
         chaos.faults.behind = wait_caught_up(chaos, CATCH_UP_TIMEOUT, log)
         phases["settle"] = time.monotonic() - mark
     finally:
@@ -486,11 +618,13 @@ def run(options: Options, log: Log = print) -> Result:
         stop_codes = workers.stop(timeout=STOP_TIMEOUT)
         stop_seconds = time.monotonic() - mark
     mark = time.monotonic()
-    findings = invariants.check(plan, observe(plan, start))
+    observed = observe(plan, start)
+    findings = invariants.check(plan, observed)
+    chaos.supervisor.close_downtime()
+    brokers.charge(
+        chaos.faults.node_kills, observed.events, chaos.placed_at, chaos.faults.workers.down
+    )
     phases["check"] = time.monotonic() - mark
-    if not options.keep_broker and not external:
-        local_broker.stop(log=lambda _line: None)
-    phases["total"] = time.monotonic() - began
     return Result(
         plan,
         options,
@@ -511,7 +645,7 @@ def wait_seeded(log: Log) -> None:
             log(f"  the {service} workers are still behind on {topic}")
 
 
-def existing_keys(plan: Plan, watch: chaos_io.TerminalWatch) -> view_watch.Keys:
+def existing_keys(plan: Plan, watch: kafka_io.TerminalWatch) -> view_watch.Keys:
     """The keys a view must answer for, by service: every product and customer of the
     seed; a saga once its first event is seen (its request was processed), an order
     once its saga's OrderCreated transition is (the Order Service stored it)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
-from bench.invariants import DeadLetter
+from chaos.invariants import DeadLetter
 from messaging import client, settings, topics
 from messaging.dead_letters import DEAD_LETTER_TOPIC
 from schemas import codec

@@ -1,6 +1,6 @@
 """What a chaos run does, decided up front from a seed: catalog, orders, bad records, faults.
 
-Pure: no I/O, no clock. `bench.chaos` executes the plan; `bench.invariants` checks the
+Pure: no I/O, no clock. `chaos.run` executes the plan; `chaos.invariants` checks the
 outcome against it. Every id carries the run id, so a run's records can be told apart
 from anything else on the cluster.
 
@@ -11,6 +11,21 @@ Order intents (what the catalog makes each order do when nothing goes wrong):
   CONTENDED     scarce products and/or a customer with a tight budget -> either
 Deadlines (30 s) may still reject an APPROVE order when a crash stalls its saga; an
 OUT_OF_STOCK or NO_FUNDS order must never be approved.
+
+Cancel intents (a CancelOrderSaga each, for a share of the orders):
+  APPROVED     an APPROVE order, 5-25 s after it was placed and once its saga ended
+               -> cancelled, unless a deadline rejected the order
+  IN_FLIGHT    any order, right after it (< 0.5 s)  -> refused until approved (not
+               approved yet, unknown order), cancelled if the cancel waits longer
+  REJECTED     an OUT_OF_STOCK or NO_FUNDS order, 5-25 s after and once it ended -> refused
+  UNKNOWN      an order id nobody placed  -> refused: unknown order
+  AGAIN        a second cancel of an APPROVED cancel's order, 1-10 s after that one and
+               once it ended -> refused (already cancelled)
+
+Requests are placed at planned moments: orders and their duplicates at the run's rate,
+each cancel at its order's moment plus its delay. A request may also wait for a saga to
+end (`Send.after`, seen on saga.events by the run), at most WAIT_FOR_END seconds: a
+cancel placed while a crash holds its order up would only test the refusal again.
 """
 
 from __future__ import annotations
@@ -30,6 +45,14 @@ POOR_BALANCE = Decimal("1.00")  # below the cheapest price: always insufficient 
 TIGHT_BALANCE = Decimal("60.00")  # a few orders each, then the money runs out
 MIN_PRICE, MAX_PRICE = 200, 2000  # cents
 DUPLICATE_SHARE = 0.05
+DEFAULT_CANCEL_SHARE = 0.2  # cancel requests per unique order
+CANCEL_DELAY = (5.0, 25.0)  # seconds from an order to its planned cancel (APPROVED, REJECTED)
+IN_FLIGHT_DELAY = 0.5  # at most, from an order to an IN_FLIGHT cancel
+AGAIN_DELAY = (1.0, 10.0)  # from a cancel to the second cancel of its order
+# At most, past its moment, for the saga a request waits for: a run falling behind (a
+# busy machine, a broker node down) may take minutes to end an order; one whose order
+# never ends fails anyway (not terminal).
+WAIT_FOR_END = 300.0
 FIXED_TIME = datetime(2024, 1, 1, tzinfo=UTC)  # times inside bad records do not matter
 
 
@@ -49,11 +72,67 @@ INTENT_SHARES = {
 MUST_REJECT = frozenset({Intent.OUT_OF_STOCK, Intent.NO_FUNDS})
 
 
+class CancelIntent(enum.StrEnum):
+    APPROVED = "approved order"
+    IN_FLIGHT = "in flight"
+    REJECTED = "rejected order"
+    UNKNOWN = "unknown order"
+    AGAIN = "second cancel"
+
+
+CANCEL_SHARES = {
+    CancelIntent.APPROVED: 0.50,
+    CancelIntent.IN_FLIGHT: 0.20,
+    CancelIntent.REJECTED: 0.10,
+    CancelIntent.UNKNOWN: 0.10,
+    CancelIntent.AGAIN: 0.10,
+}
+
+
 @dataclass(frozen=True)
 class PlannedOrder:
     request: m.OrderRequested
     intent: Intent
     total: Decimal  # price of all its items: what an approval must capture
+
+
+@dataclass(frozen=True)
+class PlannedCancel:
+    request: m.CancelOrderRequested
+    intent: CancelIntent
+
+
+Request = m.OrderRequested | m.CancelOrderRequested
+
+
+@dataclass(frozen=True)
+class Send:
+    """A request and the moment of the run (seconds from its start) it is placed at."""
+
+    at: float
+    request: Request
+    after: str | None = None  # the saga whose end it waits for (at most WAIT_FOR_END s)
+
+    @property
+    def saga_id(self) -> str:
+        """Its key on orders.requested: the order id, or the cancel id."""
+        if isinstance(self.request, m.CancelOrderRequested):
+            return self.request.cancel_id
+        return self.request.order_id
+
+
+class BrokerTarget(enum.StrEnum):
+    BUSIEST_LEADER = "leader of most saga.replies partitions"
+    CONTROLLER = "active controller"
+
+
+@dataclass(frozen=True)
+class NodeKill:
+    """SIGKILL one node of a three-broker cluster at `at`, restart it `down` s later."""
+
+    at: float
+    target: BrokerTarget
+    down: float
 
 
 @dataclass(frozen=True)
@@ -100,15 +179,23 @@ INPUT_TOPICS = (
 class Plan:
     run: str
     catalog: Catalog
-    orders: list[PlannedOrder]  # one per saga, in placing order
+    orders: list[PlannedOrder]  # one per CreateOrderSaga, in placing order
     duplicates: list[m.OrderRequested]  # requests re-using an order id (same or other content)
-    sends: list[m.OrderRequested]  # every request to produce, in order
+    sends: list[Send]  # every request to produce, in time order
     bad_records: list[BadRecord]
     kill_times: dict[str, list[float]] = field(default_factory=dict)  # worker -> seconds
-    broker_restart_at: float | None = None
+    broker_restart_at: float | None = None  # the single broker stopped and started
+    cancels: list[PlannedCancel] = field(default_factory=list)  # one per CancelOrderSaga
+    node_kills: list[NodeKill] = field(default_factory=list)  # three-broker cluster
 
     def by_id(self) -> dict[str, PlannedOrder]:
         return {o.request.order_id: o for o in self.orders}
+
+    def saga_ids(self) -> list[str]:
+        """Every saga the run starts: the orders', then the cancels'."""
+        return [o.request.order_id for o in self.orders] + [
+            c.request.cancel_id for c in self.cancels
+        ]
 
 
 # ---- catalog ----
@@ -223,7 +310,7 @@ def _duplicates(
 def _interleave(
     orders: list[PlannedOrder], duplicates: list[m.OrderRequested], rng: random.Random
 ) -> list[m.OrderRequested]:
-    """Every request in a sending order where a duplicate always follows its original."""
+    """Every order request in a sending order where a duplicate always follows its original."""
     sends = [o.request for o in orders]
     position = {r.order_id: i for i, r in enumerate(sends)}
     placed: list[tuple[float, int, m.OrderRequested]] = [
@@ -233,6 +320,83 @@ def _interleave(
         after = position[duplicate.order_id] + rng.uniform(0.5, 60)
         placed.append((after, n + 1, duplicate))
     return [request for _at, _n, request in sorted(placed, key=lambda p: (p[0], p[1]))]
+
+
+# ---- cancels ----
+
+
+def _cancel_intents(count: int, rng: random.Random) -> list[CancelIntent]:
+    intents = [i for i, share in CANCEL_SHARES.items() for _ in range(round(share * count))]
+    intents = (intents + [CancelIntent.APPROVED] * count)[:count]
+    rng.shuffle(intents)
+    return intents
+
+
+def _cancels(
+    run: str,
+    orders: list[PlannedOrder],
+    placed_at: dict[str, float],
+    count: int,
+    rng: random.Random,
+) -> list[tuple[float, str | None, PlannedCancel]]:
+    """`count` cancels with the moment each is placed at and the saga whose end it waits
+    for (see the module's intents).
+
+    APPROVED cancels target distinct orders; an AGAIN cancel follows an APPROVED one of the
+    same order (or becomes APPROVED when none is planned yet); an intent without orders
+    to target (no rejectable order, say) becomes UNKNOWN."""
+    approvable = [o for o in orders if o.intent is Intent.APPROVE]
+    rng.shuffle(approvable)
+    rejectable = [o for o in orders if o.intent in MUST_REJECT]
+    firsts: list[tuple[float, str, str]] = []  # (moment, order, cancel) of APPROVED cancels
+    planned: list[tuple[float, str | None, PlannedCancel]] = []
+    for n, intent in enumerate(_cancel_intents(count, rng)):
+        if intent is CancelIntent.AGAIN and not firsts:
+            intent = CancelIntent.APPROVED
+        if intent is CancelIntent.APPROVED and not approvable:
+            intent = CancelIntent.UNKNOWN
+        if intent is CancelIntent.REJECTED and not rejectable:
+            intent = CancelIntent.UNKNOWN
+        cancel_id = f"chaos-{run}-c{n:05d}"
+        after: str | None = None
+        if intent is CancelIntent.APPROVED:
+            order_id = after = approvable.pop().request.order_id
+            at = placed_at[order_id] + rng.uniform(*CANCEL_DELAY)
+            firsts.append((at, order_id, cancel_id))
+        elif intent is CancelIntent.AGAIN:
+            first_at, order_id, after = rng.choice(firsts)
+            at = first_at + rng.uniform(*AGAIN_DELAY)
+        elif intent is CancelIntent.IN_FLIGHT:
+            order_id = rng.choice(orders).request.order_id
+            at = placed_at[order_id] + rng.uniform(0.0, IN_FLIGHT_DELAY)
+        elif intent is CancelIntent.REJECTED:
+            order_id = after = rng.choice(rejectable).request.order_id
+            at = placed_at[order_id] + rng.uniform(*CANCEL_DELAY)
+        else:  # UNKNOWN: an id of the run that no order has
+            order_id = f"chaos-{run}-nosuch{n}"
+            at = rng.uniform(0.0, max(placed_at.values(), default=0.0))
+        request = m.CancelOrderRequested(cancel_id, order_id, FIXED_TIME)
+        planned.append((at, after, PlannedCancel(request, intent)))
+    return planned
+
+
+def _schedule(
+    orders: list[PlannedOrder],
+    duplicates: list[m.OrderRequested],
+    run: str,
+    rate: float,
+    cancel_share: float,
+    rng: random.Random,
+) -> tuple[list[Send], list[PlannedCancel]]:
+    """Every request with its moment, in time order; and the cancels planned."""
+    sends = [Send(i / rate, r) for i, r in enumerate(_interleave(orders, duplicates, rng))]
+    placed_at: dict[str, float] = {}
+    for send in sends:
+        placed_at.setdefault(send.saga_id, send.at)
+    cancels = _cancels(run, orders, placed_at, round(cancel_share * len(orders)), rng)
+    sends += [Send(at, cancel.request, after) for at, after, cancel in cancels]
+    sends.sort(key=lambda send: send.at)  # stable: an order before a cancel of one moment
+    return sends, [cancel for _at, _after, cancel in cancels]
 
 
 # ---- bad records ----
@@ -328,6 +492,20 @@ def kill_times(
     }
 
 
+def node_kills(chaos_seconds: float, rng: random.Random) -> list[NodeKill]:
+    """The cluster's broker faults: the node leading most saga.replies partitions killed
+    in the first third of the run, the active controller in the second half; each
+    restarted after 3-8 s."""
+    down = (3.0, 8.0)
+    leader = NodeKill(
+        rng.uniform(0.2, 0.35) * chaos_seconds, BrokerTarget.BUSIEST_LEADER, rng.uniform(*down)
+    )
+    controller = NodeKill(
+        rng.uniform(0.55, 0.7) * chaos_seconds, BrokerTarget.CONTROLLER, rng.uniform(*down)
+    )
+    return [leader, controller]
+
+
 # ---- the plan ----
 
 
@@ -341,8 +519,14 @@ def make_plan(
     chaos_seconds: float,
     broker_restart: bool,
     bad: int | None = None,
+    rate: float = 40.0,
+    cancel_share: float = DEFAULT_CANCEL_SHARE,
+    brokers: int = 1,
 ) -> Plan:
-    """The whole run: `orders` requests in all, about 5% of them duplicates."""
+    """The whole run: `orders` order requests in all, about 5% of them duplicates, placed
+    at `rate` a second; cancels for `cancel_share` of the unique orders. The broker faults
+    (`broker_restart`): one broker is stopped and started; a cluster (`brokers` 3) loses
+    a node twice instead."""
     rng = random.Random(seed)
     ids = _ids(run, orders)
     catalog = _catalog(run, ids, orders, rng)
@@ -356,13 +540,17 @@ def make_plan(
         planned.append(PlannedOrder(request, intent, _total(request.items, prices)))
     duplicates = _duplicates(planned, duplicate_count, ids, rng)
     bad_count = bad if bad is not None else max(len(BadKind) * 2, orders // 40)
+    sends, cancels = _schedule(planned, duplicates, run, rate, cancel_share, rng)
+    restart = broker_restart and brokers == 1
     return Plan(
         run=run,
         catalog=catalog,
         orders=planned,
         duplicates=duplicates,
-        sends=_interleave(planned, duplicates, rng),
+        sends=sends,
         bad_records=bad_records(run, bad_count, rng),
         kill_times=kill_times(workers, kills, 0.1 * chaos_seconds, 0.9 * chaos_seconds, rng),
-        broker_restart_at=rng.uniform(0.3, 0.6) * chaos_seconds if broker_restart else None,
+        broker_restart_at=rng.uniform(0.3, 0.6) * chaos_seconds if restart else None,
+        cancels=cancels,
+        node_kills=node_kills(chaos_seconds, rng) if broker_restart and brokers > 1 else [],
     )

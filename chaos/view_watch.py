@@ -3,7 +3,7 @@
 A thread looks up keys that exist, one after the other, each through a worker of the
 key's service picked at random among those in service (started, ready once, not being
 stopped), and checks the answer: 200 with the row of that key. What "exists" means is the
-caller's (`bench.chaos`): a product or customer once the seed is processed, a saga once
+caller's (`chaos.run`): a product or customer once the seed is processed, a saga once
 its first event is seen, an order once its saga's `OrderCreated` transition is.
 
 While partitions move, a view answers 503 and says to retry: the worker owning the key

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from bench.chaos import Result
+from chaos.brokers import KillRecord
+from chaos.run import Result
 from messaging.local_workers import SERVICE_NAMES
+from orchestrator.sagas.cancel_order import CANCEL_REJECTED, ORDER_CANCELLED
 from orchestrator.sagas.create_order import ORDER_APPROVED, ORDER_REJECTED
 
 LISTED_PER_CHECK = 8  # violations printed one by one per check; the rest are counted
@@ -28,26 +30,30 @@ def injected(result: Result) -> list[str]:
     workers = faults.workers
     slowest = max((stop.seconds for stop in workers.stops), default=0.0)
     stopped = Counter(stop.worker for stop in workers.stops)
-    broker = faults.broker_note or ("" if faults.broker_restarts else "not planned")
     bad_kinds = Counter(str(b.kind) for b in plan.bad_records)
     bad_topics = len({b.topic for b in plan.bad_records})
     duplicates = faults.duplicates
+    cancels = Counter(str(c.intent) for c in plan.cancels)
     lines = [
         "INJECTED",
-        _row("order requests", len(plan.sends), f"{len(plan.orders)} sagas"),
+        _row(
+            "order requests", len(plan.orders) + len(plan.duplicates), f"{len(plan.orders)} sagas"
+        ),
         _row("  by intent", "", ", ".join(f"{k} {v}" for k, v in sorted(intents.items()))),
         _row(
             "  duplicate order ids",
             len(plan.duplicates),
             f"{identical} identical, {len(plan.duplicates) - identical} other content",
         ),
+        _row("cancel requests", len(plan.cancels), "one CancelOrderSaga each"),
+        _row("  by target", "", ", ".join(f"{k} {v}" for k, v in sorted(cancels.items()))),
         _row("SIGKILL + restart", workers.kills.total(), _counts(workers.kills, SERVICE_NAMES)),
         _row(
             "SIGTERM + restart",
             len(workers.stops),
             f"{_counts(stopped, SERVICE_NAMES)}; slowest stop {slowest:.1f}s",
         ),
-        _row("broker stop + start", faults.broker_restarts, broker),
+        *_broker_faults(result),
         _row("workers added (scale out)", len(workers.added), ", ".join(workers.added)),
         _row(
             "workers stopped (scale in)",
@@ -61,9 +67,54 @@ def injected(result: Result) -> list[str]:
     return lines
 
 
+def _broker_faults(result: Result) -> list[str]:
+    faults = result.faults
+    if result.options.brokers == 1:
+        broker = faults.broker_note or ("" if faults.broker_restarts else "not planned")
+        return [_row("broker stop + start", faults.broker_restarts, broker)]
+    kills = faults.node_kills
+    note = faults.broker_note or ("" if kills else "not planned")
+    lines = [_row("broker node SIGKILL + restart", len(kills), note)]
+    return lines + [f"    {_kill_line(kill)}" for kill in kills]
+
+
+def _kill_line(kill: KillRecord) -> str:
+    """What one broker kill did and cost."""
+    if kill.node is None:
+        return f"{kill.target}: {kill.error or 'not done'}"
+    down = ""
+    if kill.restarted_at is not None and kill.killed_at is not None:
+        down = f" down {kill.restarted_at - kill.killed_at:.1f}s,"
+    back = ""
+    if kill.answered_after is not None:
+        back = f" answered {kill.answered_after:.1f}s after its restart,"
+    if kill.in_sync_after is not None:
+        back += f" in every ISR {kill.in_sync_after:.1f}s later;"
+    return (
+        f"node {kill.node} ({kill.led}):{down}{back} in its window: longest stall"
+        f" {kill.longest_stall:.1f}s, deadlines {kill.deadlines} with no worker down"
+        f" ({kill.deadlines_during_worker_faults} while one was down)"
+        + (f"; FAILED: {kill.error}" if kill.error else "")
+    )
+
+
+def cancels(result: Result) -> list[str]:
+    """How the cancels ended, per target."""
+    f = result.findings
+    reasons = ", ".join(f"{why} {n}" for why, n in f.cancel_reasons.most_common())
+    lines = [
+        _row("cancels: order cancelled", f.count(ORDER_CANCELLED)),
+        _row("cancels: rejected", f.count(CANCEL_REJECTED), reasons[:300]),
+    ]
+    for intent, outcomes in sorted(result.cancels_by_intent().items()):
+        ended = ", ".join(f"{state} {n}" for state, n in sorted(outcomes.items()))
+        lines.append(_row(f"  {intent}", sum(outcomes.values()), ended))
+    return lines
+
+
 def found(result: Result) -> list[str]:
     f, faults, workers = result.findings, result.faults, result.faults.workers
-    terminal = f.count(ORDER_APPROVED) + f.count(ORDER_REJECTED)
+    terminal = len(f.outcomes)
     codes = result.stop_codes
     graceful = sum(1 for code in codes.values() if code == 0)
     stop_note = f"exit 0 in {result.stop_seconds:.1f}s"
@@ -79,7 +130,8 @@ def found(result: Result) -> list[str]:
             f"{f.deadline_rejections} approvable ones by a deadline: "
             f"{result.deadline_rejected_percent:.1f}% of {result.approvable}",
         ),
-        _row("sagas not terminal", len(result.plan.orders) - terminal),
+        *cancels(result),
+        _row("sagas not terminal", len(result.plan.saga_ids()) - terminal),
         _row("events repeated (same seq)", f.repeated_events, "re-emitted after a crash"),
         _row("invariant violations", len(f.violations)),
         _row("dead letters matched", matched, f"{f.dead_letters_repeated} repeated on replay"),
@@ -91,6 +143,7 @@ def found(result: Result) -> list[str]:
             "; ".join(workers.unplanned_exits)[:300],
         ),
         _row("worker start-up failures", workers.startup_failures, "broker unreachable; restarted"),
+        *_node_down_startups(workers.startup_failures_node_down),
         _row("workers hung / failed stop", len(workers.hangs), "; ".join(workers.hangs)),
         _row("stops not clean", workers.forced_stops, "stuck, or could not flush: exit 75"),
         _row("final SIGTERM stop", f"{graceful}/{len(codes)}", stop_note),
@@ -98,6 +151,13 @@ def found(result: Result) -> list[str]:
         _row("uncommitted at the end", sum(faults.behind.values()), _behind(faults.behind)),
         *views(result),
     ]
+
+
+def _node_down_startups(exits: list[str]) -> list[str]:
+    """Workers that exited at start-up while a node of the cluster was down."""
+    if not exits:
+        return []
+    return [_row("  while a broker node was down", len(exits), "; ".join(exits)[:300])]
 
 
 def views(result: Result) -> list[str]:
@@ -136,7 +196,9 @@ def render(result: Result) -> str:
     options = result.options
     head = (
         f"chaos run {result.plan.run}: seed {options.seed}, {options.orders} orders"
-        f" at {options.rate:.0f}/s, {options.kills} kill(s) per worker"
+        f" at {options.rate:.0f}/s, {len(result.plan.cancels)} cancels,"
+        f" {options.kills} kill(s) per worker, "
+        + ("1 broker" if options.brokers == 1 else f"{options.brokers} brokers")
         + (f", up to {options.scale_to} workers per service" if options.scale_to > 1 else "")
     )
     verdict = "PASS" if result.passed else "FAIL"

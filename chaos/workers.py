@@ -26,6 +26,8 @@ Log = Callable[[str], None]
 
 STOP_TIMEOUT = 30.0  # a worker still running that long after SIGTERM hangs (watchdog: 25 s)
 BROKER_SETTLE = 15.0  # after the broker is back, a start-up may still trip on its leaders
+REBALANCE_GRACE = 5.0  # a worker counts as down this long after it is ready again
+RETIRED_DOWN = 30.0  # a worker stopped for good: its partitions move for about this long
 
 
 class Scheduler:
@@ -78,6 +80,11 @@ class WorkerFaults:
     forced_stops: int = 0  # stops that stuck (the watchdog ended them) or could not flush
     unplanned_exits: list[str] = field(default_factory=list)  # crashes of running workers
     startup_failures: int = 0  # exits at start-up: the broker went away meanwhile
+    # exits at start-up while a broker node of the cluster was down (their last line)
+    startup_failures_node_down: list[str] = field(default_factory=list)
+    # service -> (from, to) wall clock (time.time()) when one of its workers was down: from
+    # its kill, stop or exit until REBALANCE_GRACE after it was ready again
+    down: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -95,8 +102,10 @@ class Supervisor:
         self.readied: set[str] = set(workers.workers)  # ready since their last start
         self.last_ready_poll = 0.0
         self.broker_down = (float("inf"), float("inf"))  # (since, until) of its restart
+        self.node_down = (float("inf"), float("inf"))  # (since, until) of a node kill
         self.retiring: dict[str, str] = {}  # worker -> the signal stopping it for good
         self.in_service: dict[str, tuple[str, ...]] = {}  # service -> URLs (see endpoints)
+        self.down_since: dict[str, float] = {}  # worker -> when it went down (wall clock)
         self._update_service()
 
     # -- the processes --
@@ -144,6 +153,7 @@ class Supervisor:
             return
         self.stopped.add(name)
         self._update_service()  # out of service before the signal
+        self._went_down(name)
         self.workers.kill(name)
         self.faults.kills[name] += 1
         self.log(f"  SIGKILL {name}")
@@ -157,6 +167,7 @@ class Supervisor:
             return
         self.stopped.add(name)
         self._update_service()  # out of service before the signal
+        self._went_down(name)
         os.killpg(process.pid, signal.SIGTERM)
         self.terminating[name] = time.monotonic()
 
@@ -169,6 +180,7 @@ class Supervisor:
         self.log(f"  scale out: {worker.name}")
         self.readied.discard(worker.name)
         self.stopped.add(worker.name)  # until start() runs it
+        self._went_down(worker.name)  # its service rebalances until it is ready
         self.start(worker.name)
         return worker.name
 
@@ -194,6 +206,9 @@ class Supervisor:
         return running[-1] if running else None
 
     def _forget(self, name: str, stop: Stop) -> None:
+        since = self.down_since.pop(name, time.time())
+        service = self.workers.workers[name].service
+        self.faults.down.setdefault(service, []).append((since, since + RETIRED_DOWN))
         self.faults.retired.append(stop)
         del self.retiring[name]
         self.stopped.discard(name)
@@ -220,12 +235,25 @@ class Supervisor:
     def broker_back(self) -> None:
         self.broker_down = (self.broker_down[0], time.monotonic())
 
+    def node_going_down(self) -> None:
+        """A node of the cluster is about to be killed (the cluster stays up)."""
+        self.node_down = (time.monotonic(), float("inf"))
+
+    def node_back(self) -> None:
+        self.node_down = (self.node_down[0], time.monotonic())
+
     def broker_up(self) -> bool:
+        """Is the local Kafka there for a worker to start: not being restarted, and one
+        of its nodes listening (a cluster with a node down is up)?"""
         if settings.external_bootstrap():
             return True
         restarting = self.broker_down[1] == float("inf") and self.broker_down[0] != float("inf")
-        port_open = local_broker.port_open("127.0.0.1", settings.LOCAL_BROKER_PORT)
-        return port_open and not restarting
+        nodes = settings.bootstrap_servers().split(",")
+        listening = any(
+            local_broker.port_open(host, int(port))
+            for host, _, port in (node.strip().rpartition(":") for node in nodes)
+        )
+        return listening and not restarting
 
     # -- watching --
 
@@ -266,27 +294,49 @@ class Supervisor:
         for name in self.workers.workers:
             if name not in self.readied and self.alive(name) and self.ready(name):
                 self.readied.add(name)
+                self._back_up(name)
+
+    # -- downtime, for what the broker faults cost (chaos.brokers) --
+
+    def _went_down(self, name: str) -> None:
+        self.down_since.setdefault(name, time.time())
+
+    def _back_up(self, name: str) -> None:
+        since = self.down_since.pop(name, None)
+        if since is not None:
+            service = self.workers.workers[name].service
+            self.faults.down.setdefault(service, []).append((since, time.time() + REBALANCE_GRACE))
+
+    def close_downtime(self) -> None:
+        """Workers still down at the end were down until the end."""
+        for name in list(self.down_since):
+            self._back_up(name)
 
     def _supervise(self) -> None:
         """Restart a worker that died on its own (a supervisor's job); note why."""
         for worker in self.workers.dead():
             if worker.name in self.stopped:
                 continue
+            self._went_down(worker.name)
             code = worker.process.returncode if worker.process else None
-            if self._died_starting_without_broker(worker.name):
+            last = worker.lines[-1] if worker.lines else ""
+            if self._died_starting_in(worker.name, self.broker_down):
                 self.faults.startup_failures += 1
+            elif self._died_starting_in(worker.name, self.node_down):
+                self.faults.startup_failures_node_down.append(f"{worker.name} exit {code}: {last}")
             else:
-                last = worker.lines[-1] if worker.lines else ""
                 self.faults.unplanned_exits.append(f"{worker.name} exit {code}: {last}")
             self.log(f"  {worker.name} exited by itself (code {code}); restarting")
             self.stopped.add(worker.name)
             self.scheduler.later(1.0, partial(self.start, worker.name))
 
-    def _died_starting_without_broker(self, name: str) -> bool:
-        """Did it exit before ever being ready, while the broker was away? (A worker
-        exits when it cannot reach the cluster at start-up; that is no crash.)"""
+    def _died_starting_in(self, name: str, down: tuple[float, float]) -> bool:
+        """Did it exit before ever being ready, while the broker was away (or a node of
+        the cluster, `down`)? A worker exits when it cannot reach the cluster at start-up,
+        and a Faust worker started while a node is down can too (see chaos.brokers): its
+        supervisor restarts it; that is no crash of a running worker."""
         if name in self.readied:
             return False
-        down_from, down_until = self.broker_down
+        down_from, down_until = down
         launched = self.launched.get(name, 0.0)
         return launched <= down_until + BROKER_SETTLE and time.monotonic() >= down_from
