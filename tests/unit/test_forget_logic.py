@@ -163,6 +163,13 @@ def test_the_hold_of_a_product_that_does_not_exist_is_forgotten_too() -> None:
     assert effect.rows == ((product.hold_key("p-1", ORDER), None),)
 
 
+@pytest.mark.parametrize("hop", [2, 3, -1])
+def test_a_hop_past_the_lines_forgets_nothing(hop: int) -> None:
+    # a bad hop names no line: it must not fail on, or forget, a hold of another line
+    sold = hold("p-2", product.SOLD, 1)
+    assert product.handle(forget_products(hop), stock("p-2", 1), sold, NOW, 50) == product.NOTHING
+
+
 def test_an_order_without_lines_forgets_nothing() -> None:
     empty = replace(forget_products(0), items=[])
     assert product.handle(empty, stock("p-1"), None, NOW, 50) == product.NOTHING

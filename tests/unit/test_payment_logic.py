@@ -409,6 +409,14 @@ def test_refunded_payments_count_as_captured_then_given_back() -> None:
     ]
 
 
+@pytest.mark.parametrize("balance", ["0.00", "0.50"])
+def test_an_account_spent_down_to_nothing_is_sound(balance: str) -> None:
+    # only a balance below zero is overdrawn: 0 and a part of one unit are not
+    captured = str(Decimal("100.00") - Decimal(balance))
+    account = Account(ALICE, eur(balance), eur("100.00"), eur(captured))
+    assert account_invariant_violations(account, [Payment("s1", eur(captured), AUTHORIZED)]) == []
+
+
 def test_invariants_name_every_broken_total() -> None:
     usd = Money(Decimal("-5.00"), "USD")
     overdrawn = Account(ALICE, eur("-5.00"), usd, Money(Decimal("-1.00"), "USD"))
