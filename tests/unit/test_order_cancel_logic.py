@@ -430,3 +430,22 @@ def test_any_command_sequence_keeps_the_order_sound(start: str | None, commands:
                 command.saga_id,
             )
             assert (reply.outcome is Outcome.SUCCESS) == done
+
+
+@pytest.mark.parametrize("attempt", [1, 3])
+def test_every_cancel_reply_answers_its_command(attempt: int) -> None:
+    """The orchestrator matches a reply to its step by saga, command id and attempt: a
+    reply without them is stale to it, and the step would wait for its deadline."""
+    sequences = [
+        (order(APPROVAL_PENDING), [begin(attempt=attempt)]),  # refused
+        (order(APPROVED), [begin(attempt=attempt), confirm(attempt=attempt)]),
+        (order(APPROVED), [begin(attempt=attempt), undo(attempt=attempt)]),
+        (order(APPROVED), [begin(), confirm(), confirm(attempt=attempt)]),  # a duplicate
+    ]
+    for row, commands in sequences:
+        rows = Rows(row)
+        for command in commands:
+            reply = rows.handle(command).reply
+            assert reply is not None
+            answered = (reply.saga_id, reply.command_id, reply.attempt, reply.order_id)
+            assert answered == (command.saga_id, command.command_id, command.attempt, ORDER)
