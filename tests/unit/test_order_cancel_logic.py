@@ -436,7 +436,7 @@ def test_any_command_sequence_keeps_the_order_sound(start: str | None, commands:
 def test_every_cancel_reply_answers_its_command(attempt: int) -> None:
     """The orchestrator matches a reply to its step by saga, command id and attempt: a
     reply without them is stale to it, and the step would wait for its deadline."""
-    sequences = [
+    sequences: list[tuple[OrderRow, list[Any]]] = [
         (order(APPROVAL_PENDING), [begin(attempt=attempt)]),  # refused
         (order(APPROVED), [begin(attempt=attempt), confirm(attempt=attempt)]),
         (order(APPROVED), [begin(attempt=attempt), undo(attempt=attempt)]),
