@@ -46,7 +46,7 @@ def topics() -> None:
 )  # fmt: skip
 @click.option("--env", default=None, help=_ENV_HELP)
 def apply(path: Path | None, env: str | None) -> None:
-    """Create missing topics; report drift (exit 1) without changing existing ones."""
+    """Create missing topics, set changed configs; report other drift (exit 1)."""
     try:
         spec = _load(path, env)
         if (line := _describe_replication(spec)) is not None:
@@ -58,14 +58,17 @@ def apply(path: Path | None, env: str | None) -> None:
         raise click.ClickException(f"cannot apply topics: {exc}") from exc
     for name in report.created:
         click.echo(f"created  {name}")
+    for line in report.updated:
+        click.echo(f"updated  {line}")
     click.echo(f"{len(report.unchanged)} topic(s) already as declared")
     for line in report.drift:
         click.echo(f"DRIFT    {line}", err=True)
     if not report.ok:
         raise click.ClickException(
             f"{len(report.drift)} topic(s) differ from topics.yaml; fix them by hand "
-            "(partition counts re-key sagas and replication factors change only by "
-            "partition reassignment, so neither is changed automatically)"
+            "(partition counts re-key sagas, replication factors change only by "
+            "partition reassignment and a cleanup.policy changes what a topic keeps, "
+            "so none is changed automatically)"
         )
 
 

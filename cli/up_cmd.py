@@ -150,6 +150,8 @@ def prepare_system() -> None:
     try:
         local_broker.start(log=click.echo)
         report = topics.apply(topics.load())
+        for line in report.updated:
+            click.echo(f"topic updated: {line}")
         for line in report.drift:
             click.echo(f"topic drift: {line}", err=True)
     except SETUP_ERRORS as exc:

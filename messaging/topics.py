@@ -399,10 +399,16 @@ def check_replication_fits(spec: TopicsFile, brokers: int) -> None:
     )
 
 
+# Configs `apply` leaves for a person even though Kafka could change them in place:
+# turning a compacted changelog into a deleting one (or back) changes what the topic keeps.
+CHANGED_BY_HAND = frozenset({"cleanup.policy"})
+
+
 @dataclass
 class ApplyReport:
     created: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)  # "topic: key old -> new, ..."
     drift: list[str] = field(default_factory=list)  # human-readable differences
 
     @property
@@ -410,15 +416,56 @@ class ApplyReport:
         return not self.drift
 
 
-def apply(spec: TopicsFile, admin: Any | None = None, timeout: float = 30.0) -> ApplyReport:
-    """Create missing topics; compare existing ones with the spec and report drift.
+Change = tuple[str | None, str]  # (value on the cluster, value declared)
 
-    Never changes an existing topic: partition counts cannot shrink and changing them
-    re-keys every saga, and a replication factor changes only by partition reassignment,
-    so drift is for a person to resolve. Refuses (ReplicationError) before anything is
-    created when a topic wants more replicas than there are brokers answering.
+
+def compare(
+    t: TopicSpec, partitions: int, replicas: set[int], actual: Mapping[str, str | None]
+) -> tuple[list[str], dict[str, Change]]:
+    """How an existing topic differs from its spec: (drift for a person, configs to set)."""
+    differences = []
+    if partitions != t.partitions:
+        differences.append(f"partitions {partitions} (want {t.partitions})")
+    replication_differs = bool(replicas) and replicas != {t.replication_factor}
+    if replication_differs:
+        replicas_seen = ",".join(str(r) for r in sorted(replicas))
+        differences.append(
+            f"replication_factor {replicas_seen} (want {t.replication_factor}: "
+            "changing it needs a partition reassignment)"
+        )
+    settable: dict[str, Change] = {}
+    for key, want in t.configs.items():
+        have = actual.get(key)
+        if have == want:
+            continue
+        if key in CHANGED_BY_HAND or (key == MIN_INSYNC_REPLICAS and replication_differs):
+            differences.append(f"{key}={have} (want {want})")
+        else:
+            settable[key] = (have, want)
+    return differences, settable
+
+
+def apply(spec: TopicsFile, admin: Any | None = None, timeout: float = 30.0) -> ApplyReport:
+    """Create missing topics; bring existing ones' configs to the spec; report the rest.
+
+    Configs a release adds or changes (a changelog's segment size, a retention) are set in
+    place (incremental alter, only the keys that differ), so a cluster created by an
+    earlier release follows topics.yaml without a person. Left as drift: partition
+    counts (they cannot shrink, and changing them re-keys every saga), replication
+    factors (they change only by partition reassignment, which moves data),
+    `cleanup.policy` (CHANGED_BY_HAND), and `min.insync.replicas` on a topic whose
+    replication factor is not yet the declared one (it could make the topic unwritable).
+    Refuses (ReplicationError) before anything is created when a topic wants more replicas
+    than there are brokers answering.
     """
-    from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        NewTopic,
+        ResourceType,
+    )
 
     admin = admin or AdminClient(settings.confluent_config())
     report = ApplyReport()
@@ -443,31 +490,43 @@ def apply(spec: TopicsFile, admin: Any | None = None, timeout: float = 30.0) -> 
                     raise
                 report.unchanged.append(name)
     present = [t for name, t in spec.topics.items() if name in existing]
-    if present:
-        resources = [ConfigResource(ResourceType.TOPIC, t.name) for t in present]
-        described = {
-            res.name: future.result() for res, future in admin.describe_configs(resources).items()
-        }
-        for t in present:
-            meta = existing[t.name]
-            differences = []
-            if len(meta.partitions) != t.partitions:
-                differences.append(f"partitions {len(meta.partitions)} (want {t.partitions})")
-            replicas = {len(p.replicas) for p in meta.partitions.values()}
-            if replicas and replicas != {t.replication_factor}:
-                have = ",".join(str(r) for r in sorted(replicas))
-                differences.append(
-                    f"replication_factor {have} (want {t.replication_factor}: "
-                    "changing it needs a partition reassignment)"
+    if not present:
+        return report
+    resources = [ConfigResource(ResourceType.TOPIC, t.name) for t in present]
+    described = {
+        res.name: future.result() for res, future in admin.describe_configs(resources).items()
+    }
+    to_set: dict[str, dict[str, Change]] = {}
+    for t in present:
+        meta = existing[t.name]
+        actual = {key: entry.value for key, entry in described[t.name].items()}
+        replicas = {len(p.replicas) for p in meta.partitions.values()}
+        differences, settable = compare(t, len(meta.partitions), replicas, actual)
+        if differences:
+            report.drift.append(f"{t.name}: " + "; ".join(differences))
+        if settable:
+            to_set[t.name] = settable
+        if not differences and not settable:
+            report.unchanged.append(t.name)
+    if to_set:
+        altered = admin.incremental_alter_configs(
+            [
+                ConfigResource(
+                    ResourceType.TOPIC,
+                    name,
+                    incremental_configs=[
+                        ConfigEntry(key, want, incremental_operation=AlterConfigOpType.SET)
+                        for key, (_, want) in changes.items()
+                    ],
                 )
-            actual = described[t.name]
-            for key, want in t.configs.items():
-                have_entry = actual.get(key)
-                have_value = have_entry.value if have_entry is not None else None
-                if have_value != want:
-                    differences.append(f"{key}={have_value} (want {want})")
-            if differences:
-                report.drift.append(f"{t.name}: " + "; ".join(differences))
-            else:
-                report.unchanged.append(t.name)
+                for name, changes in to_set.items()
+            ]
+        )
+        for resource, future in altered.items():
+            future.result()  # a refused value (say, out of range) raises with Kafka's reason
+            changes = to_set[resource.name]
+            report.updated.append(
+                f"{resource.name}: "
+                + ", ".join(f"{key} {have} -> {want}" for key, (have, want) in changes.items())
+            )
     return report

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    ResourceType,
+)
 
 from messaging import settings, topics
 
@@ -79,32 +85,67 @@ def _saga(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _topic_configs(admin: AdminClient, name: str) -> dict[str, str]:
+    [future] = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name)]).values()
+    return {key: entry.value for key, entry in future.result().items()}
+
+
 def test_topics_apply_is_idempotent_and_reports_drift(kafka: str, tmp_path: Path) -> None:
     name = f"test.apply.{uuid.uuid4().hex[:8]}"
     spec_file = tmp_path / "topics.yaml"
     spec_file.write_text(
         f"topics:\n  {name}:\n    partitions: 2\n    replication_factor: 1\n"
-        "    configs: {retention.ms: '3600000'}\n"
+        "    configs: {retention.ms: '3600000', cleanup.policy: delete}\n"
     )
     first = _saga("topics", "apply", "--file", str(spec_file))
     assert first.returncode == 0, first.stderr
     assert f"created  {name}" in first.stdout
     second = _saga("topics", "apply", "--file", str(spec_file))
     assert second.returncode == 0, second.stderr
-    assert "created" not in second.stdout
+    assert "created" not in second.stdout and "updated" not in second.stdout
     assert "1 topic(s) already as declared" in second.stdout
 
     admin = AdminClient(settings.confluent_config())
     admin.create_partitions([NewPartitions(name, 3)])[name].result()
     spec_file.write_text(
         f"topics:\n  {name}:\n    partitions: 2\n    replication_factor: 1\n"
-        "    configs: {retention.ms: '7200000'}\n"
+        "    configs: {retention.ms: '7200000', cleanup.policy: compact}\n"
     )
     drifted = _saga("topics", "apply", "--file", str(spec_file))
     assert drifted.returncode == 1
     assert "partitions 3 (want 2)" in drifted.stderr
-    assert "retention.ms=3600000 (want 7200000)" in drifted.stderr
+    assert "cleanup.policy=delete (want compact)" in drifted.stderr
+    # the retention is no reason for a person: it is set beside the drift reported
+    assert f"updated  {name}: retention.ms 3600000 -> 7200000" in drifted.stdout
+    configs = _topic_configs(admin, name)
+    assert (configs["retention.ms"], configs["cleanup.policy"]) == ("7200000", "delete")
     admin.delete_topics([name])[name].result()
+
+
+def test_topics_apply_brings_an_earlier_release_s_topic_to_its_configs(
+    kafka: str, tmp_path: Path
+) -> None:
+    """A changelog created before retention declared its segments: `apply` (and so
+    `saga up` and the tests) follows the new topics.yaml instead of refusing."""
+    name = f"test.apply.{uuid.uuid4().hex[:8]}"
+    admin = AdminClient(settings.confluent_config())
+    admin.create_topics([NewTopic(name, 2, 1, config={"cleanup.policy": "compact"})])[name].result()
+    spec_file = tmp_path / "topics.yaml"
+    spec_file.write_text(
+        f"topics:\n  {name}:\n    partitions: 2\n    replication_factor: 1\n"
+        "    configs: {cleanup.policy: compact, segment.ms: '3600000', "
+        "delete.retention.ms: '600000'}\n"
+    )
+    try:
+        applied = _saga("topics", "apply", "--file", str(spec_file))
+        assert applied.returncode == 0, applied.stderr
+        assert f"updated  {name}: segment.ms 604800000 -> 3600000, " in applied.stdout
+        configs = _topic_configs(admin, name)
+        assert (configs["segment.ms"], configs["delete.retention.ms"]) == ("3600000", "600000")
+        again = _saga("topics", "apply", "--file", str(spec_file))
+        assert again.returncode == 0 and "updated" not in again.stdout
+    finally:
+        admin.delete_topics([name])[name].result()
 
 
 def test_project_topics_exist_with_declared_partitions(kafka: str) -> None:

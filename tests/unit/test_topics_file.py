@@ -291,3 +291,49 @@ def test_workers_give_faust_the_environments_replication(
     table = typed_table(app, "stock")
     assert app.conf.topic_replication_factor == 3
     assert table.changelog_topic.replicas == 3
+
+
+# ---- comparing an existing topic with its spec (what `saga topics apply` does with it) ----
+
+_CHANGELOG = topics.TopicSpec(
+    "saga-x-changelog",
+    partitions=6,
+    replication_factor=3,
+    configs={"cleanup.policy": "compact", "segment.ms": "3600000", "min.insync.replicas": "2"},
+)
+_AS_DECLARED = {"cleanup.policy": "compact", "segment.ms": "3600000", "min.insync.replicas": "2"}
+
+
+def test_a_topic_as_declared_has_nothing_to_change() -> None:
+    assert topics.compare(_CHANGELOG, 6, {3}, _AS_DECLARED) == ([], {})
+
+
+def test_a_config_a_release_added_or_changed_is_set_not_drift() -> None:
+    # a changelog created by a release before retention: no segment.ms of its own
+    actual = {**_AS_DECLARED, "segment.ms": "604800000"}
+    assert topics.compare(_CHANGELOG, 6, {3}, actual) == (
+        [],
+        {"segment.ms": ("604800000", "3600000")},
+    )
+    missing = {k: v for k, v in _AS_DECLARED.items() if k != "segment.ms"}
+    assert topics.compare(_CHANGELOG, 6, {3}, missing)[1] == {"segment.ms": (None, "3600000")}
+
+
+def test_partitions_replication_and_cleanup_policy_are_left_to_a_person() -> None:
+    actual = {**_AS_DECLARED, "cleanup.policy": "delete"}
+    drift, settable = topics.compare(_CHANGELOG, 8, {1}, actual)
+    assert drift == [
+        "partitions 8 (want 6)",
+        "replication_factor 1 (want 3: changing it needs a partition reassignment)",
+        "cleanup.policy=delete (want compact)",
+    ]
+    assert settable == {}
+
+
+def test_min_isr_is_set_only_once_the_replication_factor_is_the_declared_one() -> None:
+    actual = {**_AS_DECLARED, "min.insync.replicas": "1"}
+    # on one copy, min ISR 2 would refuse every acks=all write: a person first reassigns
+    drift, settable = topics.compare(_CHANGELOG, 6, {1}, actual)
+    assert "min.insync.replicas=1 (want 2)" in drift and settable == {}
+    drift, settable = topics.compare(_CHANGELOG, 6, {3}, actual)
+    assert drift == [] and settable == {"min.insync.replicas": ("1", "2")}
