@@ -169,8 +169,8 @@ def watch(workers: Workers, clock: Callable[[], float] = time.monotonic) -> None
             click.echo(f"worker {worker.name} died (exit code {code})", err=True)
             if code == exit_codes.STATE_REFUSED:
                 raise RuntimeError(
-                    f"worker {worker.name} refuses the state it found (its log says why);"
-                    " restarting it cannot help"
+                    f"worker {worker.name} refuses to run (its log says why: state it "
+                    "cannot read, or topics the cluster lacks); restarting it cannot help"
                 )
             now = clock()
             recent = [t for t in deaths.get(worker.name, []) if now - t < RESTART_WINDOW]

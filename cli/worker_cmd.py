@@ -16,6 +16,31 @@ SERVICES = {
 }
 
 
+def _topics_problem() -> str | None:
+    """Why the cluster cannot run a worker: topics of topics.yaml it lacks (None if it
+    has them all, or if it does not answer yet: the worker then waits for it as ever).
+
+    Faust declares its tables' changelogs at start; on a cluster `saga topics apply` has
+    not seen it would create them with its own configs (no compaction settings of ours,
+    its replication), and the agents' topics would not exist at all."""
+    from confluent_kafka import KafkaException
+
+    from messaging import settings, topics
+
+    try:
+        missing = topics.missing_topics(topics.project_topics())
+    except KafkaException:
+        return None
+    if not missing:
+        return None
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return (
+        f"the cluster at {settings.bootstrap_servers()} lacks topics of topics.yaml ({shown}); "
+        "create them with `saga topics apply` (a changelog Faust created would have its "
+        "configs, not topics.yaml's)"
+    )
+
+
 def build_service(name: str, web_port: int | None = None, **app_options: Any) -> Any:
     module = importlib.import_module(SERVICES[name])
     return module.build(web_port=web_port, **app_options)
@@ -62,6 +87,9 @@ def worker(
     except ValueError as exc:  # its settings (SAGA_RETENTION, SAGA_SAGAS): nothing started
         click.echo(f"{name}: refusing to start: {exc}", err=True)
         raise SystemExit(exit_codes.STATE_REFUSED) from None
+    if (problem := _topics_problem()) is not None:
+        click.echo(f"{name}: refusing to start: {problem}", err=True)
+        raise SystemExit(exit_codes.STATE_REFUSED)
     discard_tables_after_crash(service.app)
     exit_if_stop_hangs(service.app)
     try:

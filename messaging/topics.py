@@ -530,3 +530,12 @@ def apply(spec: TopicsFile, admin: Any | None = None, timeout: float = 30.0) -> 
                 + ", ".join(f"{key} {have} -> {want}" for key, (have, want) in changes.items())
             )
     return report
+
+
+def missing_topics(spec: TopicsFile, admin: Any | None = None, timeout: float = 10.0) -> list[str]:
+    """Declared topics the cluster does not have (raises KafkaException if it is unreachable)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = admin or AdminClient(settings.confluent_config())
+    existing = admin.list_topics(timeout=timeout).topics
+    return [name for name in spec.topics if name not in existing]

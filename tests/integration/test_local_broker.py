@@ -1,4 +1,5 @@
-"""`saga kafka start|stop|status|logs` on a broker of its own: the lifecycle, and data kept.
+"""`saga kafka start|stop|status|logs` on a broker of its own: the lifecycle, and data kept
+(and a worker refused on it until its topics are applied).
 
 The broker lives in a temporary SAGA_HOME on free ports, so the shared broker (9092)
 and the chaos runs are not touched; the Kafka jars already fetched for the usual home
@@ -20,7 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from cli.chaos_cmd import share_jars
 from messaging import local_broker
-from tests.ports import broker_port
+from tests.ports import broker_port, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +108,13 @@ def test_start_stop_status_logs_and_data_survives_a_restart(tmp_path: Path) -> N
         assert int(home.pid.read_text()) != pid
         assert (home.data / "meta.properties").read_text() == cluster  # not formatted again
         assert read_back(bootstrap, "lifecycle") == [(b"k", b"kept across a restart")]
+
+        # On a cluster topics.yaml was not applied to, a worker refuses to start (restarting
+        # cannot help), naming the command that fixes it.
+        worker = saga(env, "worker", "payment", "--web-port", str(free_ports(1)), timeout=120)
+        assert worker.returncode == 78, worker.stdout + worker.stderr
+        assert "lacks topics of topics.yaml" in worker.stderr, worker.stderr
+        assert "saga topics apply" in worker.stderr, worker.stderr
 
         logs = saga(env, "kafka", "logs", "--lines", "5000")
         assert logs.returncode == 0, logs.stderr

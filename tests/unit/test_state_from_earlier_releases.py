@@ -235,7 +235,7 @@ def test_saga_up_does_not_restart_a_worker_that_refuses_its_state(
     worker = SimpleNamespace(name="product", process=SimpleNamespace(returncode=78))
     restarted: list[str] = []
     workers: Any = SimpleNamespace(dead=lambda: [worker], restart=restarted.append)
-    with pytest.raises(RuntimeError, match="product refuses the state it found"):
+    with pytest.raises(RuntimeError, match="product refuses to run"):
         up_cmd.watch(workers)
     assert restarted == []
 
