@@ -52,6 +52,30 @@ def test_docker_compose_config_validates(files: tuple[str, ...]) -> None:
 CLIENTS = ("topics", "seed", *SERVICES)
 
 
+def test_workers_take_operator_and_tracing_settings_from_the_host_off_by_default() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGA_OPERATOR", "OTEL_"))}
+    for given, want in (
+        ({}, {"SAGA_OPERATOR_TOKEN": "", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}),
+        (
+            {"SAGA_OPERATOR_TOKEN": "t" * 32, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318"},
+            {"SAGA_OPERATOR_TOKEN": "t" * 32, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318"},
+        ),
+    ):
+        tool = shutil.which("docker-compose")
+        assert tool, "docker-compose is missing: `make test` installs it"
+        result = subprocess.run(
+            [tool, "-f", str(ROOT / "docker-compose.yml"), "config"],
+            capture_output=True, text=True, timeout=60, env={**env, **given},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        services = yaml.safe_load(result.stdout)["services"]
+        for name in SERVICES:
+            environment = services[name]["environment"]
+            for key, value in want.items():
+                assert (environment.get(key) or "") == value, (name, key)
+            assert "http://127.0.0.1:6066" in environment["SAGA_OPERATOR_ORIGINS"].split()
+
+
 def test_every_client_of_the_single_broker_applies_single_replication() -> None:
     services = compose()["services"]
     for name in CLIENTS:
@@ -93,7 +117,8 @@ def test_the_cluster_file_runs_three_replicating_brokers_for_every_client() -> N
     host_ports = [p.split(":")[1] for b in brokers for p in services[b]["ports"]]
     assert host_ports == ["9092", "9094", "9096"]
     for name in CLIENTS:
-        assert services[name]["environment"] == {
+        environment = services[name]["environment"]
+        assert {k: environment[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "SAGA_ENV")} == {
             "KAFKA_BOOTSTRAP_SERVERS": "kafka:19092,kafka-2:19092,kafka-3:19092",
             "SAGA_ENV": "cluster",
         }, name
