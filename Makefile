@@ -70,6 +70,7 @@ MUTANTS := 'participants.*' 'orchestrator.engine.machine.*' 'messaging.tables.*'
 	'messaging.faust_workarounds.x_extend_producer_flush*' \
 	'messaging.faust_workarounds.x_discard_tables_after_crash*' \
 	'messaging.faust_workarounds.x_mark_clean_shutdown*' \
+	'messaging.faust_workarounds.x_brokers_of*' \
 	'messaging.faust_workarounds.x_unclean_stop*'
 mutate: setup
 	rm -rf mutants && mkdir mutants

@@ -153,3 +153,20 @@ def test_stores_are_discarded_when_the_worker_now_runs_against_other_brokers(
     stored_tables(single)
     assert mark_clean_shutdown(single) is True
     assert discard_tables_after_crash(single) is False  # the same brokers: kept
+
+
+def test_the_marker_names_the_brokers_whatever_their_order(tmp_path: Path) -> None:
+    def marker_of(broker: str) -> str:
+        app = create_app(
+            "saga-product", web_port=6990, store="memory://", datadir=str(tmp_path),
+            broker=broker,
+        )  # fmt: skip
+        assert mark_clean_shutdown(app) is True
+        return (tmp_path / CLEAN_SHUTDOWN_MARKER).read_text()
+
+    one_way = marker_of("kafka://127.0.0.1:19093;kafka://127.0.0.1:19094")
+    assert one_way == "kafka://127.0.0.1:19093,kafka://127.0.0.1:19094"
+    assert marker_of("kafka://127.0.0.1:19094;kafka://127.0.0.1:19093") == one_way
+    # as many brokers, other ones: not the same cluster
+    assert marker_of("kafka://127.0.0.1:29093;kafka://127.0.0.1:29094") != one_way
+

@@ -312,9 +312,11 @@ def test_a_request_breaking_the_limits_ends_its_saga_at_once_with_the_reason() -
     saga = decision.state
     assert saga is not None and decision.commands == ()
     assert (saga.state, saga.step, saga.deadline) == ("ORDER_REJECTED", None, None)
+    assert saga.attempt == 0  # no command was ever sent
     assert saga.reason == "invalid request: the order has no lines"
     (event,) = decision.events
     assert (event.from_state, event.to_state, event.terminal) == (None, "ORDER_REJECTED", True)
+    assert (event.trigger, event.attempt, event.commands) == ("OrderRequested", 0, [])
     assert event.reason == saga.reason
 
 

@@ -195,6 +195,22 @@ async def test_a_row_given_as_none_is_deleted_once_its_outputs_are_acknowledged(
     assert b"k" not in table and writer.staged == {}
 
 
+async def test_two_records_deleting_one_row_are_both_written_and_acked(setup: Any) -> None:
+    """A duplicated expiry: both records stage the deletion; the first one written must
+    not take the second one's staged deletion for its own (a deletion is None, so only
+    an explicit "not staged" tells them apart), or the second one stops the worker."""
+    writer, sender, table, stream, log, app = setup
+    table[b"k"] = "ended"
+    log.clear()
+    for name in ("expire", "expire again"):
+        await writer.submit(stream, Event(name), [("t", b"k", "forget")], [(table, b"k", None)])
+    sender.deliver("forget")
+    await settle()
+    assert app.crashed is None
+    assert log[-1] == "ack expire again" and "ack expire" in log
+    assert b"k" not in table and writer.staged == {}
+
+
 async def test_a_failed_forget_send_keeps_the_row(setup: Any) -> None:
     writer, sender, table, stream, _log, app = setup
     table[b"k"] = "ended"
