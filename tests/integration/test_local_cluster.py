@@ -160,25 +160,31 @@ def test_every_topic_on_the_cluster_has_three_replicas_and_min_isr_two() -> None
 def test_a_killed_node_leaves_every_topic_writable_and_comes_back_into_every_isr(
     cluster: Cluster,
 ) -> None:
-    victim = local_broker.busiest_leader("saga.replies")
-    local_broker.kill_node(victim)
-    killed_at = time.monotonic()
-    # Two in-sync replicas are left: acks=all writes go on, to every partition.
+    # The topic exists before the kill: the victim leads some of its partitions, which
+    # must move to a surviving replica (an admin request made after the kill may wait
+    # out its own timeout on a client that still routes it to the dead node).
     name = f"test.one-down.{uuid.uuid4().hex[:8]}"
     kafka = admin()
     kafka.create_topics([NewTopic(name, 6)])[name].result(timeout=30)
-    # log_level 0: the refused connections to the dead node are expected.
-    producer = client.producer(**{"message.timeout.ms": 30_000, "log_level": 0})
-    for partition in range(6):
-        producer.produce(name, value=b"acknowledged by two", partition=partition)
-    assert producer.flush(40) == 0
-    report(f"node {victim} killed; 6 partitions written {time.monotonic() - killed_at:.1f} s later")
+    victim = local_broker.busiest_leader("saga.replies")
+    local_broker.kill_node(victim)
+    killed_at = time.monotonic()
+    try:
+        # Two in-sync replicas are left: acks=all writes go on, to every partition.
+        # log_level 0: the refused connections to the dead node are expected.
+        producer = client.producer(**{"message.timeout.ms": 30_000, "log_level": 0})
+        for partition in range(6):
+            producer.produce(name, value=b"acknowledged by two", partition=partition)
+        assert producer.flush(40) == 0
+        report(
+            f"node {victim} killed; 6 partitions written {time.monotonic() - killed_at:.1f} s later"
+        )
 
-    down = saga(cluster, "kafka", "status")
-    assert down.returncode == 1
-    assert re.search(rf"node {victim} .* not running\s+NOT answering", down.stdout), down.stdout
-
-    answered_in = local_broker.restart_node(victim)
+        down = saga(cluster, "kafka", "status")
+        assert down.returncode == 1
+        assert re.search(rf"node {victim} .* not running\s+NOT answering", down.stdout), down.stdout
+    finally:  # the next tests need the node back, whatever failed here
+        answered_in = local_broker.restart_node(victim)
     in_sync_in = local_broker.wait_until_in_every_isr(victim, timeout=90)
     report(f"node {victim} answered {answered_in:.1f} s after its restart, in every ISR "
            f"{in_sync_in:.1f} s later")  # fmt: skip
