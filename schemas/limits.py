@@ -27,7 +27,6 @@ messages (Restock, TopUp) that break one are dead-lettered with the reason.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from decimal import Decimal
 
@@ -42,6 +41,9 @@ MAX_STOCK = 10**15
 MAX_REASON_LENGTH = 1000
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
+# Unicode category Cc, all of it (C0, DEL, C1); a regex is ~10x faster than a
+# per-character unicodedata.category walk, and ids are checked on every command.
+CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
 KEY_SEPARATOR = b"\x00"
 
 
@@ -53,7 +55,7 @@ def id_problem(what: str, value: object) -> str | None:
         return f"{what} is empty"
     if len(value) > MAX_ID_LENGTH:
         return f"{what} has {len(value)} characters, at most {MAX_ID_LENGTH}"
-    if any(unicodedata.category(c) == "Cc" for c in value):
+    if CONTROL_CHARACTER.search(value):
         return f"{what} contains a control character"
     return None
 

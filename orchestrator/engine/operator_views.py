@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,7 +40,7 @@ from messaging.faust_app import utc_now
 from messaging.operator_guard import TOKEN_ENV, Guard, OneTime, Refused, bearer
 from orchestrator.engine.runner import ANSWERS_TOPIC, OPERATIONS_TOPIC
 from schemas import codec
-from schemas.limits import MAX_REASON_LENGTH, id_problem
+from schemas.limits import CONTROL_CHARACTER, MAX_REASON_LENGTH, id_problem
 from schemas.messages import AbortSaga, RetrySaga, SagaActionAnswered
 
 log = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ def reason_of(action: str, form: Mapping[str, str]) -> str:
             f"the reason has {len(reason)} characters, at most {MAX_REASON_LENGTH}",
             parameter="reason",
         )
-    if any(unicodedata.category(c) == "Cc" for c in reason):
+    if CONTROL_CHARACTER.search(reason):
         raise w.bad_request("the reason contains a control character", parameter="reason")
     return reason
 
