@@ -5,7 +5,6 @@ orchestrators' `/sagas` view for, and what each answer means for the exit code."
 from __future__ import annotations
 
 import os
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,7 +35,7 @@ def reason_problem(text: str) -> str | None:
         return "must say why (it is recorded in saga.events)"
     if len(text) > limits.MAX_REASON_LENGTH:
         return f"has {len(text)} characters, at most {limits.MAX_REASON_LENGTH}"
-    if any(unicodedata.category(c) == "Cc" for c in text):
+    if limits.CONTROL_CHARACTER.search(text):
         return "contains a control character"
     return None
 

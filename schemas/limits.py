@@ -41,7 +41,7 @@ MAX_STOCK = 10**15
 MAX_REASON_LENGTH = 1000
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
-# Unicode category Cc, all of it (C0, DEL, C1); a regex is ~10x faster than a
+# Unicode category Cc, all of it (C0, DEL, C1); one regex is ~8x faster than a
 # per-character unicodedata.category walk, and ids are checked on every command.
 CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
 KEY_SEPARATOR = b"\x00"
