@@ -308,7 +308,7 @@ def test_unknown_keys_are_404(placed: Placed) -> None:
     ):
         # 503 is "retry": a worker that took partitions over (an earlier test stopped a
         # second worker) answers it for missing keys until it has committed past them.
-        reply = poll(lambda: http_get(url), lambda r: r.status != 503, f"GET {url} settled")
+        reply = poll(partial(http_get, url), lambda r: r.status != 503, f"GET {url} settled")
         assert reply.status == 404, url
         body = reply.json()
         assert body["status"] == 404 and missing in body["error"], body

@@ -169,4 +169,3 @@ def test_the_marker_names_the_brokers_whatever_their_order(tmp_path: Path) -> No
     assert marker_of("kafka://127.0.0.1:19094;kafka://127.0.0.1:19093") == one_way
     # as many brokers, other ones: not the same cluster
     assert marker_of("kafka://127.0.0.1:29093;kafka://127.0.0.1:29094") != one_way
-

@@ -202,7 +202,7 @@ def test_rows_after_faust_s_offset_key_are_checked_too(stock: Any) -> None:
     db = stock.data._db_for_partition(3)
     db[tables.FAUST_OFFSET_KEY] = b"41"
     db[b"zz-later"] = encode_released("StockRow.v2", STOCK_V2)
-    assert [key for key, _ in db.items()][0] == tables.FAUST_OFFSET_KEY
+    assert next(key for key, _ in db.items()) == tables.FAUST_OFFSET_KEY
     with pytest.raises(StateFromEarlierRelease, match=r"\(key b'zz-later'\)"):
         stock.check_rows({3})
 
