@@ -31,6 +31,7 @@ from messaging import metrics, settings, topics, tracing
 from messaging.cpu import CpuScarcity
 from messaging.dead_letters import send_dead_letter
 from messaging.faust_workarounds import (
+    declare_topics_through_metadata,
     extend_producer_flush,
     fence_stale_records,
     processing,
@@ -170,6 +171,7 @@ def create_app(
     app.timer(interval=0.5)(adjust_batching)
     flush_before_commit(app, producer)
     fence_stale_records(app)
+    declare_topics_through_metadata(app)
     track_takeovers(app)
     without_sensors(app)
     metrics.install(app, producer)  # after flush_before_commit: it times that flush

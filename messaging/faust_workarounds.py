@@ -10,13 +10,14 @@ behaviour. Upgrading one of the three packages means re-reading the code cited h
 
 Who wires what: `messaging.faust_app.create_app` installs the ones every app needs
 (`extend_producer_flush`, `fence_stale_records`, `without_sensors`, `set_value_serializer`,
-and `set_fetch_limits` through `messaging.fetching`); `cli/worker_cmd.py` wraps a
-worker's run in the others (`discard_tables_after_crash`, `exit_if_stop_hangs`,
-`quiet_worker`, `mark_clean_shutdown`).
+`declare_topics_through_metadata`, and `set_fetch_limits` through `messaging.fetching`);
+`cli/worker_cmd.py` wraps a worker's run in the others (`discard_tables_after_crash`,
+`exit_if_stop_hangs`, `quiet_worker`, `mark_clean_shutdown`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -87,6 +88,48 @@ def extend_producer_flush(app: faust.App, before: Callable[[], Awaitable[None]])
         await faust_flush()
 
     faust_producer.flush = flush
+
+
+# ---- topic declarations ----
+
+DECLARE_WAIT_SECONDS = 120.0  # a worker waits this long for an answering broker at start
+DECLARE_RETRY_SECONDS = 1.0
+
+
+def declare_topics_through_metadata(app: faust.App) -> None:
+    """Make Faust's declaration of a topic (its tables' changelogs, at start) look the topic
+    up in metadata first, from any broker that answers, and wait for one if none does.
+
+    Upstream: `faust/topics.py Topic.declare` calls `app.producer.create_topic`, which goes
+    to `faust/transport/drivers/aiokafka.py Transport._really_create_topic`: that skips a
+    topic already in the producer client's cached metadata (`client.cluster.topics()`),
+    and otherwise asks the first broker of that metadata for the controller
+    (`_get_controller_node`, one request to one node, no retry). The cache holds only the
+    topics the client tracks, so a worker starting while that node is down (a cluster
+    node killed, the single broker restarting) exits with NodeNotReadyError. Every topic
+    here exists before a worker starts (`saga topics apply`; `cli/worker_cmd.py` refuses
+    to start on a cluster lacking one), so tracking the topic first (aiokafka's
+    `AIOKafkaClient.add_topic`, whose metadata request tries every known node) makes
+    Faust skip the request; with no broker answering, the worker waits, as its consumer
+    does, instead of exiting. Pinned by
+    test_faust_workarounds.py::test_faust_skips_declaring_a_topic_in_its_metadata;
+    behaviour: ::test_a_declaration_waits_for_metadata_then_goes_to_faust.
+    """
+    faust_producer: Any = app.producer
+    faust_create_topic = faust_producer.create_topic
+
+    async def create_topic(topic: str, *args: Any, **kwargs: Any) -> None:
+        client = faust_producer._ensure_producer().client
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + DECLARE_WAIT_SECONDS
+        answered = await client.add_topic(topic)
+        while not answered and loop.time() < give_up_at:
+            log.warning("no broker answers a metadata request for %s; waiting", topic)
+            await asyncio.sleep(DECLARE_RETRY_SECONDS)
+            answered = await client.force_metadata_update()
+        await faust_create_topic(topic, *args, **kwargs)
+
+    faust_producer.create_topic = create_topic
 
 
 # ---- rebalances ----

@@ -24,18 +24,21 @@ import faust
 import faust.streams
 import mode
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer.fetcher import Fetcher
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
+from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 from faust.types import TP
 
 from messaging import exit_codes, faust_workarounds
 from messaging.faust_workarounds import (
     SeekFence,
+    declare_topics_through_metadata,
     exit_if_stop_hangs,
     extend_producer_flush,
     processing,
@@ -117,6 +120,79 @@ async def test_an_extended_flush_runs_before_fausts_own(app: Any) -> None:
     await app._producer_flush(logging.getLogger(__name__))  # a rebalance's, a stop's
     await app.producer.flush()  # a commit's
     assert calls == ["ours", "faust", "ours", "faust"]
+
+
+# ---- topic declarations: from metadata, never through one node ----
+
+
+def test_faust_skips_declaring_a_topic_in_its_metadata() -> None:
+    declare = source(faust.Topic.declare)
+    assert "await producer.create_topic(" in declare
+    create = source(AIOKafkaProducer.create_topic)
+    assert "producer = self._ensure_producer()" in create
+    assert "producer.client," in create
+    really = source(AIOKafkaTransport._really_create_topic)
+    skip = really.index("if topic in client.cluster.topics():")
+    assert skip < really.index("return") < really.index("await self._get_controller_node(")
+    # ... and otherwise asks one node, the first of the cached metadata, without retrying:
+    controller = source(AIOKafkaTransport._get_controller_node)
+    assert "for node_id in nodes:" in controller
+    assert controller.index("client.send(node_id, request)") < controller.index("return ")
+    # aiokafka's add_topic refreshes the metadata (tracking the topic from then on), and
+    # a refresh asks every node it knows until one answers:
+    assert "res = self.force_metadata_update()" in source(AIOKafkaClient.add_topic)
+    update = source(AIOKafkaClient._metadata_update)
+    assert "for node_id in nodeids:" in update
+    assert "if conn is None:\n                continue" in update
+
+
+class MetadataClient:
+    """An aiokafka client whose metadata refreshes answer as told (True: a broker did)."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.answers = answers
+        self.tracked: list[str] = []
+
+    async def _refresh(self) -> bool:
+        return self.answers.pop(0) if self.answers else False
+
+    def add_topic(self, topic: str) -> Any:
+        self.tracked.append(topic)
+        return self._refresh()
+
+    def force_metadata_update(self) -> Any:
+        return self._refresh()
+
+
+@pytest.mark.parametrize(
+    ("answers", "wait_seconds"),
+    [([True], 60.0), ([False, False, True], 60.0), ([False] * 1000, 0.05)],
+    ids=["answered", "answered-after-two-refusals", "never-answered"],
+)
+async def test_a_declaration_waits_for_metadata_then_goes_to_faust(
+    app: Any, monkeypatch: pytest.MonkeyPatch, answers: list[bool], wait_seconds: float
+) -> None:
+    monkeypatch.setattr(faust_workarounds, "DECLARE_WAIT_SECONDS", wait_seconds)
+    monkeypatch.setattr(faust_workarounds, "DECLARE_RETRY_SECONDS", 0.01)
+    client = MetadataClient(list(answers))
+    declared: list[tuple[Any, ...]] = []
+
+    async def fausts_own(topic: str, *args: Any, **kwargs: Any) -> None:
+        declared.append((topic, client.answers[:1], *args, kwargs))
+
+    app.producer._ensure_producer = lambda: SimpleNamespace(client=client)
+    app.producer.create_topic = fausts_own
+    declare_topics_through_metadata(app)
+    await app.producer.create_topic("saga.replies", 4, 3, config={"x": "y"})
+    assert client.tracked == ["saga.replies"]
+    # Faust's own declaration ran once, after the refresh that answered (or the wait):
+    assert len(declared) == 1
+    topic, left, *args, kwargs = declared[0]
+    assert (topic, args, kwargs) == ("saga.replies", [4, 3], {"config": {"x": "y"}})
+    if answers[-1]:
+        assert client.answers == []  # every refusal was retried
+    else:
+        assert left == [False]  # gave up waiting
 
 
 # ---- SeekFence: the seek after recovery, and the records fetched before it ----
