@@ -734,12 +734,16 @@ def leader_counts(topic: str, timeout: float = 10.0) -> Counter[int]:
     return Counter(p.leader for p in partitions if p.leader >= 0)
 
 
-def busiest_leader(topic: str) -> int:
-    """The node that leads the most partitions of `topic` (the lowest id on a tie)."""
+def busiest_leader(topic: str, excluding: int | None = None) -> int:
+    """The node that leads the most partitions of `topic` (the lowest id on a tie), of the
+    nodes other than `excluding` (which may lead none)."""
     counts = leader_counts(topic)
     if not counts:
         raise BrokerError(f"no partition of {topic} has a leader")
-    return min(counts, key=lambda node_id: (-counts[node_id], node_id))
+    candidates = ({node.id for node in current_nodes()} | set(counts)) - {excluding}
+    if not candidates:
+        raise BrokerError(f"no node but {excluding} to choose among")
+    return min(candidates, key=lambda node_id: (-counts[node_id], node_id))
 
 
 def missing_from_isr(node_id: int, timeout: float = 10.0) -> list[str]:

@@ -9,11 +9,15 @@ replicas, min.insync.replicas 2) while orders flow at a steady rate. Meanwhile:
 
 Then every saga must have ended exactly once, the stock and money invariants hold (read
 from the changelog topics, as `saga chaos` checks them), nothing is dead-lettered, both
-nodes are back in every ISR, and no saga deadline fired: the kills may slow sagas down,
-never make the orchestrator time a step out (no StepTimedOut on saga.replies, no
-transition it triggered). A machine too busy for the load fires deadlines for steps no
-kill came near; then the deadline check cannot tell anything about the kills, and is
-skipped with the reason, after every other check.
+nodes are back in every ISR, and no deadline rejected an approvable order.
+
+Deadlines: the first kill waits until the system keeps up with the load, and takes the
+busiest leader among the nodes that are not the active controller, so that it is a
+broker's failure alone (the second kill is the controller's). No step deadline may fire
+because of it: no StepTimedOut for a step waited for while that node was down or
+rejoining. The controller's kill adds a quorum election before the dead node is fenced
+(about 4 s here, near the 5 s first deadline of retriable steps): the deadlines it causes
+are reported, and they may only re-send a command, never reject an order.
 
 Measured and reported, not asserted (the machine is shared): the longest time in which no
 saga event reached saga.events around each kill and restart. Printed (`pytest -s`) and
@@ -57,7 +61,14 @@ RATE = 10.0  # orders per second
 MIN_LOAD_SECONDS = 45.0  # orders flow at least this long ...
 AFTER_FAULTS_SECONDS = 5.0  # ... and this long after the last node is back in every ISR
 MAX_LOAD_SECONDS = 180.0  # the plan's size: more is never placed
-FIRST_KILL_AT = 12.0  # seconds into the load: before it, the machine shows it keeps up
+# The first kill waits until the system keeps up with the load: at most KEEPING_UP_BACKLOG
+# sagas open (about a second of orders) for KEEPING_UP_FOR seconds in a row. Just started,
+# three cold JVMs and four workers on two cores fall behind for a while; a kill then would
+# find steps near their deadlines already, and the run could not tell what the kill did.
+FIRST_KILL_AFTER = 8.0  # seconds into the load, at the earliest
+KEEPING_UP_BACKLOG = int(RATE * 1.5)
+KEEPING_UP_FOR = 3.0
+WARM_UP_LIMIT = 90.0  # then kill anyway, and say the machine never kept up
 DOWN_SECONDS = 8.0  # a killed node stays down this long: the system runs on two
 BETWEEN_KILLS = 3.0  # after the first node is back in every ISR, before the second kill
 SETTLE_TIMEOUT = 120.0
@@ -122,20 +133,24 @@ class Faults:
     while the test places orders."""
 
     began: float
+    backlog: Callable[[], int]  # sagas placed and not yet ended
     moments: dict[str, float] = field(default_factory=dict)
     nodes: dict[str, int] = field(default_factory=dict)  # "leader"/"controller" -> node id
     answered_after: dict[str, float] = field(default_factory=dict)  # restart to answering
     in_sync_after: dict[str, float] = field(default_factory=dict)  # answering to every ISR
     leader_was_controller: bool = False  # the first node killed was the active controller too
+    kept_up_after: float | None = None  # seconds into the load; None: never, in WARM_UP_LIMIT
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
     cancelled: threading.Event = field(default_factory=threading.Event)  # kill no more
 
     def run(self) -> None:
         try:
-            controller = local_broker.active_controller()
-            self.at(FIRST_KILL_AT)
-            leader = local_broker.busiest_leader("saga.replies")
+            controller = local_broker.active_controller()  # its JVM tool takes seconds
+            self.at(FIRST_KILL_AFTER)
+            self.wait_until_keeping_up()
+            # A broker's failure alone: the controller's is the second kill.
+            leader = local_broker.busiest_leader("saga.replies", excluding=controller)
             self.leader_was_controller = leader == controller
             self.kill_and_restart("leader", leader)
             time.sleep(BETWEEN_KILLS)
@@ -149,6 +164,21 @@ class Faults:
 
     def at(self, seconds: float) -> None:
         time.sleep(max(0.0, self.began + seconds - time.monotonic()))
+
+    def wait_until_keeping_up(self) -> None:
+        """Until the backlog stays small for KEEPING_UP_FOR seconds (or WARM_UP_LIMIT)."""
+        small_since: float | None = None
+        while (now := time.monotonic()) - self.began < WARM_UP_LIMIT:
+            if self.backlog() > KEEPING_UP_BACKLOG:
+                small_since = None
+            elif small_since is None:
+                small_since = now
+            elif now - small_since >= KEEPING_UP_FOR:
+                self.kept_up_after = now - self.began
+                report(f"keeping up with {RATE:.0f} orders/s after {self.kept_up_after:.1f} s")
+                return
+            time.sleep(0.2)
+        report(f"never kept up with {RATE:.0f} orders/s in {WARM_UP_LIMIT:.0f} s: killing anyway")
 
     def kill_and_restart(self, role: str, node_id: int) -> None:
         """Kill the node, and restart it whatever happens meanwhile."""
@@ -196,9 +226,14 @@ def trimmed(plan: Plan, placed: int) -> Plan:
 
 
 def place_orders_until(
-    plan: Plan, began: float, done: Callable[[float], bool], workers: Workers
+    plan: Plan,
+    began: float,
+    done: Callable[[float], bool],
+    workers: Workers,
+    placed_so_far: list[int],
 ) -> int:
-    """Place the plan's requests at RATE until `done(seconds since began)`; how many."""
+    """Place the plan's requests at RATE until `done(seconds since began)`; how many (also
+    kept in `placed_so_far[0]` as they go)."""
     producer = client.producer(**{"message.timeout.ms": 300_000, **chaos_io.QUIET})
     placed = 0
     while placed < len(plan.sends):
@@ -212,6 +247,7 @@ def place_orders_until(
                 client.REQUEST_TOPIC, key=send.saga_id.encode(), value=codec.encode(stamped)
             )
         placed = max(placed, due)
+        placed_so_far[0] = placed
         producer.poll(0)
         workers.check_alive()  # a worker that died under the kills fails the test here
         time.sleep(0.02)
@@ -310,7 +346,13 @@ def test_a_broker_killed_under_load_stalls_sagas_briefly_and_loses_nothing(
         clock.start()
         watch.start()
         began = time.monotonic()
-        faults = Faults(began)
+        placed_so_far = [0]  # written by the placing loop, read by the fault thread
+
+        def backlog() -> int:  # a plan may request an order twice: its sagas, not requests
+            placed_sagas = {send.saga_id for send in plan.sends[: placed_so_far[0]]}
+            return len(placed_sagas) - len(watch.terminal)
+
+        faults = Faults(began, backlog=backlog)
         fault_thread = threading.Thread(target=faults.run, name="faults", daemon=True)
         fault_thread.start()
 
@@ -320,7 +362,7 @@ def test_a_broker_killed_under_load_stalls_sagas_briefly_and_loses_nothing(
             last = max(faults.moments.values(), default=began) - began
             return seconds >= max(MIN_LOAD_SECONDS, last + AFTER_FAULTS_SECONDS)
 
-        placed = place_orders_until(plan, began, load_done, workers)
+        placed = place_orders_until(plan, began, load_done, workers, placed_so_far)
         load_ended = time.monotonic()
         fault_thread.join(timeout=300)
         if faults.error is not None:
@@ -359,10 +401,8 @@ def test_a_broker_killed_under_load_stalls_sagas_briefly_and_loses_nothing(
     assert len(findings.outcomes) == len(plan.orders)  # every saga ended, exactly once
     assert findings.dead_letters_unexpected == 0
 
-    # Deadlines the kills caused are reported, not asserted: whether a stall stays under
-    # the 5 s step deadlines depends on the machine (on two shared cores it often does
-    # not, see README). What must hold is that a deadline only re-sends: no approvable
-    # order is rejected because of one.
+    # A deadline only re-sends: no approvable order is rejected because of one.
+    assert findings.deadline_rejections == 0
     untouched = [t for t in timed_out if not touched_by_a_kill(t, faults)]
     by_deadline = [
         f"{saga_id} {event.from_state} -> {event.to_state}"
@@ -374,22 +414,50 @@ def test_a_broker_killed_under_load_stalls_sagas_briefly_and_loses_nothing(
         f"deadlines fired: {len(timed_out)} ({len(untouched)} for steps no kill came near),"
         f" transitions they triggered: {len(by_deadline)}"
     )
-    assert findings.deadline_rejections == 0
+    wall = time.time() - time.monotonic()
+    for timeout in [t for t in timed_out if touched_by_a_kill(t, faults)][:20]:
+        fired = timeout.fired_at.timestamp() - wall - faults.began
+        report(
+            f"  {timeout.saga_id} {timeout.step} attempt {timeout.attempt} fired at {fired:.1f} s"
+        )
+    report("  moments: " + ", ".join(f"{k} {faults.seconds(k):.1f} s" for k in faults.moments))
+    # The broker's kill may stall sagas, never time a step out. Only a machine that kept
+    # up before it can show that: one that did not fires deadlines with no kill near.
+    by_the_broker_kill = [t for t in timed_out if caused_by_the_broker_kill(t, faults)]
+    if faults.kept_up_after is not None:
+        assert by_the_broker_kill == [], by_the_broker_kill[:10]
+    else:
+        report(f"not checked: deadlines the broker kill caused ({len(by_the_broker_kill)})")
 
 
-def touched_by_a_kill(timeout: m.StepTimedOut, faults: Faults) -> bool:
-    """Whether the step timed out was waited for while a node was down or rejoining: from
-    a kill until 5 s after the node was back in every ISR."""
+def waited(timeout: m.StepTimedOut, faults: Faults) -> tuple[float, float]:
+    """When the timed-out step's command was sent and its deadline was due, as seconds
+    on the fault thread's (monotonic) clock."""
     step = CREATE_ORDER.step(timeout.step)
     assert step is not None, timeout.step
-    due = timeout.deadline.timestamp()
-    sent = due - step.deadline_after(timeout.attempt).total_seconds()
     wall = time.time() - time.monotonic()
+    due = timeout.deadline.timestamp() - wall
+    return due - step.deadline_after(timeout.attempt).total_seconds(), due
+
+
+def touched_by_a_kill(timeout: m.StepTimedOut, faults: Faults, role: str | None = None) -> bool:
+    """Whether the step timed out was waited for while a node (the `role` one, if given)
+    was down or rejoining: from its kill until 5 s after it was back in every ISR."""
+    sent, due = waited(timeout, faults)
     return any(
-        sent <= faults.moments[f"{role} in sync"] + wall + 5.0
-        and due >= faults.moments[f"{role} killed"] + wall
-        for role in faults.nodes
+        sent <= faults.moments[f"{killed} in sync"] + 5.0
+        and due >= faults.moments[f"{killed} killed"]
+        for killed in faults.nodes
+        if role in (None, killed)
     )
+
+
+def caused_by_the_broker_kill(timeout: m.StepTimedOut, faults: Faults) -> bool:
+    """Touched by the first (broker) kill, and due before the controller's kill, which
+    then cannot have caused it."""
+    _sent, due = waited(timeout, faults)
+    before_the_next = due < faults.moments.get("controller killed", float("inf"))
+    return touched_by_a_kill(timeout, faults, "leader") and before_the_next
 
 
 def measured(
@@ -459,6 +527,7 @@ def measured(
     return {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "nodes": faults.nodes,
+        "kept_up_after_seconds": faults.kept_up_after,
         "leader_was_controller": faults.leader_was_controller,
         "load_seconds": round(load_ended - began, 1),
         "stall_seconds": {k: round(v, 2) for k, v in stalls.items()},

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,6 +255,24 @@ def test_the_active_controller_is_read_from_the_quorum_status() -> None:
     no_leader = status.replace("LeaderId:               2", "LeaderId:               -1")
     assert local_broker.quorum_leader(no_leader) is None
     assert local_broker.quorum_leader("Error: timed out") is None
+
+
+@pytest.mark.parametrize(("excluding", "chosen"), [(None, 2), (2, 3), (3, 2), (1, 2)], ids=str)
+def test_the_busiest_leader_is_chosen_among_the_nodes_not_excluded(
+    monkeypatch: pytest.MonkeyPatch, excluding: int | None, chosen: int
+) -> None:
+    counts = Counter({2: 2, 3: 2, 1: 0})  # a tie: the lower id; node 1 leads nothing
+    monkeypatch.setattr(local_broker, "leader_counts", lambda _topic: counts)
+    monkeypatch.setattr(local_broker, "current_nodes", lambda: local_broker.layout(3))
+    assert local_broker.busiest_leader("saga.replies", excluding=excluding) == chosen
+
+
+def test_a_node_that_leads_nothing_is_chosen_when_the_leaders_are_excluded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(local_broker, "leader_counts", lambda _topic: Counter({1: 4}))
+    monkeypatch.setattr(local_broker, "current_nodes", lambda: local_broker.layout(3))
+    assert local_broker.busiest_leader("saga.replies", excluding=1) == 2
 
 
 def test_status_of_a_started_cluster_names_every_node(home: Path) -> None:
