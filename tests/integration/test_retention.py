@@ -53,7 +53,7 @@ CHANGELOGS = {
     "product": "saga-product-stock-changelog",
     "payment": "saga-payment-accounts-changelog",
 }
-CYCLES = 4
+CYCLES = 3
 ORDERS_PER_CYCLE = 30
 CANCELS_PER_CYCLE = 5
 RUN = uuid.uuid4().hex[:6]
