@@ -48,7 +48,7 @@ up: broker
 
 # Second command: set up everything and run the whole test suite against a real broker.
 test: broker tools
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 unit: setup
 	$(BIN)/pytest tests/unit tests/component

@@ -17,6 +17,20 @@ from messaging import catalog, local_broker, settings, topics
 from messaging.catalog import Catalog
 from messaging.local_workers import Workers
 
+INTEGRATION = "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """One xdist group for the integration tests. `make test` runs pytest with two
+    workers (`-n 2 --dist loadgroup`): the integration tests then run one after another in
+    one of them, as in a plain run (they share the broker, and the failover and chaos
+    tests time what they measure), and the unit and component tests beside them in the
+    other, which saves their minute and a half of mostly waiting."""
+    group = pytest.mark.xdist_group(INTEGRATION)
+    for item in items:
+        if INTEGRATION in item.path.parts:
+            item.add_marker(group)
+
 
 def docker_engine_answers() -> bool:
     try:
