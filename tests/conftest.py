@@ -20,6 +20,7 @@ from messaging.local_workers import Workers
 INTEGRATION = "integration"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """One xdist group for the integration tests. `make test` runs pytest with two
     workers (`-n 2 --dist loadgroup`): the integration tests then run one after another in
