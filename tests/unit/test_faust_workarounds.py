@@ -195,6 +195,27 @@ async def test_a_declaration_waits_for_metadata_then_goes_to_faust(
         assert left == [False]  # gave up waiting
 
 
+async def test_every_app_of_the_project_declares_topics_through_metadata(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from messaging.faust_app import create_app
+
+    app: Any = create_app("saga-product", web_port=6997, store="memory://")
+    client = MetadataClient([True, True])  # the wrapper's lookup, then Faust's own refresh
+    declared: list[str] = []
+
+    async def fausts_declaration(
+        _self: Any, _owner: Any, _client: Any, topic: str, *_: Any, **__: Any
+    ) -> None:
+        declared.append(topic)
+
+    monkeypatch.setattr(AIOKafkaTransport, "_create_topic", fausts_declaration)
+    app.producer._ensure_producer = lambda: SimpleNamespace(client=client)
+    await app.producer.create_topic("saga-product-stock-changelog", 4, 1)
+    assert client.tracked == ["saga-product-stock-changelog"]  # looked up first
+    assert declared == ["saga-product-stock-changelog"]
+
+
 # ---- SeekFence: the seek after recovery, and the records fetched before it ----
 
 
