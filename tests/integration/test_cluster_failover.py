@@ -138,7 +138,6 @@ class Faults:
     nodes: dict[str, int] = field(default_factory=dict)  # "leader"/"controller" -> node id
     answered_after: dict[str, float] = field(default_factory=dict)  # restart to answering
     in_sync_after: dict[str, float] = field(default_factory=dict)  # answering to every ISR
-    leader_was_controller: bool = False  # the first node killed was the active controller too
     kept_up_after: float | None = None  # seconds into the load; None: never, in WARM_UP_LIMIT
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -151,7 +150,6 @@ class Faults:
             self.wait_until_keeping_up()
             # A broker's failure alone: the controller's is the second kill.
             leader = local_broker.busiest_leader("saga.replies", excluding=controller)
-            self.leader_was_controller = leader == controller
             self.kill_and_restart("leader", leader)
             time.sleep(BETWEEN_KILLS)
             controller = local_broker.active_controller()
@@ -187,8 +185,7 @@ class Faults:
         self.nodes[role] = node_id
         local_broker.kill_node(node_id)
         self.moments[f"{role} killed"] = time.monotonic()
-        also = " and active controller" if role == "leader" and self.leader_was_controller else ""
-        report(f"node {node_id} ({role}{also}) killed at {self.seconds(role + ' killed'):.1f} s")
+        report(f"node {node_id} ({role}) killed at {self.seconds(role + ' killed'):.1f} s")
         self.cancelled.wait(DOWN_SECONDS)
         self.moments[f"{role} restarted"] = time.monotonic()
         self.answered_after[role] = local_broker.restart_node(node_id)
@@ -528,7 +525,6 @@ def measured(
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "nodes": faults.nodes,
         "kept_up_after_seconds": faults.kept_up_after,
-        "leader_was_controller": faults.leader_was_controller,
         "load_seconds": round(load_ended - began, 1),
         "stall_seconds": {k: round(v, 2) for k, v in stalls.items()},
         "stall_seconds_by_event_time": {k: round(v, 2) for k, v in stamped.items()},
